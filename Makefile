@@ -1,0 +1,46 @@
+# pdeserve: `make serve` and `make test` are the two set-up commands (they create .venv on first use).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+GRPC_PORT ?= 9000
+# The CPU build of torch this kind of machine has on disk; installed before the rest so that pip never
+# resolves torch to a multi-GB CUDA wheel. GPU machines: `make install TORCH_SPEC=torch` (any CUDA build).
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install serve test lint format protos bench bundled-model clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: $(STAMP)
+	$(VENV)/bin/pdeserve serve --repo models --grpc-port $(GRPC_PORT)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pdeserve.protos.generate --check
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+protos: $(STAMP)
+	$(PY) -m pdeserve.protos.generate
+
+# The bundled default model (models/darcy-fno), exactly as published in the repository.
+bundled-model: $(STAMP)
+	$(VENV)/bin/pdeserve datagen darcy --n 1100 --resolution 64 --seed 0 --out data/darcy64.h5
+	$(VENV)/bin/pdeserve train --data data/darcy64.h5 --model fno --repo models --name darcy-fno --epochs 40 --seed 0
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

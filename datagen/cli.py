@@ -1,0 +1,127 @@
+"""``pdeserve datagen`` (also installed as ``datagen``): generate, list and inspect datasets.
+
+The small command-line helpers here (one-line errors, examples in ``--help``) are shared by every
+``pdeserve`` subcommand; datagen is the bottom of the import graph, so the others can import them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+EXPECTED_ERRORS = (ValueError, LookupError, OSError, RuntimeError)
+
+
+class CliParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line and exit code 2."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def run_command(prog: str, func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
+    """Run a subcommand; expected failures print ``prog: error: ...`` on one line and return 1."""
+    try:
+        return func(args) or 0
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except EXPECTED_ERRORS as exc:
+        message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
+        return 1
+
+
+EXAMPLES = """examples:
+  pdeserve datagen list
+  pdeserve datagen darcy --n 1000 --resolution 64 --out data/darcy64.h5 --seed 0
+  pdeserve datagen darcy --n 1000 --resolution 85 --solve-resolution 421 --out darcy85.h5 --workers 2
+  pdeserve datagen inspect data/darcy64.h5
+"""
+
+
+def add_subcommands(parser: argparse.ArgumentParser) -> None:
+    """Fill ``parser`` (the ``datagen`` command) with one subcommand per PDE family plus list/inspect."""
+    from pdeserve.datagen.families import FAMILIES
+
+    sub = parser.add_subparsers(dest="datagen_command", metavar="{list,inspect," + ",".join(FAMILIES) + "}")
+    sub.required = True
+    sub.add_parser("list", help="list the PDE families and their options").set_defaults(func=_list)
+    inspect = sub.add_parser("inspect", help="print a dataset's dimensions and attributes")
+    inspect.add_argument("file", help="a pdeserve HDF5 dataset")
+    inspect.set_defaults(func=_inspect)
+    for family in FAMILIES.values():
+        p = sub.add_parser(
+            family.name,
+            help=family.description,
+            description=family.description,
+            epilog=EXAMPLES,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.add_argument("--n", type=int, required=True, help="number of samples")
+        p.add_argument("--resolution", type=int, required=True, help="grid nodes per side of the stored fields")
+        p.add_argument("--out", required=True, help="output HDF5 file")
+        p.add_argument("--seed", type=int, default=0, help="root random seed (default: 0)")
+        p.add_argument("--workers", type=int, default=1, help="solver processes (default: 1)")
+        p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="storage dtype")
+        p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        family.add_options(p)
+        p.set_defaults(func=_generate, family=family.name)
+
+
+def _list(args: argparse.Namespace) -> None:
+    from pdeserve.datagen.families import FAMILIES
+
+    for family in FAMILIES.values():
+        print(f"{family.name}: {family.description}")
+        print(f"  inputs: {', '.join(f.name for f in family.inputs)}; "
+              f"outputs: {', '.join(f.name for f in family.outputs)}")
+        for name, text in family.option_help.items():
+            print(f"  --{name.replace('_', '-')}: {text}")
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    from pdeserve.datagen.dataset import load_dataset
+
+    data = load_dataset(args.file)
+    for name, array in {**data.inputs, **data.outputs}.items():
+        kind = "input" if name in data.inputs else "output"
+        print(f"{name} ({kind}): shape {array.shape}, dtype {array.dtype}, "
+              f"min {array.min():.4g}, max {array.max():.4g}")
+    for key, value in data.attrs.items():
+        if key != "generation_key":
+            print(f"{key}: {json.dumps(value.tolist() if hasattr(value, 'tolist') else value)}")
+
+
+def _generate(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from pdeserve.datagen.dataset import GenerationRequest, write_dataset
+    from pdeserve.datagen.families import get_family
+
+    family = get_family(args.family)
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(family.parameters)}
+    request = GenerationRequest(family, family.parameters_from(values), args.n, args.resolution,
+                                args.seed, args.dtype)
+    path = write_dataset(request, args.out, overwrite=args.overwrite, workers=args.workers,
+                         progress=not args.quiet)
+    print(f"wrote {args.n} {family.name} samples at {args.resolution} to {path}")
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "datagen") -> int:
+    """Entry point of the ``datagen`` script."""
+    parser = CliParser(prog=prog, description="Generate PDE datasets with classical solvers.", epilog=EXAMPLES)
+    add_subcommands(parser)
+    args = parser.parse_args(argv)
+    return run_command(prog, args.func, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

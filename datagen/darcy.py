@@ -1,0 +1,131 @@
+"""Steady Darcy flow ``-div(a grad u) = f`` on the unit square with ``u = 0`` on the boundary.
+
+Scheme: second-order 5-point finite differences on a node-centred grid, the coefficient on each cell
+face the arithmetic mean of its two nodes, and a sparse direct solve of the interior unknowns.
+Benchmark distribution (Li et al. 2021, FNO): ``f = 1``; ``a = 12`` where ``g >= 0`` and ``a = 3`` where
+``g < 0``, ``g`` the Neumann Gaussian field with ``alpha = 2, tau = 3``; solved fine and subsampled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+from pdeserve.datagen.grids import UnitSquareGrid
+from pdeserve.datagen.random_fields import NeumannGaussianField
+
+
+def assemble_darcy(a: np.ndarray, grid: UnitSquareGrid) -> sp.csc_matrix:
+    """The finite-difference matrix of ``-div(a grad .)`` on the interior nodes.
+
+    Parameters
+    ----------
+    a : ndarray, shape (n, n)
+        Positive coefficient at every node of ``grid`` (boundary nodes included: they set face values).
+    grid : UnitSquareGrid
+        The grid ``a`` lives on.
+
+    Returns
+    -------
+    scipy.sparse.csc_matrix of shape ((n-2)^2, (n-2)^2), symmetric positive definite, row-major
+    ordering of the interior nodes.
+    """
+    n = grid.n
+    if a.shape != (n, n):
+        raise ValueError(f"coefficient must have shape {(n, n)}, got {a.shape}")
+    m = n - 2
+    # Face coefficients between interior node (i, j) and its four neighbours.
+    east = 0.5 * (a[1:-1, 1:-1] + a[2:, 1:-1])
+    west = 0.5 * (a[1:-1, 1:-1] + a[:-2, 1:-1])
+    north = 0.5 * (a[1:-1, 1:-1] + a[1:-1, 2:])
+    south = 0.5 * (a[1:-1, 1:-1] + a[1:-1, :-2])
+    index = np.arange(m * m).reshape(m, m)
+    rows = [index.ravel()]
+    cols = [index.ravel()]
+    vals = [(east + west + north + south).ravel()]
+    # Off-diagonal couplings exist only between interior neighbours; boundary values are zero.
+    for coeff, di, dj in ((east, 1, 0), (west, -1, 0), (north, 0, 1), (south, 0, -1)):
+        src = index[max(0, -di) : m - max(0, di), max(0, -dj) : m - max(0, dj)]
+        dst = index[max(0, di) : m + min(0, di) or None, max(0, dj) : m + min(0, dj) or None]
+        c = coeff[max(0, -di) : m - max(0, di), max(0, -dj) : m - max(0, dj)]
+        rows.append(src.ravel())
+        cols.append(dst.ravel())
+        vals.append(-c.ravel())
+    matrix = sp.coo_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(m * m, m * m)
+    )
+    return (matrix / grid.h**2).tocsc()
+
+
+def solve_darcy(a: np.ndarray, f: np.ndarray | float, grid: UnitSquareGrid) -> np.ndarray:
+    """Solve ``-div(a grad u) = f``, ``u = 0`` on the boundary; returns ``u`` at every node, shape (n, n).
+
+    Parameters
+    ----------
+    a : ndarray, shape (n, n)
+        Positive coefficient at the nodes.
+    f : ndarray of shape (n, n), or float
+        Forcing at the nodes (only interior values are used), or a constant.
+    grid : UnitSquareGrid
+        The grid of ``a`` and ``f``.
+    """
+    if not np.all(np.isfinite(a)) or np.min(a) <= 0:
+        raise ValueError("the Darcy coefficient must be finite and strictly positive")
+    n = grid.n
+    rhs = np.broadcast_to(np.asarray(f, dtype=np.float64), (n, n))[1:-1, 1:-1].ravel()
+    u = np.zeros((n, n))
+    u[1:-1, 1:-1] = spla.spsolve(assemble_darcy(np.asarray(a, dtype=np.float64), grid), rhs).reshape(
+        n - 2, n - 2
+    )
+    return u
+
+
+@dataclass(frozen=True)
+class DarcyParameters:
+    """Everything that defines the Darcy dataset distribution (recorded in the HDF5 attributes).
+
+    Parameters
+    ----------
+    alpha, tau : float
+        Parameters of the Gaussian field ``g`` that is thresholded into the coefficient.
+    a_high, a_low : float
+        Coefficient where ``g >= 0`` and where ``g < 0`` (the benchmark uses 12 and 3).
+    forcing : float
+        Constant right-hand side ``f``.
+    solve_resolution : int or None
+        Nodes per side of the grid the solver runs on; the stored fields are subsampled from it.
+        ``None`` solves at the output resolution.
+    """
+
+    alpha: float = 2.0
+    tau: float = 3.0
+    a_high: float = 12.0
+    a_low: float = 3.0
+    forcing: float = 1.0
+    solve_resolution: int | None = None
+
+    def __post_init__(self) -> None:
+        NeumannGaussianField(self.alpha, self.tau)  # validates alpha and tau
+        if self.a_high <= 0 or self.a_low <= 0:
+            raise ValueError(f"coefficient values must be positive, got {self.a_high}/{self.a_low}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def darcy_sample(
+    params: DarcyParameters, resolution: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Draw one coefficient from the benchmark distribution and solve for it.
+
+    Returns ``{"a": coefficient, "u": solution}``, both of shape ``(resolution, resolution)``.
+    """
+    out_grid = UnitSquareGrid(resolution)
+    solve_grid = UnitSquareGrid(params.solve_resolution or resolution)
+    stride = solve_grid.subsample_factor(out_grid)
+    g = NeumannGaussianField(params.alpha, params.tau).sample(solve_grid, rng)
+    a = np.where(g >= 0.0, params.a_high, params.a_low)
+    u = solve_darcy(a, params.forcing, solve_grid)
+    return {"a": a[::stride, ::stride], "u": u[::stride, ::stride]}

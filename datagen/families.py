@@ -1,0 +1,129 @@
+"""The registry of PDE families the data generator knows: one place lists them and builds their data.
+
+A family couples a parameter dataclass (the dataset distribution, all recorded in the file), a sampler
+``(parameters, resolution, rng) -> fields`` and a reference solver ``(parameters, inputs) -> outputs``
+that the server uses to check a surrogate against the classical solution on demand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pdeserve.datagen import darcy
+from pdeserve.datagen.grids import UnitSquareGrid
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    """A named field of a dataset.
+
+    Parameters
+    ----------
+    name : str
+        Variable name in the HDF5 file and in model inputs/outputs (e.g. ``"a"``).
+    description : str
+        What the field is, for humans and ``GetModel``.
+    """
+
+    name: str
+    description: str
+
+
+@dataclass(frozen=True)
+class PdeFamily:
+    """A PDE family: its fields, grid, scheme and the functions that generate and solve it.
+
+    Parameters
+    ----------
+    name : str
+        CLI and file name of the family (``pdeserve datagen <name>``).
+    description : str
+        One line for ``datagen list``.
+    dims : tuple of str
+        Spatial dimension names, in array-axis order.
+    inputs, outputs : tuple of FieldInfo
+        Operator input and output fields.
+    boundary_conditions, scheme, solver : str
+        Recorded in the dataset attributes.
+    parameters : type
+        Frozen dataclass holding the distribution's parameters.
+    sample : callable
+        ``sample(parameters, resolution, rng) -> {field: array}`` draws and solves one instance.
+    reference : callable
+        ``reference(parameters, inputs) -> {output: array}`` solves given inputs at their own resolution.
+    option_help : mapping
+        Help text of each parameter field, for the CLI.
+    """
+
+    name: str
+    description: str
+    dims: tuple[str, ...]
+    inputs: tuple[FieldInfo, ...]
+    outputs: tuple[FieldInfo, ...]
+    boundary_conditions: str
+    scheme: str
+    solver: str
+    parameters: type
+    sample: Callable[[Any, int, np.random.Generator], dict[str, np.ndarray]]
+    reference: Callable[[Any, Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+    option_help: Mapping[str, str]
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        """Add one ``--option`` per parameter field, defaulting to the dataclass default."""
+        for field in dataclasses.fields(self.parameters):
+            kind = int if "int" in str(field.type) else float
+            parser.add_argument(
+                "--" + field.name.replace("_", "-"),
+                type=kind,
+                default=field.default,
+                help=f"{self.option_help.get(field.name, field.name)} (default: {field.default})",
+            )
+
+    def parameters_from(self, values: Mapping[str, Any]) -> Any:
+        """Build (and validate) the parameter dataclass from a mapping holding at least its fields."""
+        names = {f.name for f in dataclasses.fields(self.parameters)}
+        return self.parameters(**{k: v for k, v in values.items() if k in names})
+
+
+def _darcy_reference(params: darcy.DarcyParameters, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    a = np.asarray(inputs["a"], dtype=np.float64)
+    return {"u": darcy.solve_darcy(a, params.forcing, UnitSquareGrid(a.shape[-1]))}
+
+
+FAMILIES: dict[str, PdeFamily] = {
+    "darcy": PdeFamily(
+        name="darcy",
+        description="steady Darcy flow -div(a grad u) = f on (0,1)^2, u = 0 on the boundary (FNO benchmark)",
+        dims=("x", "y"),
+        inputs=(FieldInfo("a", "diffusion coefficient, thresholded Gaussian random field"),),
+        outputs=(FieldInfo("u", "pressure solution of -div(a grad u) = f"),),
+        boundary_conditions="dirichlet: u = 0 on all four sides",
+        scheme="second-order 5-point finite differences, arithmetic-mean face coefficients",
+        solver="scipy.sparse.linalg.spsolve (SuperLU direct)",
+        parameters=darcy.DarcyParameters,
+        sample=darcy.darcy_sample,
+        reference=_darcy_reference,
+        option_help={
+            "alpha": "smoothness exponent of the Gaussian field",
+            "tau": "inverse length scale of the Gaussian field",
+            "a_high": "coefficient where the field is >= 0",
+            "a_low": "coefficient where the field is < 0",
+            "forcing": "constant right-hand side f",
+            "solve_resolution": "nodes per side of the solver grid; fields are subsampled from it "
+            "((solve_resolution - 1) must be a multiple of (resolution - 1); default: the resolution)",
+        },
+    ),
+}
+
+
+def get_family(name: str) -> PdeFamily:
+    """The family called ``name``; ``KeyError`` naming the known ones otherwise."""
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise KeyError(f"unknown PDE family {name!r}; known: {', '.join(sorted(FAMILIES))}") from None

@@ -1,0 +1,48 @@
+"""Grids as explicit objects: every solver takes one instead of assuming a global mesh."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class UnitSquareGrid:
+    """Node-centred uniform grid on [0, 1]^2, boundary nodes included.
+
+    Parameters
+    ----------
+    n : int
+        Nodes per side (>= 3). Node ``(i, j)`` sits at ``(i * h, j * h)`` with ``h = 1 / (n - 1)``;
+        the first array axis is ``x``, the second ``y``.
+    """
+
+    n: int
+
+    def __post_init__(self) -> None:
+        if self.n < 3:
+            raise ValueError(f"a grid needs at least 3 nodes per side, got {self.n}")
+
+    @property
+    def h(self) -> float:
+        """Node spacing."""
+        return 1.0 / (self.n - 1)
+
+    @property
+    def coordinates(self) -> np.ndarray:
+        """The 1D node coordinates shared by both axes, shape ``(n,)``."""
+        return np.linspace(0.0, 1.0, self.n)
+
+    def mesh(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(x, y)`` node coordinates, each of shape ``(n, n)``, indexed ``[i, j]``."""
+        return np.meshgrid(self.coordinates, self.coordinates, indexing="ij")
+
+    def subsample_factor(self, coarse: UnitSquareGrid) -> int:
+        """Stride that maps this grid's nodes onto ``coarse``'s (same domain, nested nodes)."""
+        if (self.n - 1) % (coarse.n - 1):
+            raise ValueError(
+                f"resolution {coarse.n} does not nest in solve resolution {self.n}: "
+                f"(solve_resolution - 1) must be a multiple of (resolution - 1)"
+            )
+        return (self.n - 1) // (coarse.n - 1)

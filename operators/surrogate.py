@@ -1,0 +1,161 @@
+"""A published model ready to run: architecture + weights + normalisers + field specs.
+
+``load_model(repo, name, version=None)`` is the one-call Python API; the server uses the same class.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from neuralop.data.transforms.normalizers import UnitGaussianNormalizer
+from pdeserve.operators.checkpoint import load_weights, read_config
+from pdeserve.operators.registry import ResolutionRule, make_config
+from pdeserve.operators.repository import ModelRepository
+
+
+class InvalidInputError(ValueError):
+    """Inputs that do not fit the model (names, rank, shape, dtype, non-finite values)."""
+
+
+def channel_normalizer(stats: Mapping[str, list[float]], ndim: int) -> UnitGaussianNormalizer:
+    """A per-channel normaliser from recorded ``{"mean": [...], "std": [...]}``; resolution independent."""
+    shape = (1, len(stats["mean"])) + (1,) * ndim
+    mean = torch.tensor(stats["mean"], dtype=torch.float32).reshape(shape)
+    std = torch.tensor(stats["std"], dtype=torch.float32).reshape(shape)
+    return UnitGaussianNormalizer(mean=mean, std=std, dim=[0, *range(2, 2 + ndim)])
+
+
+@dataclass
+class Surrogate:
+    """A neural operator with its normalisers and metadata.
+
+    Parameters
+    ----------
+    name, version : str
+        Identity in the model repository.
+    config : dict
+        The checkpoint's JSON config (architecture, arguments, fields, normalisers, PDE, lineage).
+    metrics : dict
+        Training and evaluation metrics recorded at publish time.
+    model : torch.nn.Module
+        The network, in eval mode.
+    """
+
+    name: str
+    version: str
+    config: dict[str, Any]
+    metrics: dict[str, float]
+    model: torch.nn.Module
+
+    def __post_init__(self) -> None:
+        ndim = len(self.config["dims"])
+        norms = self.config["normalizers"]
+        self.input_normalizer = channel_normalizer(norms["inputs"], ndim)
+        self.output_normalizer = channel_normalizer(norms["outputs"], ndim)
+        self.resolutions: ResolutionRule = make_config(
+            self.config["architecture"], self.config["arguments"]
+        ).resolutions()
+        self.device = torch.device("cpu")
+
+    @property
+    def input_names(self) -> list[str]:
+        return [f["name"] for f in self.config["inputs"]]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [f["name"] for f in self.config["outputs"]]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.config["dims"])
+
+    def to(self, device: str | torch.device) -> Surrogate:
+        """Move the model and normalisers to ``device``."""
+        self.device = torch.device(device)
+        for module in (self.model, self.input_normalizer, self.output_normalizer):
+            module.to(self.device)
+        return self
+
+    def validate(self, inputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, bool]:
+        """Check ``inputs`` and stack them as ``(batch, channels, *grid)`` float32.
+
+        Returns the stacked array and whether the caller passed a batch dimension.
+        Raises ``InvalidInputError`` naming what was expected.
+        """
+        names = self.input_names
+        if set(inputs) != set(names):
+            raise InvalidInputError(f"model {self.name} expects input fields {names}, got {sorted(inputs)}")
+        arrays = []
+        for field in names:
+            array = np.asarray(inputs[field])
+            if array.dtype not in (np.float32, np.float64):
+                raise InvalidInputError(f"input {field!r} must be float32 or float64, got {array.dtype}")
+            if array.ndim not in (self.ndim, self.ndim + 1):
+                grid = ", ".join(self.config["dims"])
+                raise InvalidInputError(f"input {field!r} must have rank {self.ndim} ({grid}) or "
+                                        f"{self.ndim + 1} (batch, {grid}), got shape {tuple(array.shape)}")
+            if array.size == 0:
+                raise InvalidInputError(f"input {field!r} is empty (shape {tuple(array.shape)})")
+            sides = tuple(array.shape[-self.ndim :])
+            problem = self.resolutions.check(sides)
+            if problem:
+                raise InvalidInputError(f"input {field!r} has grid {sides}: {problem}")
+            if not np.all(np.isfinite(array)):
+                raise InvalidInputError(f"input {field!r} contains NaN or Inf values")
+            arrays.append(array)
+        shapes = {a.shape for a in arrays}
+        if len(shapes) > 1:
+            raise InvalidInputError(f"input fields must share one shape, got {sorted(shapes)}")
+        batched = arrays[0].ndim == self.ndim + 1
+        stacked = np.stack([a if batched else a[None] for a in arrays], axis=1).astype(np.float32, copy=False)
+        return stacked, batched
+
+    @torch.inference_mode()
+    def forward(self, stacked: np.ndarray) -> np.ndarray:
+        """Run the network on validated ``(batch, in_channels, *grid)``; returns ``(batch, out_channels, *grid)``."""
+        x = self.input_normalizer.transform(torch.from_numpy(stacked).to(self.device))
+        y = self.output_normalizer.inverse_transform(self.model(x))
+        return y.float().cpu().numpy()
+
+    def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Solve for ``inputs``: ``{"a": array}`` of shape ``(batch, *grid)`` or ``(*grid)`` ->
+        ``{"u": array}`` of the same layout, float32."""
+        stacked, batched = self.validate(inputs)
+        out = self.forward(stacked)
+        return {name: out[:, i] if batched else out[0, i] for i, name in enumerate(self.output_names)}
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() * (2 if p.is_complex() else 1) for p in self.model.parameters())
+
+
+def load_surrogate(folder: Path, name: str, version: str) -> Surrogate:
+    """Rebuild a surrogate from a checkpoint folder (JSON config + verified safetensors)."""
+    config = read_config(folder)
+    model = make_config(config["architecture"], config["arguments"]).build()
+    load_weights(folder, config, model)
+    metrics_path = folder / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    return Surrogate(name=name, version=version, config=config, metrics=metrics, model=model.eval())
+
+
+def load_model(repo: str | os.PathLike, name: str, version: str | int | None = None) -> Surrogate:
+    """Load a published model in one call: ``load_model("models", "darcy-fno").predict({"a": a})``.
+
+    Parameters
+    ----------
+    repo : path
+        Model repository folder.
+    name : str
+        Model name.
+    version : str or int, optional
+        Version number; the newest when omitted.
+    """
+    version, folder = ModelRepository(repo).resolve(name, version)
+    return load_surrogate(folder, name, version)

@@ -1,0 +1,1 @@
+"""Protocol definitions: the .proto sources and the Python modules generated from them."""

@@ -1,0 +1,1 @@
+"""Generated modules for ``pdeserve.v1`` (see ``python -m pdeserve.protos.generate``)."""

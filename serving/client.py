@@ -1,0 +1,128 @@
+"""Python client for ``pdeserve.v1.Solver``: numpy in, numpy out."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from pathlib import Path
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from pdeserve.protos.v1 import solver_pb2 as pb
+from pdeserve.protos.v1 import solver_pb2_grpc
+from pdeserve.serving.tensors import from_tensor, to_tensor
+
+
+class SolverError(RuntimeError):
+    """A failed call: ``code`` is the gRPC status, the message its details."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+
+
+class SolverClient:
+    """A connection to a pdeserve server.
+
+    Parameters
+    ----------
+    target : str
+        ``HOST:PORT`` of the server's gRPC port.
+    timeout : float
+        Deadline of each call in seconds.
+    """
+
+    def __init__(self, target: str, timeout: float = 60.0) -> None:
+        options = [("grpc.max_send_message_length", 256 << 20), ("grpc.max_receive_message_length", 256 << 20)]
+        self.channel = grpc.insecure_channel(target, options=options)
+        self.stub = solver_pb2_grpc.SolverStub(self.channel)
+        self.timeout = timeout
+
+    def __enter__(self) -> SolverClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def _call(self, method, request):
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise SolverError(exc.code(), exc.details()) from None
+
+    def solve_response(self, model: str, inputs: Mapping[str, np.ndarray], version: str = "",
+                       reference: bool = False) -> pb.SolveResponse:
+        """The raw ``SolveResponse`` for ``inputs`` (field name -> array)."""
+        request = pb.SolveRequest(model=model, version=version, reference=reference)
+        for name, array in inputs.items():
+            request.inputs[name].CopyFrom(to_tensor(array))
+        return self._call(self.stub.Solve, request)
+
+    def solve(self, model: str, inputs: Mapping[str, np.ndarray], version: str = "") -> dict[str, np.ndarray]:
+        """Outputs of ``model`` for ``inputs`` of shape ``(*grid)`` or ``(batch, *grid)``."""
+        response = self.solve_response(model, inputs, version)
+        return {name: from_tensor(t, name) for name, t in response.outputs.items()}
+
+    def list_models(self) -> list[pb.ModelInfo]:
+        return list(self._call(self.stub.ListModels, pb.ListModelsRequest()).models)
+
+    def get_model(self, name: str, version: str = "") -> pb.ModelInfo:
+        return self._call(self.stub.GetModel, pb.GetModelRequest(name=name, version=version))
+
+    def health(self, service: str = "") -> str:
+        """The health status name (``SERVING``, ``NOT_SERVING``, ...)."""
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        response = self._call(stub.Check, health_pb2.HealthCheckRequest(service=service))
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+
+def _read_inputs(path: Path, info: pb.ModelInfo) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Inputs to send and, for a dataset file, the outputs it holds (to compare with)."""
+    names = [f.name for f in info.inputs]
+    if path.suffix == ".npy":
+        if len(names) != 1:
+            raise ValueError(f"model {info.name} has inputs {names}: pass an .npz or a dataset file")
+        return {names[0]: np.load(path, allow_pickle=False)}, {}
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as archive:
+            return {k: archive[k] for k in archive.files}, {}
+    from pdeserve.datagen.dataset import load_dataset
+
+    data = load_dataset(path)
+    return {n: data.inputs[n] for n in names if n in data.inputs}, data.outputs
+
+
+def solve_command(args: argparse.Namespace) -> None:
+    """``pdeserve solve``."""
+    from pdeserve.operators.evaluation import relative_l2
+
+    path = Path(args.input)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such input file: {path}")
+    with SolverClient(args.target, timeout=args.timeout) as client:
+        info = client.get_model(args.model, args.version)
+        inputs, truth = _read_inputs(path, info)
+        response = client.solve_response(args.model, inputs, args.version, reference=args.reference)
+    outputs = {name: from_tensor(t, name) for name, t in response.outputs.items()}
+    shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in outputs.items())
+    print(f"{response.model} v{response.version}: {shapes} in {response.inference_ms:.1f} ms")
+    for name, error in response.reference_relative_l2.items():
+        print(f"  relative L2 of {name} against the classical solver (server-side): {error:.4f}")
+    for name, array in outputs.items():
+        if name in truth and truth[name].shape == array.shape:
+            batched = array.ndim == len(info.outputs[0].shape) + 1
+            pred, true = (array, truth[name]) if batched else (array[None], truth[name][None])
+            print(f"  relative L2 of {name} against {path.name}: "
+                  f"{relative_l2(pred[:, None], true[:, None]):.4f}")
+    if args.out:
+        out = Path(args.out)
+        if out.suffix == ".npy" and len(outputs) == 1:
+            np.save(out, next(iter(outputs.values())))
+        else:
+            np.savez(out.with_suffix(".npz"), **outputs)
+        print(f"  wrote {out}")

@@ -1,0 +1,83 @@
+"""Start Ray and the pdeserve Serve application behind Ray Serve's gRPC proxy."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+from pdeserve.operators.repository import ModelRepository
+
+APP_NAME = "pdeserve"
+GRPC_SERVICER_FUNCTIONS = [
+    "pdeserve.protos.v1.solver_pb2_grpc.add_SolverServicer_to_server",
+    "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
+]
+
+
+def serve_options(grpc_port: int, http_port: int, host: str = "127.0.0.1") -> dict:
+    """Cluster-wide Serve options: the gRPC proxy with pdeserve's services (Serve's gRPC proxy also
+    needs its HTTP proxy, ray-project/ray#38788)."""
+    return {
+        "http_options": {"host": host, "port": http_port},
+        "grpc_options": {"port": grpc_port, "grpc_servicer_functions": GRPC_SERVICER_FUNCTIONS},
+    }
+
+
+def start(repo: str | os.PathLike, grpc_port: int = 9000, http_port: int = 8000, address: str = "local") -> None:
+    """Start (or join) Ray, start Serve and deploy the application; returns once it is running.
+
+    Parameters
+    ----------
+    repo : path
+        Model repository; every published model is served.
+    grpc_port, http_port : int
+        Ports of Serve's gRPC and HTTP proxies.
+    address : str
+        ``"local"`` starts a Ray instance in this process; ``"auto"`` or ``HOST:PORT`` joins a cluster.
+    """
+    import ray
+    from ray import serve
+
+    from pdeserve.serving.app import build_app
+
+    repo = Path(repo).resolve()
+    if not ModelRepository(repo).names():
+        raise FileNotFoundError(f"no published models in {repo}; train one with `pdeserve train`")
+    if not ray.is_initialized():
+        ray.init(address=None if address == "local" else address, include_dashboard=False,
+                 configure_logging=False, log_to_driver=False)
+    serve.start(**serve_options(grpc_port, http_port))
+    serve.run(build_app(repo), name=APP_NAME, blocking=False)
+
+
+def stop(address: str = "local") -> None:
+    """Stop serving. A Ray instance this process started goes down whole (Serve with it, without
+    Serve's graceful controller shutdown, which takes ~30 s); on a cluster only the app is deleted."""
+    import ray
+    from ray import serve
+
+    if address != "local":
+        serve.delete(APP_NAME)
+    ray.shutdown()
+
+
+def serve_forever(repo: str | os.PathLike, grpc_port: int = 9000, address: str = "local") -> None:
+    """``pdeserve serve``: start, print how to call the service, run until Ctrl-C or SIGTERM."""
+    started = time.perf_counter()
+    start(repo, grpc_port=grpc_port, address=address)
+    names = ", ".join(ModelRepository(repo).names())
+    print(f"pdeserve is serving {names} on 127.0.0.1:{grpc_port} (gRPC) after {time.perf_counter() - started:.1f} s",
+          flush=True)
+    print(f"  try: pdeserve solve --target 127.0.0.1:{grpc_port} --model {names.split(', ')[0]} "
+          f"--input a.npy --out u.npy   (Ctrl-C stops)", flush=True)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    try:
+        done.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop(address)

@@ -1,0 +1,119 @@
+import subprocess
+import sys
+
+import h5netcdf
+import numpy as np
+import pytest
+import xarray as xr
+
+from pdeserve.datagen import dataset as dataset_module
+from pdeserve.datagen.darcy import DarcyParameters
+from pdeserve.datagen.dataset import GenerationRequest, load_dataset, write_dataset
+from pdeserve.datagen.families import get_family
+
+
+def datagen(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pdeserve.datagen.cli", *args], capture_output=True, text=True)
+
+
+def test_cli_file_opens_in_xarray_with_named_dims_coordinates_and_attributes(tmp_path):
+    out = tmp_path / "darcy.h5"
+    result = datagen("darcy", "--n", "6", "--resolution", "17", "--out", str(out), "--seed", "3", "--quiet")
+    assert result.returncode == 0, result.stderr
+    with xr.open_dataset(out, engine="h5netcdf") as ds:
+        assert dict(ds.sizes) == {"sample": 6, "x": 17, "y": 17}
+        assert ds["a"].dims == ("sample", "x", "y") and ds["u"].dims == ("sample", "x", "y")
+        np.testing.assert_allclose(ds["x"].values, np.linspace(0, 1, 17))
+        assert not any(d.startswith("phony_dim") for d in ds.dims)
+        attrs = ds.attrs
+        assert attrs["pde"] == "darcy" and attrs["seed"] == 3 and attrs["schema_version"] == 1
+        assert list(np.atleast_1d(attrs["input_fields"])) == ["a"]
+        assert list(np.atleast_1d(attrs["output_fields"])) == ["u"]
+        for key in ("alpha", "tau", "a_high", "a_low", "forcing", "solve_resolution", "boundary_conditions",
+                    "scheme", "solver", "pdeserve_version"):
+            assert key in attrs, key
+        assert (attrs["a_high"], attrs["a_low"], attrs["tau"]) == (12.0, 3.0, 3.0)
+    with h5netcdf.File(out, "r") as f:
+        assert f.variables["a"].chunks == (1, 17, 17)
+        assert f.variables["a"].compression == "gzip"
+
+
+def test_same_seed_gives_identical_arrays_and_another_seed_does_not(tmp_path):
+    def make(name: str, seed: int, workers: int = 1):
+        request = GenerationRequest(get_family("darcy"), DarcyParameters(), 5, 17, seed)
+        return load_dataset(write_dataset(request, tmp_path / name, workers=workers, progress=False))
+
+    first, again, parallel, other = make("a.h5", 1), make("b.h5", 1), make("c.h5", 1, workers=2), make("d.h5", 2)
+    np.testing.assert_array_equal(first.inputs["a"], again.inputs["a"])
+    np.testing.assert_array_equal(first.outputs["u"], again.outputs["u"])
+    np.testing.assert_array_equal(first.outputs["u"], parallel.outputs["u"])
+    assert not np.array_equal(first.inputs["a"], other.inputs["a"])
+    assert first.fingerprint() == again.fingerprint() != other.fingerprint()
+
+
+def test_interrupted_run_resumes_after_the_last_chunk_and_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    request = GenerationRequest(get_family("darcy"), DarcyParameters(), 10, 17, 5)
+    reference = load_dataset(write_dataset(request, tmp_path / "ref.h5", chunk_size=4, progress=False))
+
+    calls = []
+    original = dataset_module._sample_chunk
+
+    def dying(req, indices):
+        calls.append(list(indices))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the run dies while solving its second chunk
+        return original(req, indices)
+
+    monkeypatch.setattr(dataset_module, "_sample_chunk", dying)
+    out = tmp_path / "out.h5"
+    with pytest.raises(KeyboardInterrupt):
+        write_dataset(request, out, chunk_size=4, progress=False)
+    assert not out.exists() and (tmp_path / "out.h5.partial").exists()
+
+    monkeypatch.setattr(dataset_module, "_sample_chunk", lambda req, idx: calls.append(list(idx)) or original(req, idx))
+    write_dataset(request, out, chunk_size=4, progress=False)
+    assert calls[2][0] == 4, "the second run must start after the finished chunk"
+    resumed = load_dataset(out)
+    np.testing.assert_array_equal(resumed.inputs["a"], reference.inputs["a"])
+    np.testing.assert_array_equal(resumed.outputs["u"], reference.outputs["u"])
+    assert not (tmp_path / "out.h5.partial").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--n", "0"], "--n must be at least 1"),
+        (["--resolution", "2"], "at least 3 nodes"),
+        (["--solve-resolution", "100"], "does not nest"),
+        (["--tau", "-1"], "tau must be positive"),
+        (["--a-low", "0"], "coefficient values must be positive"),
+    ],
+)
+def test_bad_parameters_fail_before_any_work_with_one_line(tmp_path, args, message):
+    out = tmp_path / "x.h5"
+    base = {"--n": "4", "--resolution": "17"}
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        base[flag] = value
+    result = datagen("darcy", "--out", str(out), *[t for kv in base.items() for t in kv], "--quiet")
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+    assert not out.exists() and not (tmp_path / "x.h5.partial").exists()
+
+
+def test_existing_output_is_refused_without_overwrite(tmp_path):
+    out = tmp_path / "x.h5"
+    out.write_text("precious")
+    result = datagen("darcy", "--n", "2", "--resolution", "9", "--out", str(out), "--quiet")
+    assert result.returncode == 1 and "--overwrite" in result.stderr
+    assert out.read_text() == "precious"
+    assert datagen("darcy", "--n", "2", "--resolution", "9", "--out", str(out), "--overwrite", "--quiet").returncode == 0
+    assert load_dataset(out).n_samples == 2
+
+
+def test_loading_a_file_that_is_not_a_dataset_is_a_clear_error(tmp_path):
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"not hdf5")
+    with pytest.raises(ValueError, match="not a readable HDF5 file"):
+        load_dataset(junk)
+    result = datagen("inspect", str(junk))
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
