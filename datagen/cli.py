@@ -65,7 +65,9 @@ def add_subcommands(parser: argparse.ArgumentParser) -> None:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         p.add_argument("--n", type=int, required=True, help="number of samples")
-        p.add_argument("--resolution", type=int, required=True, help="grid nodes per side of the stored fields")
+        p.add_argument(
+            "--resolution", type=int, required=True, help="grid nodes per side of the stored fields"
+        )
         p.add_argument("--out", required=True, help="output HDF5 file")
         p.add_argument("--seed", type=int, default=0, help="root random seed (default: 0)")
         p.add_argument("--workers", type=int, default=1, help="solver processes (default: 1)")
@@ -81,8 +83,10 @@ def _list(args: argparse.Namespace) -> None:
 
     for family in FAMILIES.values():
         print(f"{family.name}: {family.description}")
-        print(f"  inputs: {', '.join(f.name for f in family.inputs)}; "
-              f"outputs: {', '.join(f.name for f in family.outputs)}")
+        print(
+            f"  inputs: {', '.join(f.name for f in family.inputs)}; "
+            f"outputs: {', '.join(f.name for f in family.outputs)}"
+        )
         for name, text in family.option_help.items():
             print(f"  --{name.replace('_', '-')}: {text}")
 
@@ -93,8 +97,10 @@ def _inspect(args: argparse.Namespace) -> None:
     data = load_dataset(args.file)
     for name, array in {**data.inputs, **data.outputs}.items():
         kind = "input" if name in data.inputs else "output"
-        print(f"{name} ({kind}): shape {array.shape}, dtype {array.dtype}, "
-              f"min {array.min():.4g}, max {array.max():.4g}")
+        print(
+            f"{name} ({kind}): shape {array.shape}, dtype {array.dtype}, "
+            f"min {array.min():.4g}, max {array.max():.4g}"
+        )
     for key, value in data.attrs.items():
         if key != "generation_key":
             print(f"{key}: {json.dumps(value.tolist() if hasattr(value, 'tolist') else value)}")
@@ -108,16 +114,20 @@ def _generate(args: argparse.Namespace) -> None:
 
     family = get_family(args.family)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(family.parameters)}
-    request = GenerationRequest(family, family.parameters_from(values), args.n, args.resolution,
-                                args.seed, args.dtype)
-    path = write_dataset(request, args.out, overwrite=args.overwrite, workers=args.workers,
-                         progress=not args.quiet)
+    request = GenerationRequest(
+        family, family.parameters_from(values), args.n, args.resolution, args.seed, args.dtype
+    )
+    path = write_dataset(
+        request, args.out, overwrite=args.overwrite, workers=args.workers, progress=not args.quiet
+    )
     print(f"wrote {args.n} {family.name} samples at {args.resolution} to {path}")
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "datagen") -> int:
     """Entry point of the ``datagen`` script."""
-    parser = CliParser(prog=prog, description="Generate PDE datasets with classical solvers.", epilog=EXAMPLES)
+    parser = CliParser(
+        prog=prog, description="Generate PDE datasets with classical solvers.", epilog=EXAMPLES
+    )
     add_subcommands(parser)
     args = parser.parse_args(argv)
     return run_command(prog, args.func, args)

@@ -115,9 +115,7 @@ class DarcyParameters:
         return asdict(self)
 
 
-def darcy_sample(
-    params: DarcyParameters, resolution: int, rng: np.random.Generator
-) -> dict[str, np.ndarray]:
+def darcy_sample(params: DarcyParameters, resolution: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Draw one coefficient from the benchmark distribution and solve for it.
 
     Returns ``{"a": coefficient, "u": solution}``, both of shape ``(resolution, resolution)``.

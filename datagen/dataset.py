@@ -202,8 +202,9 @@ def write_dataset(
         start = 0
     executor = ProcessPoolExecutor(workers) if workers > 1 else None
     try:
-        with tqdm(total=request.n, initial=start, desc=f"{request.family.name}", unit="sample",
-                  disable=not progress) as bar:
+        with tqdm(
+            total=request.n, initial=start, desc=f"{request.family.name}", unit="sample", disable=not progress
+        ) as bar:
             for chunk in _chunks(start, request.n, chunk_size):
                 if executor is None:
                     data = _sample_chunk(request, chunk)
@@ -278,7 +279,9 @@ def load_dataset(path: str | os.PathLike) -> LoadedDataset:
         with h5netcdf.File(path, "r") as f:
             attrs = {k: f.attrs[k] for k in f.attrs}
             if "input_fields" not in attrs or "output_fields" not in attrs:
-                raise ValueError(f"{path} is not a pdeserve dataset (no input_fields/output_fields attributes)")
+                raise ValueError(
+                    f"{path} is not a pdeserve dataset (no input_fields/output_fields attributes)"
+                )
             attrs["input_fields"] = _as_list(attrs["input_fields"])
             attrs["output_fields"] = _as_list(attrs["output_fields"])
             inputs = {k: f.variables[k][...] for k in attrs["input_fields"]}

@@ -90,7 +90,9 @@ class PdeFamily:
         return self.parameters(**{k: v for k, v in values.items() if k in names})
 
 
-def _darcy_reference(params: darcy.DarcyParameters, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _darcy_reference(
+    params: darcy.DarcyParameters, inputs: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     a = np.asarray(inputs["a"], dtype=np.float64)
     return {"u": darcy.solve_darcy(a, params.forcing, UnitSquareGrid(a.shape[-1]))}
 

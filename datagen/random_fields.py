@@ -56,7 +56,9 @@ class NeumannGaussianField:
         n = grid.n
         normalisation = np.full(n, np.sqrt(2.0))
         normalisation[0] = 1.0
-        weights = self.sqrt_eigenvalues(n) * rng.standard_normal((n, n)) * np.outer(normalisation, normalisation)
+        weights = (
+            self.sqrt_eigenvalues(n) * rng.standard_normal((n, n)) * np.outer(normalisation, normalisation)
+        )
         # DCT-I computes x_0 + (-1)^k x_{N} + 2 sum_{interior} x_m cos(pi k m / N): halve the interior
         # coefficients so every mode enters once.
         weights[1:-1, :] *= 0.5

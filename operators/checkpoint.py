@@ -42,8 +42,11 @@ def save_checkpoint(folder: Path, model: torch.nn.Module, config: dict[str, Any]
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / WEIGHTS_FILE
     save_file(_tensor_state(model), str(weights), metadata={"format": "pt"})
-    config = {**config, "format_version": FORMAT_VERSION,
-              "weights": {"file": WEIGHTS_FILE, "sha256": _sha256(weights)}}
+    config = {
+        **config,
+        "format_version": FORMAT_VERSION,
+        "weights": {"file": WEIGHTS_FILE, "sha256": _sha256(weights)},
+    }
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
@@ -57,8 +60,10 @@ def read_config(folder: Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
     if config.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path} has format_version {config.get('format_version')!r}, "
-                              f"this pdeserve reads {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"{path} has format_version {config.get('format_version')!r}, "
+            f"this pdeserve reads {FORMAT_VERSION}"
+        )
     return config
 
 
@@ -68,8 +73,10 @@ def load_weights(folder: Path, config: dict[str, Any], model: torch.nn.Module) -
     if not weights.is_file():
         raise CheckpointError(f"missing weights file {weights}")
     if _sha256(weights) != config["weights"]["sha256"]:
-        raise CheckpointError(f"{weights} does not match the checksum in {CONFIG_FILE}: "
-                              f"the file was modified or truncated; refusing to load it")
+        raise CheckpointError(
+            f"{weights} does not match the checksum in {CONFIG_FILE}: "
+            f"the file was modified or truncated; refusing to load it"
+        )
     try:
         state = load_file(str(weights))
     except SafetensorError as exc:
@@ -78,7 +85,9 @@ def load_weights(folder: Path, config: dict[str, Any], model: torch.nn.Module) -
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
     if missing or unexpected or wrong:
-        raise CheckpointError(f"{weights} does not fit the {config.get('architecture')} model in its config "
-                              f"(missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {wrong[:3]})")
+        raise CheckpointError(
+            f"{weights} does not fit the {config.get('architecture')} model in its config "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {wrong[:3]})"
+        )
     model.load_state_dict(state, strict=False)
     return model

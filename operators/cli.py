@@ -33,40 +33,81 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     from pdeserve.operators.training import TrainingSettings
 
     defaults = TrainingSettings()
-    train = sub.add_parser("train", help="train a neural operator and publish it to a model repository",
-                           description="Train a neural operator on a pdeserve dataset, evaluate it on the "
-                           "held-out split and publish it as the next version in the model repository.",
-                           epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    train = sub.add_parser(
+        "train",
+        help="train a neural operator and publish it to a model repository",
+        description="Train a neural operator on a pdeserve dataset, evaluate it on the "
+        "held-out split and publish it as the next version in the model repository.",
+        epilog=TRAIN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     train.add_argument("--data", required=True, help="HDF5 dataset from `pdeserve datagen`")
     train.add_argument("--model", required=True, choices=sorted(ARCHITECTURES), help="architecture")
     train.add_argument("--repo", required=True, help="model repository folder")
     train.add_argument("--name", required=True, help="model name, e.g. darcy-fno")
-    train.add_argument("--arg", action="append", type=_argument, default=[], metavar="KEY=VALUE",
-                       help="architecture argument (JSON value), repeatable, e.g. hidden_channels=64")
+    train.add_argument(
+        "--arg",
+        action="append",
+        type=_argument,
+        default=[],
+        metavar="KEY=VALUE",
+        help="architecture argument (JSON value), repeatable, e.g. hidden_channels=64",
+    )
     train.add_argument("--epochs", type=int, default=defaults.epochs, help=f"(default: {defaults.epochs})")
-    train.add_argument("--batch-size", type=int, default=defaults.batch_size,
-                       help=f"(default: {defaults.batch_size})")
-    train.add_argument("--lr", type=float, default=defaults.learning_rate,
-                       help=f"Adam learning rate (default: {defaults.learning_rate})")
-    train.add_argument("--weight-decay", type=float, default=defaults.weight_decay,
-                       help=f"(default: {defaults.weight_decay})")
-    train.add_argument("--scheduler", choices=("cosine", "step"), default=defaults.scheduler,
-                       help=f"(default: {defaults.scheduler})")
-    train.add_argument("--step-size", type=int, default=defaults.step_size,
-                       help=f"epochs between drops of the step schedule (default: {defaults.step_size})")
-    train.add_argument("--gamma", type=float, default=defaults.gamma,
-                       help=f"step schedule factor (default: {defaults.gamma})")
-    train.add_argument("--test-fraction", type=float, default=defaults.test_fraction,
-                       help=f"held-out fraction (default: {defaults.test_fraction})")
+    train.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size, help=f"(default: {defaults.batch_size})"
+    )
+    train.add_argument(
+        "--lr",
+        type=float,
+        default=defaults.learning_rate,
+        help=f"Adam learning rate (default: {defaults.learning_rate})",
+    )
+    train.add_argument(
+        "--weight-decay",
+        type=float,
+        default=defaults.weight_decay,
+        help=f"(default: {defaults.weight_decay})",
+    )
+    train.add_argument(
+        "--scheduler",
+        choices=("cosine", "step"),
+        default=defaults.scheduler,
+        help=f"(default: {defaults.scheduler})",
+    )
+    train.add_argument(
+        "--step-size",
+        type=int,
+        default=defaults.step_size,
+        help=f"epochs between drops of the step schedule (default: {defaults.step_size})",
+    )
+    train.add_argument(
+        "--gamma",
+        type=float,
+        default=defaults.gamma,
+        help=f"step schedule factor (default: {defaults.gamma})",
+    )
+    train.add_argument(
+        "--test-fraction",
+        type=float,
+        default=defaults.test_fraction,
+        help=f"held-out fraction (default: {defaults.test_fraction})",
+    )
     train.add_argument("--seed", type=int, default=defaults.seed, help=f"(default: {defaults.seed})")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: auto)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_train)
 
-    ev = sub.add_parser("eval", help="relative L2 error of a published model on a dataset",
-                        epilog=EVAL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ev = sub.add_parser(
+        "eval",
+        help="relative L2 error of a published model on a dataset",
+        epilog=EVAL_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ev.add_argument("--repo", required=True, help="model repository folder")
-    ev.add_argument("--name", required=True, metavar="NAME[:VERSION]", help="model (newest version by default)")
+    ev.add_argument(
+        "--name", required=True, metavar="NAME[:VERSION]", help="model (newest version by default)"
+    )
     ev.add_argument("--data", required=True, help="HDF5 dataset with the model's input and output fields")
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
     ev.set_defaults(func=_eval)
@@ -78,16 +119,26 @@ def _train(args: argparse.Namespace) -> None:
     from pdeserve.operators.training import TrainingSettings, publish, train
 
     check_name(args.name)
-    settings = TrainingSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-                                weight_decay=args.weight_decay, scheduler=args.scheduler,
-                                step_size=args.step_size, gamma=args.gamma, test_fraction=args.test_fraction,
-                                seed=args.seed, device=args.device)
+    settings = TrainingSettings(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        weight_decay=args.weight_decay,
+        scheduler=args.scheduler,
+        step_size=args.step_size,
+        gamma=args.gamma,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        device=args.device,
+    )
     data = load_dataset(args.data)
     surrogate, metrics = train(data, args.model, dict(args.arg), settings, progress=not args.quiet)
     version = publish(args.repo, args.name, surrogate)
-    print(f"published {args.name} version {version} to {args.repo}: held-out relative L2 "
-          f"{metrics['test_relative_l2']:.4f} (mean predictor {metrics['baseline_mean_relative_l2']:.4f}), "
-          f"{metrics['train_seconds']:.0f} s")
+    print(
+        f"published {args.name} version {version} to {args.repo}: held-out relative L2 "
+        f"{metrics['test_relative_l2']:.4f} (mean predictor {metrics['baseline_mean_relative_l2']:.4f}), "
+        f"{metrics['train_seconds']:.0f} s"
+    )
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -98,16 +149,23 @@ def _eval(args: argparse.Namespace) -> None:
     name, _, version = args.name.partition(":")
     surrogate = load_model(args.repo, name, version or None)
     data = load_dataset(args.data)
-    missing = [f for f in (*surrogate.input_names, *surrogate.output_names)
-               if f not in data.inputs and f not in data.outputs]
+    missing = [
+        f
+        for f in (*surrogate.input_names, *surrogate.output_names)
+        if f not in data.inputs and f not in data.outputs
+    ]
     if missing or data.attrs["pde"] != surrogate.config["pde"]:
-        raise ValueError(f"{args.data} ({data.attrs['pde']}) does not hold the fields of {name} "
-                         f"({surrogate.config['pde']}: {surrogate.input_names} -> {surrogate.output_names})")
+        raise ValueError(
+            f"{args.data} ({data.attrs['pde']}) does not hold the fields of {name} "
+            f"({surrogate.config['pde']}: {surrogate.input_names} -> {surrogate.output_names})"
+        )
     metrics = evaluate(surrogate, data)
     if args.json:
         print(json.dumps({"model": name, "version": surrogate.version, **metrics}))
     else:
         sides = "x".join(str(s) for s in next(iter(data.inputs.values())).shape[1:])
-        print(f"{name} v{surrogate.version} on {args.data} ({int(metrics['n_samples'])} samples at {sides}): "
-              f"relative L2 mean {metrics['relative_l2']:.4f}, median {metrics['relative_l2_median']:.4f}, "
-              f"max {metrics['relative_l2_max']:.4f}")
+        print(
+            f"{name} v{surrogate.version} on {args.data} ({int(metrics['n_samples'])} samples at {sides}): "
+            f"relative L2 mean {metrics['relative_l2']:.4f}, median {metrics['relative_l2_median']:.4f}, "
+            f"max {metrics['relative_l2_max']:.4f}"
+        )

@@ -28,8 +28,14 @@ def evaluate(surrogate: Surrogate, data: LoadedDataset, batch_size: int = 32) ->
     for lo in range(0, len(x), batch_size):
         pred = surrogate.forward(x[lo : lo + batch_size])
         loss = LpLoss(d=y.ndim - 2, p=2, reduction="mean")
-        errors.extend(float(loss.rel(torch.from_numpy(p[None]), torch.from_numpy(t[None])))
-                      for p, t in zip(pred, y[lo : lo + batch_size], strict=True))
+        errors.extend(
+            float(loss.rel(torch.from_numpy(p[None]), torch.from_numpy(t[None])))
+            for p, t in zip(pred, y[lo : lo + batch_size], strict=True)
+        )
     errors_np = np.asarray(errors)
-    return {"relative_l2": float(errors_np.mean()), "relative_l2_median": float(np.median(errors_np)),
-            "relative_l2_max": float(errors_np.max()), "n_samples": float(len(errors_np))}
+    return {
+        "relative_l2": float(errors_np.mean()),
+        "relative_l2_median": float(np.median(errors_np)),
+        "relative_l2_max": float(errors_np.max()),
+        "n_samples": float(len(errors_np)),
+    }

@@ -43,14 +43,20 @@ class ModelRepository:
         """Models with at least one published version, sorted."""
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME.match(p.name) and self.versions(p.name))
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and _NAME.match(p.name) and self.versions(p.name)
+        )
 
     def versions(self, name: str) -> list[str]:
         """Published versions of ``name``, oldest first."""
         folder = self.root / name
         if not folder.is_dir():
             return []
-        return [str(v) for v in sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())]
+        return [
+            str(v) for v in sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+        ]
 
     def resolve(self, name: str, version: str | int | None = None) -> tuple[str, Path]:
         """``(version, folder)`` of ``name`` at ``version`` (None or "" = newest)."""
@@ -62,7 +68,9 @@ class ModelRepository:
             version = versions[-1]
         version = str(version)
         if version not in versions:
-            raise ModelNotFoundError(f"model {name!r} has no version {version!r}; versions: {', '.join(versions)}")
+            raise ModelNotFoundError(
+                f"model {name!r} has no version {version!r}; versions: {', '.join(versions)}"
+            )
         return version, self.root / name / version
 
     def publish(self, name: str, write: Callable[[Path], None]) -> str:

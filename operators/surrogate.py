@@ -99,8 +99,10 @@ class Surrogate:
                 raise InvalidInputError(f"input {field!r} must be float32 or float64, got {array.dtype}")
             if array.ndim not in (self.ndim, self.ndim + 1):
                 grid = ", ".join(self.config["dims"])
-                raise InvalidInputError(f"input {field!r} must have rank {self.ndim} ({grid}) or "
-                                        f"{self.ndim + 1} (batch, {grid}), got shape {tuple(array.shape)}")
+                raise InvalidInputError(
+                    f"input {field!r} must have rank {self.ndim} ({grid}) or "
+                    f"{self.ndim + 1} (batch, {grid}), got shape {tuple(array.shape)}"
+                )
             if array.size == 0:
                 raise InvalidInputError(f"input {field!r} is empty (shape {tuple(array.shape)})")
             sides = tuple(array.shape[-self.ndim :])
@@ -119,7 +121,7 @@ class Surrogate:
 
     @torch.inference_mode()
     def forward(self, stacked: np.ndarray) -> np.ndarray:
-        """Run the network on validated ``(batch, in_channels, *grid)``; returns ``(batch, out_channels, *grid)``."""
+        """Run the network on validated ``(batch, in_channels, *grid)``; ``(batch, out_channels, *grid)`` out."""
         x = self.input_normalizer.transform(torch.from_numpy(stacked).to(self.device))
         y = self.output_normalizer.inverse_transform(self.model(x))
         return y.float().cpu().numpy()

@@ -92,7 +92,10 @@ def split(n: int, test_fraction: float) -> tuple[slice, slice]:
 def channel_stats(x: np.ndarray) -> dict[str, list[float]]:
     """Per-channel mean and standard deviation of ``(sample, channel, *grid)``."""
     axes = (0, *range(2, x.ndim))
-    return {"mean": x.mean(axis=axes, dtype=np.float64).tolist(), "std": x.std(axis=axes, dtype=np.float64).tolist()}
+    return {
+        "mean": x.mean(axis=axes, dtype=np.float64).tolist(),
+        "std": x.std(axis=axes, dtype=np.float64).tolist(),
+    }
 
 
 def train(
@@ -117,8 +120,10 @@ def train(
     train_part, test_part = split(len(x_all), settings.test_fraction)
     x_train, y_train = x_all[train_part], y_all[train_part]
     arch = get_architecture(architecture)
-    config = make_config(architecture, {**arch.defaults, **arguments,
-                                        "in_channels": len(input_names), "out_channels": len(output_names)})
+    config = make_config(
+        architecture,
+        {**arch.defaults, **arguments, "in_channels": len(input_names), "out_channels": len(output_names)},
+    )
     grid_shape = list(x_all.shape[2:])
     problem = config.resolutions().check(tuple(grid_shape))
     if problem:
@@ -133,19 +138,27 @@ def train(
         "outputs": [{"name": f.name, "description": f.description} for f in family.outputs],
         "training_resolution": grid_shape,
         "normalizers": {"inputs": channel_stats(x_train), "outputs": channel_stats(y_train)},
-        "dataset": {"fingerprint": data.fingerprint(), "n_samples": len(x_all),
-                    "n_train": len(x_train), "n_test": len(x_all) - len(x_train)},
+        "dataset": {
+            "fingerprint": data.fingerprint(),
+            "n_samples": len(x_all),
+            "n_train": len(x_train),
+            "n_test": len(x_all) - len(x_train),
+        },
         "training": asdict(settings),
         "pdeserve_version": version("pdeserve"),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     surrogate = Surrogate(name="", version="", config=record, metrics={}, model=config.build()).to(device)
     model = surrogate.model
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+    )
     if settings.scheduler == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs)
     else:
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.step_size, gamma=settings.gamma)
+        scheduler = torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=settings.step_size, gamma=settings.gamma
+        )
     loss_fn = LpLoss(d=len(grid_shape), p=2, reduction="mean")
     x_train_t = surrogate.input_normalizer.transform(torch.from_numpy(x_train).to(device))
     y_train_t = torch.from_numpy(y_train).to(device)
@@ -168,8 +181,11 @@ def train(
         bar.set_postfix(train_rel_l2=f"{total / count:.4f}")
     model.eval()
     seconds = time.perf_counter() - started
-    held_out = LoadedDataset(data.attrs, {k: v[test_part] for k, v in data.inputs.items()},
-                             {k: v[test_part] for k, v in data.outputs.items()})
+    held_out = LoadedDataset(
+        data.attrs,
+        {k: v[test_part] for k, v in data.inputs.items()},
+        {k: v[test_part] for k, v in data.outputs.items()},
+    )
     test = evaluate(surrogate, held_out)
     baseline = relative_l2(np.broadcast_to(y_train.mean(axis=0), y_all[test_part].shape), y_all[test_part])
     metrics = {
@@ -188,6 +204,7 @@ def train(
 
 def publish(repo: str | Path, name: str, surrogate: Surrogate) -> str:
     """Publish a trained surrogate as the next version of ``name``; returns the version."""
+
     def write(folder: Path) -> None:
         save_checkpoint(folder, surrogate.model, surrogate.config)
         (folder / "metrics.json").write_text(json.dumps(surrogate.metrics, indent=2, sort_keys=True) + "\n")

@@ -30,8 +30,10 @@ SERVICE_NAME = "pdeserve.v1.Solver"
 
 
 def _field_specs(fields: list[dict], shape: list[int]) -> list[pb.FieldSpec]:
-    return [pb.FieldSpec(name=f["name"], description=f["description"], shape=shape, dtype=pb.DTYPE_FLOAT32)
-            for f in fields]
+    return [
+        pb.FieldSpec(name=f["name"], description=f["description"], shape=shape, dtype=pb.DTYPE_FLOAT32)
+        for f in fields
+    ]
 
 
 def model_info(surrogate: Surrogate, versions: list[str]) -> pb.ModelInfo:
@@ -108,14 +110,19 @@ class SolverService:
 
     def _solve(self, request: pb.SolveRequest) -> pb.SolveResponse:
         if not request.model:
-            raise _Status(grpc.StatusCode.INVALID_ARGUMENT, "SolveRequest.model is empty: name a model "
-                          "(ListModels lists them)")
+            raise _Status(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "SolveRequest.model is empty: name a model (ListModels lists them)",
+            )
         surrogate = self._model(request.model, request.version)
         inputs = {name: from_tensor(tensor, name) for name, tensor in request.inputs.items()}
         started = time.perf_counter()
         outputs = surrogate.predict(inputs)
-        response = pb.SolveResponse(model=surrogate.name, version=surrogate.version,
-                                    inference_ms=(time.perf_counter() - started) * 1e3)
+        response = pb.SolveResponse(
+            model=surrogate.name,
+            version=surrogate.version,
+            inference_ms=(time.perf_counter() - started) * 1e3,
+        )
         for name, array in outputs.items():
             response.outputs[name].CopyFrom(to_tensor(array))
         if request.reference:
@@ -123,8 +130,12 @@ class SolverService:
         return response
 
     @staticmethod
-    def _reference(surrogate: Surrogate, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray],
-                   response: pb.SolveResponse) -> None:
+    def _reference(
+        surrogate: Surrogate,
+        inputs: dict[str, np.ndarray],
+        outputs: dict[str, np.ndarray],
+        response: pb.SolveResponse,
+    ) -> None:
         family = get_family(surrogate.config["pde"])
         params = family.parameters_from(surrogate.config["pde_parameters"])
         batched = next(iter(inputs.values())).ndim == surrogate.ndim + 1
@@ -141,13 +152,19 @@ class SolverService:
         def work() -> pb.ListModelsResponse:
             names = self.repository.names()
             return pb.ListModelsResponse(
-                models=[model_info(self._model(n, ""), self.repository.versions(n)) for n in names])
+                models=[model_info(self._model(n, ""), self.repository.versions(n)) for n in names]
+            )
 
         return _answer(grpc_context, pb.ListModelsResponse, work)
 
     def GetModel(self, request: pb.GetModelRequest, grpc_context) -> pb.ModelInfo:
-        return _answer(grpc_context, pb.ModelInfo, lambda: model_info(
-            self._model(request.name, request.version), self.repository.versions(request.name)))
+        return _answer(
+            grpc_context,
+            pb.ModelInfo,
+            lambda: model_info(
+                self._model(request.name, request.version), self.repository.versions(request.name)
+            ),
+        )
 
     def Check(self, request: health_pb2.HealthCheckRequest, grpc_context) -> health_pb2.HealthCheckResponse:
         """grpc.health.v1: SERVING once at least one model is loaded."""
@@ -155,7 +172,11 @@ class SolverService:
             grpc_context.set_code(grpc.StatusCode.NOT_FOUND)
             grpc_context.set_details(f"unknown service {request.service!r}; this server has {SERVICE_NAME!r}")
             return health_pb2.HealthCheckResponse()
-        status = health_pb2.HealthCheckResponse.SERVING if self._models else health_pb2.HealthCheckResponse.NOT_SERVING
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if self._models
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         return health_pb2.HealthCheckResponse(status=status)
 
 

@@ -27,27 +27,44 @@ SOLVE_EXAMPLES = """examples:
 
 
 def _add_serving_subcommands(sub: argparse._SubParsersAction) -> None:
-    serve = sub.add_parser("serve", help="serve a model repository over gRPC with Ray Serve",
-                           description="Start Ray (in-process by default) and the pdeserve Ray Serve "
-                           "application behind Ray Serve's gRPC proxy; runs until Ctrl-C.",
-                           epilog=SERVE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve = sub.add_parser(
+        "serve",
+        help="serve a model repository over gRPC with Ray Serve",
+        description="Start Ray (in-process by default) and the pdeserve Ray Serve "
+        "application behind Ray Serve's gRPC proxy; runs until Ctrl-C.",
+        epilog=SERVE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_argument("--repo", required=True, help="model repository folder")
     serve.add_argument("--grpc-port", type=int, default=DEFAULT_PORT, help=f"(default: {DEFAULT_PORT})")
-    serve.add_argument("--address", default="local",
-                       help="'local' starts Ray in this process; 'auto' or HOST:PORT joins a cluster")
+    serve.add_argument(
+        "--address",
+        default="local",
+        help="'local' starts Ray in this process; 'auto' or HOST:PORT joins a cluster",
+    )
     serve.set_defaults(func=_serve)
 
-    solve = sub.add_parser("solve", help="call a running server's Solve endpoint",
-                           epilog=SOLVE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    solve = sub.add_parser(
+        "solve",
+        help="call a running server's Solve endpoint",
+        epilog=SOLVE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     solve.add_argument("--target", default=f"127.0.0.1:{DEFAULT_PORT}", help="HOST:PORT of the server")
     solve.add_argument("--model", required=True, help="model name")
     solve.add_argument("--version", default="", help="model version (default: newest)")
-    solve.add_argument("--input", required=True,
-                       help=".npy of shape (R, R) or (B, R, R) for the model's single input, "
-                       "or a pdeserve HDF5 dataset (its input fields are sent, its outputs compared)")
+    solve.add_argument(
+        "--input",
+        required=True,
+        help=".npy of shape (R, R) or (B, R, R) for the model's single input, "
+        "or a pdeserve HDF5 dataset (its input fields are sent, its outputs compared)",
+    )
     solve.add_argument("--out", help="write the output: .npy (single output field) or .npz")
-    solve.add_argument("--reference", action="store_true",
-                       help="also run the classical solver on the server and report the surrogate's error")
+    solve.add_argument(
+        "--reference",
+        action="store_true",
+        help="also run the classical solver on the server and report the surrogate's error",
+    )
     solve.add_argument("--timeout", type=float, default=60.0, help="deadline in seconds (default: 60)")
     solve.set_defaults(func=_solve)
 
@@ -68,8 +85,12 @@ def build_parser() -> CliParser:
     parser = CliParser(prog="pdeserve", description="Neural-operator PDE solver service.")
     sub = parser.add_subparsers(dest="command", metavar="{datagen,train,eval,serve,solve}")
     sub.required = True
-    datagen = sub.add_parser("datagen", help="generate PDE datasets with classical solvers",
-                             epilog=datagen_cli.EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    datagen = sub.add_parser(
+        "datagen",
+        help="generate PDE datasets with classical solvers",
+        epilog=datagen_cli.EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     datagen_cli.add_subcommands(datagen)
     operators_cli.add_subcommands(sub)
     _add_serving_subcommands(sub)

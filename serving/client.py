@@ -9,7 +9,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from pdeserve.protos.v1 import solver_pb2 as pb
 from pdeserve.protos.v1 import solver_pb2_grpc
 from pdeserve.serving.tensors import from_tensor, to_tensor
@@ -35,7 +34,10 @@ class SolverClient:
     """
 
     def __init__(self, target: str, timeout: float = 60.0) -> None:
-        options = [("grpc.max_send_message_length", 256 << 20), ("grpc.max_receive_message_length", 256 << 20)]
+        options = [
+            ("grpc.max_send_message_length", 256 << 20),
+            ("grpc.max_receive_message_length", 256 << 20),
+        ]
         self.channel = grpc.insecure_channel(target, options=options)
         self.stub = solver_pb2_grpc.SolverStub(self.channel)
         self.timeout = timeout
@@ -55,8 +57,9 @@ class SolverClient:
         except grpc.RpcError as exc:
             raise SolverError(exc.code(), exc.details()) from None
 
-    def solve_response(self, model: str, inputs: Mapping[str, np.ndarray], version: str = "",
-                       reference: bool = False) -> pb.SolveResponse:
+    def solve_response(
+        self, model: str, inputs: Mapping[str, np.ndarray], version: str = "", reference: bool = False
+    ) -> pb.SolveResponse:
         """The raw ``SolveResponse`` for ``inputs`` (field name -> array)."""
         request = pb.SolveRequest(model=model, version=version, reference=reference)
         for name, array in inputs.items():
@@ -117,8 +120,10 @@ def solve_command(args: argparse.Namespace) -> None:
         if name in truth and truth[name].shape == array.shape:
             batched = array.ndim == len(info.outputs[0].shape) + 1
             pred, true = (array, truth[name]) if batched else (array[None], truth[name][None])
-            print(f"  relative L2 of {name} against {path.name}: "
-                  f"{relative_l2(pred[:, None], true[:, None]):.4f}")
+            print(
+                f"  relative L2 of {name} against {path.name}: "
+                f"{relative_l2(pred[:, None], true[:, None]):.4f}"
+            )
     if args.out:
         out = Path(args.out)
         if out.suffix == ".npy" and len(outputs) == 1:

@@ -26,7 +26,9 @@ def serve_options(grpc_port: int, http_port: int, host: str = "127.0.0.1") -> di
     }
 
 
-def start(repo: str | os.PathLike, grpc_port: int = 9000, http_port: int = 8000, address: str = "local") -> None:
+def start(
+    repo: str | os.PathLike, grpc_port: int = 9000, http_port: int = 8000, address: str = "local"
+) -> None:
     """Start (or join) Ray, start Serve and deploy the application; returns once it is running.
 
     Parameters
@@ -39,16 +41,19 @@ def start(repo: str | os.PathLike, grpc_port: int = 9000, http_port: int = 8000,
         ``"local"`` starts a Ray instance in this process; ``"auto"`` or ``HOST:PORT`` joins a cluster.
     """
     import ray
-    from ray import serve
-
     from pdeserve.serving.app import build_app
+    from ray import serve
 
     repo = Path(repo).resolve()
     if not ModelRepository(repo).names():
         raise FileNotFoundError(f"no published models in {repo}; train one with `pdeserve train`")
     if not ray.is_initialized():
-        ray.init(address=None if address == "local" else address, include_dashboard=False,
-                 configure_logging=False, log_to_driver=False)
+        ray.init(
+            address=None if address == "local" else address,
+            include_dashboard=False,
+            configure_logging=False,
+            log_to_driver=False,
+        )
     serve.start(**serve_options(grpc_port, http_port))
     serve.run(build_app(repo), name=APP_NAME, blocking=False)
 
@@ -69,10 +74,15 @@ def serve_forever(repo: str | os.PathLike, grpc_port: int = 9000, address: str =
     started = time.perf_counter()
     start(repo, grpc_port=grpc_port, address=address)
     names = ", ".join(ModelRepository(repo).names())
-    print(f"pdeserve is serving {names} on 127.0.0.1:{grpc_port} (gRPC) after {time.perf_counter() - started:.1f} s",
-          flush=True)
-    print(f"  try: pdeserve solve --target 127.0.0.1:{grpc_port} --model {names.split(', ')[0]} "
-          f"--input a.npy --out u.npy   (Ctrl-C stops)", flush=True)
+    seconds = time.perf_counter() - started
+    print(
+        f"pdeserve is serving {names} on 127.0.0.1:{grpc_port} (gRPC), started in {seconds:.1f} s", flush=True
+    )
+    print(
+        f"  try: pdeserve solve --target 127.0.0.1:{grpc_port} --model {names.split(', ')[0]} "
+        f"--input a.npy --out u.npy   (Ctrl-C stops)",
+        flush=True,
+    )
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     try:

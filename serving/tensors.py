@@ -26,14 +26,16 @@ def from_tensor(tensor: pb.Tensor, name: str) -> np.ndarray:
     """The array in ``tensor``; ``InvalidInputError`` naming ``name`` if dtype, shape and bytes disagree."""
     if tensor.dtype not in NUMPY_DTYPES:
         allowed = ", ".join(pb.DType.Name(d) for d in NUMPY_DTYPES)
-        raise InvalidInputError(f"input {name!r} has dtype {pb.DType.Name(tensor.dtype) if tensor.dtype in pb.DType.values() else tensor.dtype}; "
-                                f"expected one of {allowed}")
+        given = pb.DType.Name(tensor.dtype) if tensor.dtype in pb.DType.values() else str(tensor.dtype)
+        raise InvalidInputError(f"input {name!r} has dtype {given}; expected one of {allowed}")
     shape = tuple(tensor.shape)
     if any(s < 0 for s in shape):
         raise InvalidInputError(f"input {name!r} has a negative dimension in shape {shape}")
     dtype = NUMPY_DTYPES[tensor.dtype]
     expected = math.prod(shape) * dtype.itemsize
     if len(tensor.data) != expected:
-        raise InvalidInputError(f"input {name!r}: shape {shape} as {pb.DType.Name(tensor.dtype)} needs {expected} "
-                                f"bytes, got {len(tensor.data)}")
+        raise InvalidInputError(
+            f"input {name!r}: shape {shape} as {pb.DType.Name(tensor.dtype)} needs {expected} "
+            f"bytes, got {len(tensor.data)}"
+        )
     return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)

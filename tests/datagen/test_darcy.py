@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-
 from pdeserve.datagen.darcy import DarcyParameters, darcy_sample, solve_darcy
 from pdeserve.datagen.grids import UnitSquareGrid
 

@@ -5,7 +5,6 @@ import h5netcdf
 import numpy as np
 import pytest
 import xarray as xr
-
 from pdeserve.datagen import dataset as dataset_module
 from pdeserve.datagen.darcy import DarcyParameters
 from pdeserve.datagen.dataset import GenerationRequest, load_dataset, write_dataset
@@ -13,7 +12,9 @@ from pdeserve.datagen.families import get_family
 
 
 def datagen(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pdeserve.datagen.cli", *args], capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "pdeserve.datagen.cli", *args], capture_output=True, text=True
+    )
 
 
 def test_cli_file_opens_in_xarray_with_named_dims_coordinates_and_attributes(tmp_path):
@@ -29,8 +30,18 @@ def test_cli_file_opens_in_xarray_with_named_dims_coordinates_and_attributes(tmp
         assert attrs["pde"] == "darcy" and attrs["seed"] == 3 and attrs["schema_version"] == 1
         assert list(np.atleast_1d(attrs["input_fields"])) == ["a"]
         assert list(np.atleast_1d(attrs["output_fields"])) == ["u"]
-        for key in ("alpha", "tau", "a_high", "a_low", "forcing", "solve_resolution", "boundary_conditions",
-                    "scheme", "solver", "pdeserve_version"):
+        for key in (
+            "alpha",
+            "tau",
+            "a_high",
+            "a_low",
+            "forcing",
+            "solve_resolution",
+            "boundary_conditions",
+            "scheme",
+            "solver",
+            "pdeserve_version",
+        ):
             assert key in attrs, key
         assert (attrs["a_high"], attrs["a_low"], attrs["tau"]) == (12.0, 3.0, 3.0)
     with h5netcdf.File(out, "r") as f:
@@ -43,7 +54,12 @@ def test_same_seed_gives_identical_arrays_and_another_seed_does_not(tmp_path):
         request = GenerationRequest(get_family("darcy"), DarcyParameters(), 5, 17, seed)
         return load_dataset(write_dataset(request, tmp_path / name, workers=workers, progress=False))
 
-    first, again, parallel, other = make("a.h5", 1), make("b.h5", 1), make("c.h5", 1, workers=2), make("d.h5", 2)
+    first, again, parallel, other = (
+        make("a.h5", 1),
+        make("b.h5", 1),
+        make("c.h5", 1, workers=2),
+        make("d.h5", 2),
+    )
     np.testing.assert_array_equal(first.inputs["a"], again.inputs["a"])
     np.testing.assert_array_equal(first.outputs["u"], again.outputs["u"])
     np.testing.assert_array_equal(first.outputs["u"], parallel.outputs["u"])
@@ -70,7 +86,9 @@ def test_interrupted_run_resumes_after_the_last_chunk_and_matches_an_uninterrupt
         write_dataset(request, out, chunk_size=4, progress=False)
     assert not out.exists() and (tmp_path / "out.h5.partial").exists()
 
-    monkeypatch.setattr(dataset_module, "_sample_chunk", lambda req, idx: calls.append(list(idx)) or original(req, idx))
+    monkeypatch.setattr(
+        dataset_module, "_sample_chunk", lambda req, idx: calls.append(list(idx)) or original(req, idx)
+    )
     write_dataset(request, out, chunk_size=4, progress=False)
     assert calls[2][0] == 4, "the second run must start after the finished chunk"
     resumed = load_dataset(out)
@@ -106,7 +124,12 @@ def test_existing_output_is_refused_without_overwrite(tmp_path):
     result = datagen("darcy", "--n", "2", "--resolution", "9", "--out", str(out), "--quiet")
     assert result.returncode == 1 and "--overwrite" in result.stderr
     assert out.read_text() == "precious"
-    assert datagen("darcy", "--n", "2", "--resolution", "9", "--out", str(out), "--overwrite", "--quiet").returncode == 0
+    assert (
+        datagen(
+            "darcy", "--n", "2", "--resolution", "9", "--out", str(out), "--overwrite", "--quiet"
+        ).returncode
+        == 0
+    )
     assert load_dataset(out).n_samples == 2
 
 
