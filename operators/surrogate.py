@@ -121,7 +121,7 @@ class Surrogate:
 
     @torch.inference_mode()
     def forward(self, stacked: np.ndarray) -> np.ndarray:
-        """Run the network on validated ``(batch, in_channels, *grid)``; ``(batch, out_channels, *grid)`` out."""
+        """Validated ``(batch, in_channels, *grid)`` in, ``(batch, out_channels, *grid)`` float32 out."""
         x = self.input_normalizer.transform(torch.from_numpy(stacked).to(self.device))
         y = self.output_normalizer.inverse_transform(self.model(x))
         return y.float().cpu().numpy()
