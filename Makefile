@@ -34,6 +34,9 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+bench: $(STAMP)
+	$(PY) bench/serving.py
+
 protos: $(STAMP)
 	$(PY) -m pdeserve.protos.generate
 

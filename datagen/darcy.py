@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
+
 from pdeserve.datagen.grids import UnitSquareGrid
 from pdeserve.datagen.random_fields import NeumannGaussianField
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import h5netcdf
 import numpy as np
+
 from pdeserve.datagen.families import PdeFamily, get_family
 from pdeserve.datagen.grids import UnitSquareGrid
 

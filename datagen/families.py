@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from pdeserve.datagen import darcy
 from pdeserve.datagen.grids import UnitSquareGrid
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from pdeserve.datagen.grids import UnitSquareGrid
 from scipy import fft
+
+from pdeserve.datagen.grids import UnitSquareGrid
 
 
 @dataclass(frozen=True)

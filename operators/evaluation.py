@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from neuralop.losses import LpLoss
+
 from pdeserve.datagen.dataset import LoadedDataset
 from pdeserve.operators.surrogate import Surrogate
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from neuralop.data.transforms.normalizers import UnitGaussianNormalizer
+
 from pdeserve.operators.checkpoint import load_weights, read_config
 from pdeserve.operators.registry import ResolutionRule, make_config
 from pdeserve.operators.repository import ModelRepository

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from neuralop.losses import LpLoss
+
 from pdeserve.datagen.dataset import LoadedDataset
 from pdeserve.operators.checkpoint import save_checkpoint
 from pdeserve.operators.evaluation import evaluate, relative_l2, stack_fields

@@ -17,13 +17,14 @@ from pathlib import Path
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2
+from ray import serve
+
 from pdeserve.datagen.families import get_family
 from pdeserve.operators.evaluation import relative_l2
 from pdeserve.operators.repository import ModelNotFoundError, ModelRepository
 from pdeserve.operators.surrogate import InvalidInputError, Surrogate, load_surrogate
 from pdeserve.protos.v1 import solver_pb2 as pb
 from pdeserve.serving.tensors import from_tensor, to_tensor
-from ray import serve
 
 logger = logging.getLogger("pdeserve")
 SERVICE_NAME = "pdeserve.v1.Solver"
@@ -183,3 +184,9 @@ class SolverService:
 def build_app(repo: str | Path) -> serve.Application:
     """The Serve application for the model repository ``repo``."""
     return SolverService.bind(str(Path(repo).resolve()))
+
+
+def app_builder(args: dict[str, str]) -> serve.Application:
+    """Application builder for Serve config files and KubeRay's ``serveConfigV2``
+    (``import_path: pdeserve.serving.app:app_builder``, ``args: {repo: /models}``)."""
+    return build_app(args["repo"])

@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from pdeserve.protos.v1 import solver_pb2 as pb
 from pdeserve.protos.v1 import solver_pb2_grpc
 from pdeserve.serving.tensors import from_tensor, to_tensor

@@ -41,8 +41,9 @@ def start(
         ``"local"`` starts a Ray instance in this process; ``"auto"`` or ``HOST:PORT`` joins a cluster.
     """
     import ray
-    from pdeserve.serving.app import build_app
     from ray import serve
+
+    from pdeserve.serving.app import build_app
 
     repo = Path(repo).resolve()
     if not ModelRepository(repo).names():

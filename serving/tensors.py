@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
 from pdeserve.operators.surrogate import InvalidInputError
 from pdeserve.protos.v1 import solver_pb2 as pb
 

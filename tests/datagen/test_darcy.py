@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from pdeserve.datagen.darcy import DarcyParameters, darcy_sample, solve_darcy
 from pdeserve.datagen.grids import UnitSquareGrid
 

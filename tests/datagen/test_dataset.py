@@ -5,6 +5,7 @@ import h5netcdf
 import numpy as np
 import pytest
 import xarray as xr
+
 from pdeserve.datagen import dataset as dataset_module
 from pdeserve.datagen.darcy import DarcyParameters
 from pdeserve.datagen.dataset import GenerationRequest, load_dataset, write_dataset

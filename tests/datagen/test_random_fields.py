@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from pdeserve.datagen.grids import UnitSquareGrid
 from pdeserve.datagen.random_fields import NeumannGaussianField
 

@@ -1,4 +1,5 @@
 import pytest
+
 from pdeserve.datagen.darcy import DarcyParameters
 from pdeserve.datagen.dataset import GenerationRequest, load_dataset, write_dataset
 from pdeserve.datagen.families import get_family

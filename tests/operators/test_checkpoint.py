@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from pdeserve.operators import load_model
 from pdeserve.operators.checkpoint import CheckpointError
 from pdeserve.operators.repository import ModelNotFoundError, ModelRepository

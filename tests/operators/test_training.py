@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from pdeserve.operators.evaluation import relative_l2
 from pdeserve.operators.training import TrainingSettings, split, train
 

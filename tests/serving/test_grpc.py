@@ -7,6 +7,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from pdeserve.datagen.darcy import DarcyParameters, darcy_sample, solve_darcy
 from pdeserve.datagen.grids import UnitSquareGrid
 from pdeserve.operators import load_model

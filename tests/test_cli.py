@@ -1,0 +1,63 @@
+"""The command line: help with examples, and one-line errors with a non-zero exit."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def pdeserve(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pdeserve.serving.cli", *args], capture_output=True, text=True
+    )
+
+
+@pytest.mark.parametrize(
+    "command", [[], ["datagen"], ["datagen", "darcy"], ["train"], ["eval"], ["serve"], ["solve"]]
+)
+def test_every_command_has_help_with_examples(command):
+    done = pdeserve(*command, "--help")
+    assert done.returncode == 0
+    assert "usage: pdeserve" in done.stdout
+    if command and command != ["datagen"]:
+        assert "examples:" in done.stdout, command
+
+
+def test_datagen_list_names_the_families_and_options():
+    done = pdeserve("datagen", "list")
+    assert done.returncode == 0
+    assert done.stdout.startswith("darcy: ") and "--solve-resolution" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["frobnicate"], 2, "invalid choice: 'frobnicate'"),
+        (
+            ["train", "--data", "missing.h5", "--model", "fno", "--repo", "r", "--name", "m"],
+            1,
+            "no such dataset file",
+        ),
+        (
+            ["train", "--data", "x.h5", "--model", "fno", "--repo", "r", "--name", "a/b"],
+            1,
+            "invalid model name",
+        ),
+        (
+            ["train", "--data", "x.h5", "--model", "unet", "--repo", "r", "--name", "m"],
+            2,
+            "invalid choice: 'unet'",
+        ),
+        (["eval", "--repo", "nowhere", "--name", "m", "--data", "x.h5"], 1, "unknown model 'm'"),
+        (["serve", "--repo", "nowhere"], 1, "no published models"),
+        (["solve", "--model", "m", "--input", "missing.npy"], 1, "no such input file"),
+    ],
+)
+def test_errors_are_one_line_and_non_zero(tmp_path, args, code, message):
+    done = subprocess.run(
+        [sys.executable, "-m", "pdeserve.serving.cli", *args], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert done.returncode == code
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], done.stderr
+    assert lines[0].startswith("pdeserve")
