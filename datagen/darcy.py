@@ -8,7 +8,7 @@ Benchmark distribution (Li et al. 2021, FNO): ``f = 1``; ``a = 12`` where ``g >=
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -114,6 +114,12 @@ class DarcyParameters:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def for_resolution(self, resolution: int) -> DarcyParameters:
+        """These parameters with the solver grid fixed for ``resolution`` (validated to nest)."""
+        solve = self.solve_resolution or resolution
+        UnitSquareGrid(solve).subsample_factor(UnitSquareGrid(resolution))
+        return replace(self, solve_resolution=solve)
 
 
 def darcy_sample(params: DarcyParameters, resolution: int, rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -67,9 +67,8 @@ class GenerationRequest:
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
         UnitSquareGrid(self.resolution)  # validates the resolution
-        solve = getattr(self.parameters, "solve_resolution", None)
-        if solve is not None:
-            UnitSquareGrid(solve).subsample_factor(UnitSquareGrid(self.resolution))
+        # Record the parameters as actually used (e.g. the solver grid), so the file regenerates exactly.
+        object.__setattr__(self, "parameters", self.parameters.for_resolution(self.resolution))
 
     def key(self) -> str:
         """A JSON string identifying the request (stored in the file to validate a resume)."""
@@ -105,8 +104,7 @@ class GenerationRequest:
             "parameters_json": json.dumps(self.parameters.as_dict(), sort_keys=True),
             _GENERATION_KEY: self.key(),
         }
-        for name, value in self.parameters.as_dict().items():
-            attrs[name] = self.resolution if value is None and name == "solve_resolution" else value
+        attrs.update(self.parameters.as_dict())
         return attrs
 
 
@@ -259,11 +257,13 @@ class LoadedDataset:
         return next(iter(self.inputs.values())).shape[0]
 
     def fingerprint(self) -> str:
-        """sha256 over the generation key and the raw bytes of every field (content identity)."""
-        digest = hashlib.sha256(str(self.attrs.get(_GENERATION_KEY, "")).encode())
-        for name in sorted({**self.inputs, **self.outputs}):
-            digest.update(name.encode())
-            digest.update(np.ascontiguousarray({**self.inputs, **self.outputs}[name]).tobytes())
+        """sha256 over the names, dtypes, shapes and bytes of every field: the data's content identity."""
+        digest = hashlib.sha256()
+        fields = {**self.inputs, **self.outputs}
+        for name in sorted(fields):
+            array = np.ascontiguousarray(fields[name])
+            digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
+            digest.update(array.tobytes())
         return digest.hexdigest()
 
 

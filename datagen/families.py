@@ -52,7 +52,8 @@ class PdeFamily:
     boundary_conditions, scheme, solver : str
         Recorded in the dataset attributes.
     parameters : type
-        Frozen dataclass holding the distribution's parameters.
+        Frozen dataclass holding the distribution's parameters; its ``for_resolution(resolution)``
+        validates them against the output resolution and fills resolution-dependent defaults.
     sample : callable
         ``sample(parameters, resolution, rng) -> {field: array}`` draws and solves one instance.
     reference : callable
