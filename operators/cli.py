@@ -30,7 +30,7 @@ def _argument(text: str) -> tuple[str, object]:
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     """Register ``train`` and ``eval`` on the ``pdeserve`` subcommand set."""
     from pdeserve.operators.registry import ARCHITECTURES
-    from pdeserve.operators.training import TrainingSettings
+    from pdeserve.operators.settings import TrainingSettings
 
     defaults = TrainingSettings()
     train = sub.add_parser(
@@ -116,7 +116,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> None:
     from pdeserve.datagen.dataset import load_dataset
     from pdeserve.operators.repository import check_name
-    from pdeserve.operators.training import TrainingSettings, publish, train
+    from pdeserve.operators.settings import TrainingSettings
+    from pdeserve.operators.training import publish, train
 
     check_name(args.name)
     settings = TrainingSettings(

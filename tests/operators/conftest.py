@@ -18,7 +18,8 @@ def small_darcy(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_small(small_darcy):
     """A small FNO trained briefly on ``small_darcy`` (shared by the operator tests)."""
-    from pdeserve.operators.training import TrainingSettings, train
+    from pdeserve.operators.settings import TrainingSettings
+    from pdeserve.operators.training import train
 
     settings = TrainingSettings(epochs=40, batch_size=10, learning_rate=5e-3, test_fraction=0.2, seed=0)
     return train(small_darcy, "fno", SMALL_FNO, settings, progress=False)

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from pdeserve.operators.evaluation import relative_l2
-from pdeserve.operators.training import TrainingSettings, split, train
+from pdeserve.operators.settings import TrainingSettings
+from pdeserve.operators.training import split, train
 
 
 def test_short_training_beats_the_mean_predictor_by_far(trained_small):
