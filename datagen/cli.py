@@ -14,11 +14,20 @@ from collections.abc import Callable, Sequence
 EXPECTED_ERRORS = (ValueError, LookupError, OSError, RuntimeError)
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Examples kept as written; defaults shown after each option's help (not for flags and None)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class CliParser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line and exit code 2."""
 
     def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -62,15 +71,15 @@ def add_subcommands(parser: argparse.ArgumentParser) -> None:
             help=family.description,
             description=family.description,
             epilog=EXAMPLES,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            formatter_class=HelpFormatter,
         )
         p.add_argument("--n", type=int, required=True, help="number of samples")
         p.add_argument(
             "--resolution", type=int, required=True, help="grid nodes per side of the stored fields"
         )
         p.add_argument("--out", required=True, help="output HDF5 file")
-        p.add_argument("--seed", type=int, default=0, help="root random seed (default: 0)")
-        p.add_argument("--workers", type=int, default=1, help="solver processes (default: 1)")
+        p.add_argument("--seed", type=int, default=0, help="root random seed")
+        p.add_argument("--workers", type=int, default=1, help="solver processes")
         p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="storage dtype")
         p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
         p.add_argument("--quiet", action="store_true", help="no progress bar")

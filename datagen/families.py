@@ -83,7 +83,7 @@ class PdeFamily:
                 "--" + field.name.replace("_", "-"),
                 type=kind,
                 default=field.default,
-                help=f"{self.option_help.get(field.name, field.name)} (default: {field.default})",
+                help=self.option_help.get(field.name, field.name),
             )
 
     def parameters_from(self, values: Mapping[str, Any]) -> Any:
@@ -119,7 +119,7 @@ FAMILIES: dict[str, PdeFamily] = {
             "a_low": "coefficient where the field is < 0",
             "forcing": "constant right-hand side f",
             "solve_resolution": "nodes per side of the solver grid; fields are subsampled from it "
-            "((solve_resolution - 1) must be a multiple of (resolution - 1); default: the resolution)",
+            "((solve_resolution - 1) must be a multiple of (resolution - 1); unset: the output resolution)",
         },
     ),
 }

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+
+from pdeserve.datagen.cli import HelpFormatter
 
 TRAIN_EXAMPLES = """examples:
   pdeserve train --data data/darcy64.h5 --model fno --repo models --name darcy-fno
@@ -39,7 +42,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         description="Train a neural operator on a pdeserve dataset, evaluate it on the "
         "held-out split and publish it as the next version in the model repository.",
         epilog=TRAIN_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     train.add_argument("--data", required=True, help="HDF5 dataset from `pdeserve datagen`")
     train.add_argument("--model", required=True, choices=sorted(ARCHITECTURES), help="architecture")
@@ -53,48 +56,21 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="architecture argument (JSON value), repeatable, e.g. hidden_channels=64",
     )
-    train.add_argument("--epochs", type=int, default=defaults.epochs, help=f"(default: {defaults.epochs})")
+    for flag, field, kind, text in (
+        ("--epochs", "epochs", int, "passes over the training split"),
+        ("--batch-size", "batch_size", int, "samples per optimisation step"),
+        ("--lr", "learning_rate", float, "Adam learning rate"),
+        ("--weight-decay", "weight_decay", float, "Adam weight decay"),
+        ("--step-size", "step_size", int, "epochs between drops of the step schedule"),
+        ("--gamma", "gamma", float, "factor of each drop of the step schedule"),
+        ("--test-fraction", "test_fraction", float, "held-out fraction (the last samples of the file)"),
+        ("--seed", "seed", int, "seeds initialisation and shuffling"),
+    ):
+        train.add_argument(flag, dest=field, type=kind, default=getattr(defaults, field), help=text)
+    train.add_argument("--scheduler", choices=("cosine", "step"), default=defaults.scheduler, help="schedule")
     train.add_argument(
-        "--batch-size", type=int, default=defaults.batch_size, help=f"(default: {defaults.batch_size})"
+        "--device", choices=("auto", "cpu", "cuda"), default=defaults.device, help="auto: CUDA if present"
     )
-    train.add_argument(
-        "--lr",
-        type=float,
-        default=defaults.learning_rate,
-        help=f"Adam learning rate (default: {defaults.learning_rate})",
-    )
-    train.add_argument(
-        "--weight-decay",
-        type=float,
-        default=defaults.weight_decay,
-        help=f"(default: {defaults.weight_decay})",
-    )
-    train.add_argument(
-        "--scheduler",
-        choices=("cosine", "step"),
-        default=defaults.scheduler,
-        help=f"(default: {defaults.scheduler})",
-    )
-    train.add_argument(
-        "--step-size",
-        type=int,
-        default=defaults.step_size,
-        help=f"epochs between drops of the step schedule (default: {defaults.step_size})",
-    )
-    train.add_argument(
-        "--gamma",
-        type=float,
-        default=defaults.gamma,
-        help=f"step schedule factor (default: {defaults.gamma})",
-    )
-    train.add_argument(
-        "--test-fraction",
-        type=float,
-        default=defaults.test_fraction,
-        help=f"held-out fraction (default: {defaults.test_fraction})",
-    )
-    train.add_argument("--seed", type=int, default=defaults.seed, help=f"(default: {defaults.seed})")
-    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: auto)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_train)
 
@@ -102,7 +78,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         "eval",
         help="relative L2 error of a published model on a dataset",
         epilog=EVAL_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     ev.add_argument("--repo", required=True, help="model repository folder")
     ev.add_argument(
@@ -121,16 +97,7 @@ def _train(args: argparse.Namespace) -> None:
 
     check_name(args.name)
     settings = TrainingSettings(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.lr,
-        weight_decay=args.weight_decay,
-        scheduler=args.scheduler,
-        step_size=args.step_size,
-        gamma=args.gamma,
-        test_fraction=args.test_fraction,
-        seed=args.seed,
-        device=args.device,
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainingSettings)}
     )
     data = load_dataset(args.data)
     surrogate, metrics = train(data, args.model, dict(args.arg), settings, progress=not args.quiet)

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from pdeserve.datagen import cli as datagen_cli
-from pdeserve.datagen.cli import CliParser, run_command
+from pdeserve.datagen.cli import CliParser, HelpFormatter, run_command
 from pdeserve.operators import cli as operators_cli
 
 DEFAULT_PORT = 9000
@@ -33,10 +33,10 @@ def _add_serving_subcommands(sub: argparse._SubParsersAction) -> None:
         description="Start Ray (in-process by default) and the pdeserve Ray Serve "
         "application behind Ray Serve's gRPC proxy; runs until Ctrl-C.",
         epilog=SERVE_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     serve.add_argument("--repo", required=True, help="model repository folder")
-    serve.add_argument("--grpc-port", type=int, default=DEFAULT_PORT, help=f"(default: {DEFAULT_PORT})")
+    serve.add_argument("--grpc-port", type=int, default=DEFAULT_PORT, help="port of the gRPC proxy")
     serve.add_argument(
         "--address",
         default="local",
@@ -48,7 +48,7 @@ def _add_serving_subcommands(sub: argparse._SubParsersAction) -> None:
         "solve",
         help="call a running server's Solve endpoint",
         epilog=SOLVE_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     solve.add_argument("--target", default=f"127.0.0.1:{DEFAULT_PORT}", help="HOST:PORT of the server")
     solve.add_argument("--model", required=True, help="model name")
@@ -65,7 +65,7 @@ def _add_serving_subcommands(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also run the classical solver on the server and report the surrogate's error",
     )
-    solve.add_argument("--timeout", type=float, default=60.0, help="deadline in seconds (default: 60)")
+    solve.add_argument("--timeout", type=float, default=60.0, help="deadline in seconds")
     solve.set_defaults(func=_solve)
 
 
@@ -89,7 +89,7 @@ def build_parser() -> CliParser:
         "datagen",
         help="generate PDE datasets with classical solvers",
         epilog=datagen_cli.EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     datagen_cli.add_subcommands(datagen)
     operators_cli.add_subcommands(sub)
