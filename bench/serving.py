@@ -65,8 +65,13 @@ def main() -> None:
     server.start(args.repo, grpc_port=port, http_port=_free_port())
     startup_s = time.perf_counter() - started
     try:
+        replica_ms: list[float] = []  # time inside the replica's predict, as the server reports it
+
+        def solve() -> None:
+            replica_ms.append(client.solve_response(args.model, {"a": a}).inference_ms)
+
         with SolverClient(f"127.0.0.1:{port}") as client:
-            remote = _summary(_timings(lambda: client.solve(args.model, {"a": a}), args.calls))
+            remote = _summary(_timings(solve, args.calls))
     finally:
         server.stop()
 
@@ -79,11 +84,14 @@ def main() -> None:
         "serve_startup_s": startup_s,
         "predict": local,
         "grpc_solve": remote,
+        "replica_predict": _summary(np.asarray(replica_ms[-args.calls :])),
         "p50_ratio_solve_over_predict": remote["p50_ms"] / local["p50_ms"],
     }
     print(f"{'path':<28}{'p50 ms':>10}{'p99 ms':>10}")
     print(f"{'in-process predict':<28}{local['p50_ms']:>10.2f}{local['p99_ms']:>10.2f}")
     print(f"{'gRPC Solve (Ray Serve)':<28}{remote['p50_ms']:>10.2f}{remote['p99_ms']:>10.2f}")
+    inside = result["replica_predict"]
+    print(f"{'  of which predict in replica':<28}{inside['p50_ms']:>10.2f}{inside['p99_ms']:>10.2f}")
     ratio = result["p50_ratio_solve_over_predict"]
     print(f"p50 ratio Solve/predict: {ratio:.2f}; serve start-up {startup_s:.1f} s")
     out = Path(args.out)
