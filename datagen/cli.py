@@ -79,7 +79,12 @@ def add_subcommands(parser: argparse.ArgumentParser) -> None:
         )
         p.add_argument("--out", required=True, help="output HDF5 file")
         p.add_argument("--seed", type=int, default=0, help="root random seed")
-        p.add_argument("--workers", type=int, default=1, help="solver processes")
+        p.add_argument("--workers", type=int, default=1, help="solver processes (or Ray workers)")
+        p.add_argument(
+            "--ray-address",
+            help="fan out over Ray: 'auto' or HOST:PORT joins a cluster, 'local' starts Ray here",
+        )
+        p.add_argument("--chunk-size", type=int, default=32, help="samples per write (and resume point)")
         p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="storage dtype")
         p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -127,7 +132,13 @@ def _generate(args: argparse.Namespace) -> None:
         family, family.parameters_from(values), args.n, args.resolution, args.seed, args.dtype
     )
     path = write_dataset(
-        request, args.out, overwrite=args.overwrite, workers=args.workers, progress=not args.quiet
+        request,
+        args.out,
+        overwrite=args.overwrite,
+        workers=args.workers,
+        ray_address=args.ray_address,
+        chunk_size=args.chunk_size,
+        progress=not args.quiet,
     )
     print(f"wrote {args.n} {family.name} samples at {args.resolution} to {path}")
 

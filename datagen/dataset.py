@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
+import sys
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -26,7 +27,6 @@ import h5netcdf
 import numpy as np
 
 from pdeserve.datagen.families import PdeFamily, get_family
-from pdeserve.datagen.grids import UnitSquareGrid
 
 SCHEMA_VERSION = 1
 _GENERATION_KEY = "generation_key"
@@ -66,8 +66,8 @@ class GenerationRequest:
             raise ValueError(f"--seed must be non-negative, got {self.seed}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
-        UnitSquareGrid(self.resolution)  # validates the resolution
-        # Record the parameters as actually used (e.g. the solver grid), so the file regenerates exactly.
+        # Validates the resolution, and records the parameters as actually used (e.g. the solver grid)
+        # so that the file regenerates exactly.
         object.__setattr__(self, "parameters", self.parameters.for_resolution(self.resolution))
 
     def key(self) -> str:
@@ -97,7 +97,7 @@ class GenerationRequest:
             "seed": self.seed,
             "n_samples": self.n,
             "resolution": self.resolution,
-            "grid": "uniform node-centred grid on [0, 1]^d, boundary nodes included",
+            "grid": self.family.grid,
             "boundary_conditions": self.family.boundary_conditions,
             "scheme": self.family.scheme,
             "solver": self.family.solver,
@@ -108,35 +108,28 @@ class GenerationRequest:
         return attrs
 
 
-def _sample(request: GenerationRequest, index: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(np.random.SeedSequence([request.seed, index]))
-    fields = request.family.sample(request.parameters, request.resolution, rng)
+def _sample_chunk(request: GenerationRequest, indices: Sequence[int]) -> dict[str, np.ndarray]:
+    rngs = [np.random.default_rng(np.random.SeedSequence([request.seed, int(i)])) for i in indices]
+    fields = request.family.sample(request.parameters, request.resolution, rngs)
     return {k: v.astype(request.dtype) for k, v in fields.items()}
 
 
-def _sample_chunk(request: GenerationRequest, indices: Sequence[int]) -> dict[str, np.ndarray]:
-    samples = [_sample(request, i) for i in indices]
-    return {name: np.stack([s[name] for s in samples]) for name in samples[0]}
-
-
 def _create(path: Path, request: GenerationRequest) -> None:
-    coords = UnitSquareGrid(request.resolution).coordinates
-    dims = request.family.dims
+    coords = request.family.coordinates(request.parameters, request.resolution)
     with h5netcdf.File(path, "w") as f:
-        f.dimensions = {"sample": None, **{d: request.resolution for d in dims}}
+        f.dimensions = {"sample": None, **{d: len(c) for d, c in coords.items()}}
         f.attrs.update(request.attributes())
         f.attrs["samples_written"] = 0
-        for d in dims:
-            var = f.create_variable(d, (d,), data=coords)
-            var.attrs["long_name"] = f"{d} coordinate"
+        for d, values in coords.items():
+            var = f.create_variable(d, (d,), data=values)
+            var.attrs["long_name"] = "time" if d == "t" else f"{d} coordinate"
         f.create_variable("sample", ("sample",), dtype="i8")
-        shape = (1, *(request.resolution for _ in dims))
         for field in (*request.family.inputs, *request.family.outputs):
             var = f.create_variable(
                 field.name,
-                ("sample", *dims),
+                ("sample", *field.dims),
                 dtype=request.dtype,
-                chunks=shape,
+                chunks=(1, *(len(coords[d]) for d in field.dims)),
                 compression="gzip",
                 compression_opts=4,
                 shuffle=True,
@@ -155,6 +148,18 @@ def _resume_point(path: Path, request: GenerationRequest) -> int | None:
         return None  # a run killed mid-write may leave an unreadable file: regenerate
 
 
+def _open_pool(workers: int, ray_address: str | None):
+    """A pool with ``starmap``: Ray's multiprocessing-compatible pool, local processes, or None (inline)."""
+    if ray_address:
+        from ray.util.multiprocessing import Pool as RayPool
+
+        return RayPool(processes=workers, ray_address=None if ray_address == "local" else ray_address)
+    if workers > 1:
+        # spawn, not fork: a forked child of a process that already ran torch's thread pools can hang.
+        return multiprocessing.get_context("spawn").Pool(workers)
+    return None
+
+
 def _chunks(start: int, n: int, size: int) -> Iterator[range]:
     for lo in range(start, n, size):
         yield range(lo, min(lo + size, n))
@@ -166,6 +171,7 @@ def write_dataset(
     *,
     overwrite: bool = False,
     workers: int = 1,
+    ray_address: str | None = None,
     chunk_size: int = 32,
     progress: bool = True,
 ) -> Path:
@@ -180,7 +186,10 @@ def write_dataset(
     overwrite : bool
         Replace an existing ``out``; without it an existing file is an error raised before any work.
     workers : int
-        Processes solving samples in parallel (1 = in this process).
+        Processes solving samples in parallel (1 = in this process), or Ray workers with ``ray_address``.
+    ray_address : str, optional
+        Fan the samples out as Ray tasks: ``"auto"``/``HOST:PORT`` joins a cluster, ``"local"`` starts
+        (or reuses) a Ray instance on this machine.
     chunk_size : int
         Samples written per flush; a resumed run restarts at a chunk boundary.
     progress : bool
@@ -191,25 +200,27 @@ def write_dataset(
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
-    if workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {workers}")
+    if workers < 1 or chunk_size < 1:
+        raise ValueError(f"--workers and --chunk-size must be at least 1, got {workers} and {chunk_size}")
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
     start = _resume_point(partial, request) if partial.exists() else None
     if start is None:
         _create(partial, request)
         start = 0
-    executor = ProcessPoolExecutor(workers) if workers > 1 else None
+    else:
+        print(f"resuming {partial} at sample {start} of {request.n}", file=sys.stderr)
+    pool = _open_pool(workers, ray_address)
     try:
         with tqdm(
             total=request.n, initial=start, desc=f"{request.family.name}", unit="sample", disable=not progress
         ) as bar:
             for chunk in _chunks(start, request.n, chunk_size):
-                if executor is None:
+                if pool is None:
                     data = _sample_chunk(request, chunk)
                 else:
-                    shares = [s for s in np.array_split(np.asarray(chunk), workers) if len(s)]
-                    parts = list(executor.map(_sample_chunk, [request] * len(shares), shares))
+                    shares = [s.tolist() for s in np.array_split(np.asarray(chunk), workers) if len(s)]
+                    parts = pool.starmap(_sample_chunk, [(request, share) for share in shares])
                     data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
                 with h5netcdf.File(partial, "a") as f:
                     f.resize_dimension("sample", chunk.stop)
@@ -220,8 +231,8 @@ def write_dataset(
                     f.attrs["samples_written"] = chunk.stop  # only after the data are flushed
                 bar.update(len(chunk))
     finally:
-        if executor is not None:
-            executor.shutdown()
+        if pool is not None:
+            pool.terminate()
     with open(partial, "rb+") as handle:
         os.fsync(handle.fileno())
     os.replace(partial, out)

@@ -1,15 +1,16 @@
 """The registry of PDE families the data generator knows: one place lists them and builds their data.
 
-A family couples a parameter dataclass (the dataset distribution, all recorded in the file), a sampler
-``(parameters, resolution, rng) -> fields`` and a reference solver ``(parameters, inputs) -> outputs``
-that the server uses to check a surrogate against the classical solution on demand.
+A family couples a parameter dataclass (the dataset distribution, all recorded in the file), a batched
+sampler ``(parameters, resolution, rngs) -> fields`` (one generator per sample, so a sample never depends
+on its batch-mates), the coordinates of its dimensions, and a reference solver
+``(parameters, inputs) -> outputs`` that the server uses to check a surrogate on demand.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,10 +30,13 @@ class FieldInfo:
         Variable name in the HDF5 file and in model inputs/outputs (e.g. ``"a"``).
     description : str
         What the field is, for humans and ``GetModel``.
+    dims : tuple of str
+        Dimensions of one sample, e.g. ``("x", "y")``, or ``("t", "x")`` for a trajectory.
     """
 
     name: str
     description: str
+    dims: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -49,13 +53,16 @@ class PdeFamily:
         Spatial dimension names, in array-axis order.
     inputs, outputs : tuple of FieldInfo
         Operator input and output fields.
-    boundary_conditions, scheme, solver : str
+    grid, boundary_conditions, scheme, solver : str
         Recorded in the dataset attributes.
     parameters : type
         Frozen dataclass holding the distribution's parameters; its ``for_resolution(resolution)``
         validates them against the output resolution and fills resolution-dependent defaults.
+    coordinates : callable
+        ``coordinates(parameters, resolution) -> {dim: 1D array}`` for every dimension of every field.
     sample : callable
-        ``sample(parameters, resolution, rng) -> {field: array}`` draws and solves one instance.
+        ``sample(parameters, resolution, rngs) -> {field: array}`` draws and solves ``len(rngs)``
+        instances (leading axis), each from its own generator.
     reference : callable
         ``reference(parameters, inputs) -> {output: array}`` solves given inputs at their own resolution.
     option_help : mapping
@@ -67,11 +74,13 @@ class PdeFamily:
     dims: tuple[str, ...]
     inputs: tuple[FieldInfo, ...]
     outputs: tuple[FieldInfo, ...]
+    grid: str
     boundary_conditions: str
     scheme: str
     solver: str
     parameters: type
-    sample: Callable[[Any, int, np.random.Generator], dict[str, np.ndarray]]
+    coordinates: Callable[[Any, int], dict[str, np.ndarray]]
+    sample: Callable[[Any, int, Sequence[np.random.Generator]], dict[str, np.ndarray]]
     reference: Callable[[Any, Mapping[str, np.ndarray]], dict[str, np.ndarray]]
     option_help: Mapping[str, str]
 
@@ -92,6 +101,18 @@ class PdeFamily:
         return self.parameters(**{k: v for k, v in values.items() if k in names})
 
 
+def _darcy_batch(
+    params: darcy.DarcyParameters, resolution: int, rngs: Sequence[np.random.Generator]
+) -> dict[str, np.ndarray]:
+    samples = [darcy.darcy_sample(params, resolution, rng) for rng in rngs]
+    return {name: np.stack([s[name] for s in samples]) for name in samples[0]}
+
+
+def _unit_square_coordinates(params: Any, resolution: int) -> dict[str, np.ndarray]:
+    coords = UnitSquareGrid(resolution).coordinates
+    return {"x": coords, "y": coords}
+
+
 def _darcy_reference(
     params: darcy.DarcyParameters, inputs: Mapping[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
@@ -104,13 +125,15 @@ FAMILIES: dict[str, PdeFamily] = {
         name="darcy",
         description="steady Darcy flow -div(a grad u) = f on (0,1)^2, u = 0 on the boundary (FNO benchmark)",
         dims=("x", "y"),
-        inputs=(FieldInfo("a", "diffusion coefficient, thresholded Gaussian random field"),),
-        outputs=(FieldInfo("u", "pressure solution of -div(a grad u) = f"),),
+        inputs=(FieldInfo("a", "diffusion coefficient, thresholded Gaussian random field", ("x", "y")),),
+        outputs=(FieldInfo("u", "pressure solution of -div(a grad u) = f", ("x", "y")),),
+        grid="uniform node-centred grid on [0, 1]^2, boundary nodes included",
         boundary_conditions="dirichlet: u = 0 on all four sides",
         scheme="second-order 5-point finite differences, arithmetic-mean face coefficients",
         solver="scipy.sparse.linalg.spsolve (SuperLU direct)",
         parameters=darcy.DarcyParameters,
-        sample=darcy.darcy_sample,
+        coordinates=_unit_square_coordinates,
+        sample=_darcy_batch,
         reference=_darcy_reference,
         option_help={
             "alpha": "smoothness exponent of the Gaussian field",

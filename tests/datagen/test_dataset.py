@@ -1,5 +1,7 @@
+import signal
 import subprocess
 import sys
+import time
 
 import h5netcdf
 import numpy as np
@@ -141,3 +143,48 @@ def test_loading_a_file_that_is_not_a_dataset_is_a_clear_error(tmp_path):
         load_dataset(junk)
     result = datagen("inspect", str(junk))
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+
+
+def _partial_samples(path) -> int:
+    try:
+        with h5netcdf.File(path, "r") as f:
+            return int(f.attrs["samples_written"])
+    except (OSError, KeyError):
+        return 0  # not created yet, or caught mid-write
+
+
+def test_sigkilled_run_resumes_and_produces_the_uninterrupted_file(tmp_path):
+    args = ["darcy", "--n", "8", "--resolution", "33", "--solve-resolution", "257", "--seed", "9"]
+    args += ["--chunk-size", "2", "--quiet"]
+    reference = tmp_path / "ref.h5"
+    assert datagen(*args, "--out", str(reference)).returncode == 0
+
+    out, partial = tmp_path / "out.h5", tmp_path / "out.h5.partial"
+    process = subprocess.Popen([sys.executable, "-m", "pdeserve.datagen.cli", *args, "--out", str(out)])
+    deadline = time.monotonic() + 120
+    while _partial_samples(partial) < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not out.exists(), "the run was killed before it could finish"
+    finished = _partial_samples(partial)  # 0 only if the kill corrupted the file mid-write
+
+    resumed = datagen(*args, "--out", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    if finished:
+        assert f"at sample {finished} of 8" in resumed.stderr
+    first, second = load_dataset(reference), load_dataset(out)
+    np.testing.assert_array_equal(first.inputs["a"], second.inputs["a"])
+    np.testing.assert_array_equal(first.outputs["u"], second.outputs["u"])
+    assert not partial.exists()
+
+
+def test_ray_fan_out_gives_the_same_file_as_one_process(tmp_path):
+    request = GenerationRequest(get_family("darcy"), DarcyParameters(), 6, 17, 4)
+    alone = load_dataset(write_dataset(request, tmp_path / "one.h5", progress=False))
+    fanned = load_dataset(
+        write_dataset(
+            request, tmp_path / "ray.h5", workers=2, ray_address="local", chunk_size=3, progress=False
+        )
+    )
+    np.testing.assert_array_equal(alone.outputs["u"], fanned.outputs["u"])
