@@ -104,7 +104,8 @@ class GenerationRequest:
             "parameters_json": json.dumps(self.parameters.as_dict(), sort_keys=True),
             _GENERATION_KEY: self.key(),
         }
-        attrs.update(self.parameters.as_dict())
+        # netCDF attributes cannot be null: unset options live only in parameters_json.
+        attrs.update({k: v for k, v in self.parameters.as_dict().items() if v is not None})
         return attrs
 
 

@@ -65,6 +65,12 @@ def train(
     device = settings.resolve_device()
     family = data.family
     input_names, output_names = data.attrs["input_fields"], data.attrs["output_fields"]
+    trajectories = [f.name for f in (*family.inputs, *family.outputs) if f.dims != family.dims]
+    if trajectories:
+        raise ValueError(
+            f"{family.name} fields {', '.join(trajectories)} have a time axis; training maps fields on "
+            f"the grid {family.dims} only so far"
+        )
     x_all, y_all = stack_fields(data.inputs, input_names), stack_fields(data.outputs, output_names)
     train_part, test_part = split(len(x_all), settings.test_fraction)
     x_train, y_train = x_all[train_part], y_all[train_part]
