@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2
 from ray import serve
 
 from pdeserve.datagen.families import get_family
+from pdeserve.operators.checkpoint import CheckpointError
 from pdeserve.operators.evaluation import relative_l2
 from pdeserve.operators.repository import ModelNotFoundError, ModelRepository
 from pdeserve.operators.surrogate import InvalidInputError, Surrogate, load_surrogate
@@ -60,22 +61,16 @@ def model_info(surrogate: Surrogate, versions: list[str]) -> pb.ModelInfo:
     )
 
 
-class _Status(Exception):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code, self.details = code, details
-
-
 def _answer(grpc_context, empty: Callable[[], object], work: Callable[[], object]):
     """Run ``work``; map known failures to their status codes on ``grpc_context``."""
     try:
         return work()
-    except _Status as exc:
-        code, details = exc.code, exc.details
     except ModelNotFoundError as exc:
         code, details = grpc.StatusCode.NOT_FOUND, str(exc)
     except InvalidInputError as exc:
         code, details = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    except CheckpointError as exc:  # a damaged checkpoint is refused, never run
+        code, details = grpc.StatusCode.FAILED_PRECONDITION, str(exc)
     grpc_context.set_code(code)
     grpc_context.set_details(details)
     return empty()
@@ -96,7 +91,10 @@ class SolverService:
         self._models: dict[tuple[str, str], Surrogate] = {}
         self._lock = threading.Lock()
         for name in self.repository.names():
-            self._model(name, "")
+            try:
+                self._model(name, "")
+            except CheckpointError as exc:  # serve the healthy models; requests for this one fail clearly
+                logger.error("not serving %s: %s", name, exc)
         logger.info("pdeserve replica loaded %d model(s) from %s", len(self._models), repo)
 
     def _model(self, name: str, version: str) -> Surrogate:
@@ -111,10 +109,7 @@ class SolverService:
 
     def _solve(self, request: pb.SolveRequest) -> pb.SolveResponse:
         if not request.model:
-            raise _Status(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "SolveRequest.model is empty: name a model (ListModels lists them)",
-            )
+            raise InvalidInputError("SolveRequest.model is empty: name a model (ListModels lists them)")
         surrogate = self._model(request.model, request.version)
         inputs = {name: from_tensor(tensor, name) for name, tensor in request.inputs.items()}
         started = time.perf_counter()
