@@ -36,6 +36,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/serving.py
+	$(PY) bench/datagen.py
 
 protos: $(STAMP)
 	$(PY) -m pdeserve.protos.generate
