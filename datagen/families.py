@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pdeserve.datagen import darcy
+from pdeserve.datagen import burgers, darcy
 from pdeserve.datagen.grids import UnitSquareGrid
 
 
@@ -113,7 +113,47 @@ def _darcy_reference(
     return {"u": darcy.solve_darcy(a, params.forcing, UnitSquareGrid(a.shape[-1]))}
 
 
+def _burgers_coordinates(params: burgers.BurgersParameters, resolution: int) -> dict[str, np.ndarray]:
+    return {"t": burgers.record_times(params), "x": burgers.periodic_coordinates(resolution)}
+
+
+def _burgers_reference(
+    params: burgers.BurgersParameters, inputs: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    # A step validated at the solve resolution is stable on any coarser grid (a subset of its modes).
+    u0 = np.asarray(inputs["u0"], dtype=np.float64)[None]
+    return {
+        "u": burgers.solve_burgers(u0, params.viscosity, params.time_step, burgers.record_times(params))[0]
+    }
+
+
 FAMILIES: dict[str, PdeFamily] = {
+    "burgers": PdeFamily(
+        name="burgers",
+        description="1D viscous Burgers u_t + (u^2/2)_x = nu u_xx, periodic on [0,1) (FNO benchmark)",
+        dims=("x",),
+        inputs=(FieldInfo("u0", "initial state, periodic Gaussian random field", ("x",)),),
+        outputs=(FieldInfo("u", "state at the recorded times", ("t", "x")),),
+        grid="uniform periodic grid x_i = i / n on [0, 1)",
+        boundary_conditions="periodic",
+        scheme="Fourier pseudo-spectral, 2/3-rule dealiasing, ETDRK4 (Cox-Matthews, Kassam-Trefethen)",
+        solver="pdeserve.datagen.burgers.solve_burgers (scipy.fft)",
+        parameters=burgers.BurgersParameters,
+        coordinates=_burgers_coordinates,
+        sample=burgers.burgers_batch,
+        reference=_burgers_reference,
+        option_help={
+            "viscosity": "viscosity nu",
+            "final_time": "time of the last stored state",
+            "record_every": "store the state every this much time (unset: only the final state)",
+            "time_step": "ETDRK4 step (unset: 1e-3, halved until stable; an unstable step is refused)",
+            "solve_resolution": "points of the solver grid; stored fields are subsampled from it "
+            "(a multiple of the resolution)",
+            "sigma": "scale of the initial-state field: covariance sigma^2 (-Laplacian + tau^2)^-alpha",
+            "tau": "inverse length scale of the initial-state field",
+            "alpha": "smoothness exponent of the initial-state field",
+        },
+    ),
     "darcy": PdeFamily(
         name="darcy",
         description="steady Darcy flow -div(a grad u) = f on (0,1)^2, u = 0 on the boundary (FNO benchmark)",

@@ -188,3 +188,29 @@ def test_ray_fan_out_gives_the_same_file_as_one_process(tmp_path):
         )
     )
     np.testing.assert_array_equal(alone.outputs["u"], fanned.outputs["u"])
+
+
+def test_burgers_trajectories_get_a_time_dimension(tmp_path):
+    out = tmp_path / "burgers.h5"
+    args = [
+        "burgers",
+        "--n",
+        "3",
+        "--resolution",
+        "64",
+        "--solve-resolution",
+        "256",
+        "--record-every",
+        "0.25",
+    ]
+    done = datagen(*args, "--out", str(out), "--quiet")
+    assert done.returncode == 0, done.stderr
+    with xr.open_dataset(out, engine="h5netcdf") as ds:
+        assert ds["u0"].dims == ("sample", "x") and ds["u"].dims == ("sample", "t", "x")
+        np.testing.assert_allclose(ds["t"].values, [0.25, 0.5, 0.75, 1.0])
+        np.testing.assert_allclose(ds["x"].values, np.arange(64) / 64)
+        assert ds.attrs["viscosity"] == 0.1 and ds.attrs["solve_resolution"] == 256
+        # The mean is conserved and the energy decays.
+        np.testing.assert_allclose(ds["u"].mean("x").values, 0, atol=1e-6)
+        energy = (ds["u"] ** 2).mean("x").values
+        assert np.all(np.diff(energy, axis=1) < 0)
