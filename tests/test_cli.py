@@ -26,7 +26,9 @@ def test_every_command_has_help_with_examples(command):
 def test_datagen_list_names_the_families_and_options():
     done = pdeserve("datagen", "list")
     assert done.returncode == 0
-    assert done.stdout.startswith("darcy: ") and "--solve-resolution" in done.stdout
+    families = [line.split(":")[0] for line in done.stdout.splitlines() if not line.startswith(" ")]
+    assert families == ["burgers", "darcy"]
+    assert "--solve-resolution" in done.stdout and "--viscosity" in done.stdout
 
 
 @pytest.mark.parametrize(
