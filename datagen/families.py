@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pdeserve.datagen import burgers, darcy
+from pdeserve.datagen import burgers, darcy, navier_stokes
 from pdeserve.datagen.grids import UnitSquareGrid
 
 
@@ -127,6 +127,19 @@ def _burgers_reference(
     }
 
 
+def _torus_coordinates(
+    params: navier_stokes.NavierStokesParameters, resolution: int
+) -> dict[str, np.ndarray]:
+    x = navier_stokes.periodic_coordinates(resolution)
+    return {"t": navier_stokes.record_times(params), "x": x, "y": x}
+
+
+def _navier_stokes_reference(
+    params: navier_stokes.NavierStokesParameters, inputs: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    return {"w": navier_stokes.navier_stokes_reference(params, inputs["w0"])}
+
+
 FAMILIES: dict[str, PdeFamily] = {
     "burgers": PdeFamily(
         name="burgers",
@@ -176,6 +189,34 @@ FAMILIES: dict[str, PdeFamily] = {
             "forcing": "constant right-hand side f",
             "solve_resolution": "nodes per side of the solver grid; fields are subsampled from it "
             "((solve_resolution - 1) must be a multiple of (resolution - 1); unset: the output resolution)",
+        },
+    ),
+    "navier-stokes": PdeFamily(
+        name="navier-stokes",
+        description="2D incompressible Navier-Stokes, vorticity form, on the unit torus (FNO benchmark)",
+        dims=("x", "y"),
+        inputs=(FieldInfo("w0", "initial vorticity, periodic Gaussian random field", ("x", "y")),),
+        outputs=(FieldInfo("w", "vorticity at the recorded times", ("t", "x", "y")),),
+        grid="uniform periodic grid x_i = i / n on [0, 1)^2",
+        boundary_conditions="periodic",
+        scheme="Fourier pseudo-spectral, isotropic 2/3-rule dealiasing, Crank-Nicolson viscosity, "
+        "Heun advection and forcing (second order)",
+        solver="pdeserve.datagen.navier_stokes.solve_navier_stokes (torch, batched, CUDA when present)",
+        parameters=navier_stokes.NavierStokesParameters,
+        coordinates=_torus_coordinates,
+        sample=navier_stokes.navier_stokes_batch,
+        reference=_navier_stokes_reference,
+        option_help={
+            "viscosity": "viscosity nu (benchmarks: 1e-3, 1e-4, 1e-5)",
+            "time_step": "largest time step (an unstable step is refused before any work)",
+            "final_time": "time of the last stored state",
+            "record_every": "store the vorticity every this much time",
+            "solve_resolution": "points per side of the solver grid; stored fields are subsampled from it "
+            "(a multiple of the resolution; unset: the resolution)",
+            "forcing_amplitude": "amplitude of f = A (sin(2 pi (x + y)) + cos(2 pi (x + y)))",
+            "alpha": "smoothness exponent of the initial-vorticity field",
+            "tau": "inverse length scale of the initial-vorticity field",
+            "sigma": "scale of the initial-vorticity field",
         },
     ),
 }

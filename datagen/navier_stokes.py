@@ -1,0 +1,522 @@
+"""2D incompressible Navier-Stokes in vorticity form on the unit torus, the FNO benchmark.
+
+``w_t + u . grad w = nu Lap w + f`` on [0, 1)^2 with periodic boundaries, ``u = (psi_y, -psi_x)`` and
+``-Lap psi = w``. Nodes sit at ``x_i = i / n``, ``i = 0 .. n - 1``; arrays are indexed
+``[i, j] = (x_i, y_j)``. Benchmark distribution (Li et al. 2021, FNO):
+``f = 0.1 (sin(2 pi (x + y)) + cos(2 pi (x + y)))``, ``w0`` from ``TorusGaussianField(alpha=2.5, tau=7)``
+(see it for the scaling), ``nu = 1e-3`` (also ``1e-4`` and ``1e-5``), ``dt = 1e-4``, ``w`` stored at
+``t = 1, 2, ..., 50``, solved at 256 x 256 and subsampled to 64 x 64.
+
+Scheme: Fourier pseudo-spectral in space. Dealiasing by the isotropic 2/3 rule: only the modes with
+``|k| < n / 3`` enter the nonlinear term, and its product is truncated back to them, so no aliased mode
+ever feeds back (products have ``|k_x|, |k_y| <= |k| < 2 n / 3``, whose aliases land at ``|k_x|`` or
+``|k_y| > n / 3``). The other modes are passive: they only decay by the viscous factor. The advection
+is evaluated in Basdevant's (1983) form ``u . grad w = (d_xx - d_yy)(u v) + d_xy (v^2 - u^2)``, equal for
+divergence-free ``u`` and cheaper: four real FFTs per evaluation (``u, v`` back, ``u v, v^2 - u^2`` forth).
+In time, the viscous term is Crank-Nicolson and the advection and forcing ``N(w) = -u . grad w + f`` are
+Heun's predictor-corrector (the scheme the FNO JMLR paper describes), per step ``h``, mode by mode::
+
+    w* = B (A w + h N(w)),    w+ = B (A w + h / 2 (N(w) + N(w*))),    A, B = 1 -+ h nu kappa^2 / 2, 1 / B
+
+the trapezoidal rule for both terms with a first-order predictor inside the corrector: second order in
+time. Each interval between stored times is cut into equal steps of at most ``time_step``, so every
+stored time is hit exactly. The solver is torch, batched over samples, on the GPU when there is one;
+torch is imported lazily so that importing this module (the CLI) stays fast.
+
+Stability: the explicit term is linearised about a frozen velocity ``c``, which turns each mode into
+``v' = -nu kappa^2 v - i (c . kappa) v`` with amplification factor ``cn_heun_amplification(y, s)``,
+``y = nu kappa^2 h``, ``s = (c . kappa) h``. Heun alone is weakly unstable for pure advection
+(``|R|^2 = 1 + s^4 / 4`` at ``y = 0``), so a step is stable only where the viscous damping outweighs
+that, about ``U^4 kappa_max^2 h^3 <= 8 nu``; ``for_resolution`` refuses a step with ``|R| > 1`` for any
+kept mode and ``|c . kappa| <= U |kappa|``. ``U`` bounds ``max |u|`` up to the final time ``T``: the
+vorticity obeys the maximum principle of forced advection-diffusion, ``max |w(t)| <= max |w0| + t max |f|``,
+and the Biot-Savart law on the torus gives ``max |u| <= ||K||_1 max |w|`` with
+``||K||_1 = 0.3875 <= 0.39`` (``BIOT_SAVART_L1``); ``max |w0|`` is taken as ``SPEED_BOUND_STDS`` (8)
+pointwise standard deviations of ``w0``, exceeded by a benchmark field with probability about ``1e-12``
+(Rice formula). For the benchmark ``U = 0.39 (8 * 0.262 + T * 0.1414)``, 3.58 at ``T = 50``:
+``dt = 1e-4`` passes at 64 and 256 for every benchmark viscosity (the tightest, ``nu = 1e-5`` at 256,
+allows ``U <= 4.08``; FNO's square 2/3 mask, whose corners reach ``sqrt 2`` further, would allow only
+3.44). Sampled flows stay well below the bound: at 64 x 64, ``max |u|`` reached 0.26, 0.52 and 0.45 at
+``nu = 1e-3, 1e-4, 1e-5`` by ``T = 50, 30, 20`` (bounds 3.58, 2.47, 1.92).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy import fft
+
+if TYPE_CHECKING:
+    import torch
+
+# max |w0| is bounded by this many pointwise standard deviations of the initial field.
+SPEED_BOUND_STDS = 8.0
+# L1 norm of the Biot-Savart kernel K = grad-perp of the mean-free Green's function of -Lap on the unit
+# torus (u = K * w), rounded up: its Fourier truncations at 512, 1024 and 2048 points give 0.38667, 0.38707
+# and 0.38726, converging at first order to 0.3875.
+BIOT_SAVART_L1 = 0.39
+# Speeds checked per unit of the speed bound (the amplification factor is smooth in the speed).
+_SPEEDS_PER_BOUND = 32
+
+
+def periodic_coordinates(n: int) -> np.ndarray:
+    """Node coordinates ``x_i = i / n`` of the periodic grid on [0, 1), shape ``(n,)``."""
+    return np.arange(n) / n
+
+
+def rfft2_wavenumbers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Integer wavenumbers ``(k_x, k_y)`` of the ``rfft2`` modes of an ``n x n`` grid.
+
+    ``k_x`` has shape ``(n, 1)`` (``0 .. n/2 - 1, -n/2 .. -1``), ``k_y`` shape ``(1, n // 2 + 1)``; they
+    broadcast to the ``(n, n // 2 + 1)`` layout of ``rfft2`` over the last two axes ``(x, y)``.
+    """
+    return np.rint(fft.fftfreq(n, 1.0 / n))[:, None], np.arange(n // 2 + 1)[None, :].astype(np.float64)
+
+
+def dealias_mask(n: int) -> np.ndarray:
+    """The modes the isotropic 2/3 rule keeps, ``|k| < n / 3``: bool, ``rfft2`` layout ``(n, n // 2 + 1)``."""
+    kx, ky = rfft2_wavenumbers(n)
+    return 9.0 * (kx**2 + ky**2) < n * n
+
+
+def forcing_field(n: int, amplitude: float = 0.1) -> np.ndarray:
+    """The forcing ``amplitude (sin(2 pi (x + y)) + cos(2 pi (x + y)))`` at the nodes, shape ``(n, n)``."""
+    x = periodic_coordinates(n)
+    phase = 2.0 * np.pi * (x[:, None] + x[None, :])
+    return amplitude * (np.sin(phase) + np.cos(phase))
+
+
+@dataclass(frozen=True)
+class TorusGaussianField:
+    """``N(0, 2 sigma^2 (-Lap + tau^2 I)^(-alpha))`` on the unit torus, mean mode removed.
+
+    This is the FNO authors' ``GaussianRF`` as it generated the published Navier-Stokes data (their 2020,
+    torch 1.7 code): Fourier coefficients ``n^2 sqrt(2) sigma (4 pi^2 |k|^2 + tau^2)^(-alpha/2) (xi + i eta)``
+    with ``xi, eta ~ N(0, 1)`` for every ``k`` of the full ``n x n`` FFT grid (``k_x, k_y`` in
+    ``-n/2 .. n/2 - 1``), the ``k = 0`` one zeroed, and the real part of the inverse FFT kept. That makes
+    ``E |fft2(w)_k|^2 = 2 n^4 sigma^2 (4 pi^2 |k|^2 + tau^2)^(-alpha)`` (``mode_variances``); their default
+    ``sigma = tau^(alpha - 1)`` (``tau^((2 alpha - d) / 2)``, ``d = 2``) gives the benchmark's covariance
+    ``2 * 7^3 (-Lap + 49 I)^(-2.5)``, pointwise standard deviation 0.262. (The paper writes
+    ``7^(3/2) (-Lap + 49 I)^(-2.5)``; the later torch.fft port in neuraloperator draws unit-variance complex
+    normals and has half the variance above.) Here each realisation is white noise filtered in Fourier
+    space, ``irfft2(rfft2(xi) sqrt(mode_variances) / n)``: the same Gaussian law (every mode's coefficient
+    circular with that variance and Hermitian-paired, real with that variance at the self-conjugate modes).
+
+    Parameters
+    ----------
+    alpha : float
+        Smoothness exponent (2.5 in the benchmark); must exceed 1 for finite variance in 2D.
+    tau : float
+        Inverse length scale (7 in the benchmark).
+    sigma : float
+        Amplitude in the FNO code's convention (``7^1.5``, about 18.52, in the benchmark).
+    """
+
+    alpha: float = 2.5
+    tau: float = 7.0
+    sigma: float = 7.0**1.5
+
+    def __post_init__(self) -> None:
+        if not (self.alpha > 1.0 and math.isfinite(self.alpha)):
+            raise ValueError(
+                f"--alpha must exceed 1 for a field with finite variance in 2D, got {self.alpha}"
+            )
+        if not (self.tau > 0 and math.isfinite(self.tau)):
+            raise ValueError(f"--tau must be positive, got {self.tau}")
+        if not (self.sigma > 0 and math.isfinite(self.sigma)):
+            raise ValueError(f"--sigma must be positive, got {self.sigma}")
+
+    def _variances(self, k2: np.ndarray, n: int) -> np.ndarray:
+        var = 2.0 * float(n) ** 4 * self.sigma**2 * (4.0 * np.pi**2 * k2 + self.tau**2) ** (-self.alpha)
+        return np.where(k2 == 0, 0.0, var)
+
+    def mode_variances(self, n: int) -> np.ndarray:
+        """``E |rfft2(w)_k|^2`` on an ``n x n`` grid, shape ``(n, n // 2 + 1)``; zero at ``k = 0``."""
+        kx, ky = rfft2_wavenumbers(n)
+        return self._variances(kx**2 + ky**2, n)
+
+    def pointwise_std(self, n: int) -> float:
+        """Standard deviation of ``w(x)`` on an ``n x n`` grid (the same at every node)."""
+        k = np.rint(fft.fftfreq(n, 1.0 / n))
+        full = self._variances(k[:, None] ** 2 + k[None, :] ** 2, n)
+        return math.sqrt(float(full.sum())) / n**2  # Parseval: var w = sum_k E |W_k|^2 / n^4
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """One realisation at the nodes of the ``n x n`` grid, shape ``(n, n)``, from ``rng`` only."""
+        # rfft2 of unit white noise has E |.|^2 = n^2 per mode, real at the self-conjugate modes.
+        noise = fft.rfft2(rng.standard_normal((n, n)))
+        return fft.irfft2(noise * (np.sqrt(self.mode_variances(n)) / n), s=(n, n))
+
+
+def cn_heun_amplification(y: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """The step's factor ``R`` in ``v(t + h) = R v(t)`` for ``v' = -nu kappa^2 v - i (c . kappa) v``.
+
+    ``y = nu kappa^2 h >= 0`` (Crank-Nicolson) and ``s = (c . kappa) h`` (Heun); they broadcast.
+    ``R(0, s) = 1 - i s - s^2 / 2`` (Heun's polynomial), ``R(y, 0) = (1 - y / 2) / (1 + y / 2)``.
+    """
+    a = 1.0 - 0.5 * np.asarray(y)
+    b = 1.0 / (1.0 + 0.5 * np.asarray(y))
+    z = -1j * np.asarray(s)
+    predictor = b * (a + z)
+    return b * (a + 0.5 * z * (1.0 + predictor))
+
+
+def stability_factor(viscosity: float, step: float, n: int, max_speed: float) -> float:
+    """Largest ``|R|`` of the frozen-velocity linearisation over kept modes and speeds up to ``max_speed``.
+
+    Every distinct ``|kappa| = 2 pi |k|`` of ``dealias_mask(n)`` is checked with ``c . kappa`` running over
+    ``max_speed |kappa| j / 32``, ``j = 0 .. 32`` (``|R|`` is even in it). The step is stable when ``<= 1``.
+    """
+    kx, ky = rfft2_wavenumbers(n)
+    k2 = np.unique((kx**2 + ky**2)[dealias_mask(n)])
+    kappa = 2.0 * np.pi * np.sqrt(k2[k2 > 0])
+    if kappa.size == 0:
+        return 1.0
+    y = (viscosity * kappa**2 * step)[:, None]
+    s = (step * max_speed * kappa)[:, None] * (np.arange(_SPEEDS_PER_BOUND + 1) / _SPEEDS_PER_BOUND)[None, :]
+    return float(np.abs(cn_heun_amplification(y, s)).max())
+
+
+def _steps(interval: float, dt: float) -> int:
+    """Steps of at most ``dt`` (up to rounding) that cover ``interval`` exactly."""
+    return max(1, math.ceil(interval / dt * (1.0 - 1e-12)))
+
+
+def solve_navier_stokes(
+    w0: torch.Tensor,
+    forcing: torch.Tensor | np.ndarray,
+    viscosity: float,
+    dt: float,
+    times: Sequence[float],
+    *,
+    stride: int = 1,
+) -> torch.Tensor:
+    """Solve the vorticity equation on the unit torus for a batch of initial vorticities.
+
+    Parameters
+    ----------
+    w0 : torch.Tensor, shape (batch, n, n)
+        Initial vorticities at the nodes ``(i / n, j / n)``, float32 or float64, on any device; the
+        computation runs there, in that precision. A nonzero mean is kept unchanged (it has no velocity).
+    forcing : torch.Tensor or ndarray, shape (n, n) or (batch, n, n)
+        Time-independent forcing ``f`` at the nodes. Its mean is ignored: on the torus the vorticity of a
+        periodic velocity has zero mean, so no forcing can change it.
+    viscosity : float
+        ``nu > 0``.
+    dt : float
+        Largest time step. Each interval between consecutive ``times`` (and from 0 to the first) is cut
+        into the fewest equal steps of at most ``dt``, so every time is hit exactly. Stability is not
+        checked here (see ``NavierStokesParameters.for_resolution``).
+    times : sequence of float
+        Non-decreasing times ``>= 0`` at which to return the solution.
+    stride : int
+        Return every ``stride``-th node per axis (``n`` must be a multiple): subsampling to the output grid
+        here keeps only the output resolution's history in memory.
+
+    Returns
+    -------
+    torch.Tensor, shape (batch, len(times), n // stride, n // stride), on ``w0``'s device and dtype.
+    """
+    import torch
+
+    times = np.asarray(times, dtype=np.float64)
+    if w0.ndim != 3 or w0.shape[-1] != w0.shape[-2]:
+        raise ValueError(f"w0 must have shape (batch, n, n), got {tuple(w0.shape)}")
+    if w0.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"w0 must be float32 or float64, got {w0.dtype}")
+    if times.ndim != 1 or times.size == 0 or times[0] < 0 or np.any(np.diff(times) < 0):
+        raise ValueError("times must be a non-empty, non-decreasing sequence of times >= 0")
+    if not (viscosity > 0 and dt > 0):
+        raise ValueError(f"viscosity and dt must be positive, got {viscosity} and {dt}")
+    n = w0.shape[-1]
+    if stride < 1 or n % stride:
+        raise ValueError(f"stride {stride} does not divide the grid size {n}")
+    device, real = w0.device, w0.dtype
+
+    complex_dtype = torch.complex128 if real == torch.float64 else torch.complex64
+
+    def as_complex(array: np.ndarray) -> torch.Tensor:
+        # Complex multipliers even where real: complex * complex is cheaper than promoting a real operand.
+        return torch.as_tensor(array, dtype=complex_dtype, device=device)
+
+    # Spectral operators in the rfft2 layout, built once per call.
+    kx, ky = rfft2_wavenumbers(n)
+    kappa2 = 4.0 * np.pi**2 * (kx**2 + ky**2)
+    keep = dealias_mask(n).astype(np.float64)
+    # psi = w / kappa^2 on the kept modes (the mean mode carries no velocity); u = psi_y, v = -psi_x.
+    inverse_laplacian = np.divide(keep, kappa2, out=np.zeros_like(kappa2), where=kappa2 > 0)
+    velocity = as_complex(
+        np.stack([2j * np.pi * ky * inverse_laplacian, -2j * np.pi * kx * inverse_laplacian])
+    )
+    # -u . grad w = -(d_xx - d_yy)(u v) - d_xy (v^2 - u^2) for divergence-free u (Basdevant 1983): four
+    # FFTs per evaluation instead of five. These are the two Fourier multipliers, truncated to the kept
+    # modes; both vanish at k = 0.
+    minus_dxx_dyy = as_complex(4.0 * np.pi**2 * (kx**2 - ky**2) * keep)
+    minus_dxy = as_complex(4.0 * np.pi**2 * kx * ky * keep)
+    forcing = torch.as_tensor(forcing, dtype=real, device=device)
+    if forcing.shape[-2:] != (n, n):
+        raise ValueError(
+            f"forcing must have shape ({n}, {n}) or (batch, {n}, {n}), got {tuple(forcing.shape)}"
+        )
+    forcing_hat = torch.fft.rfft2(forcing).expand(w0.shape[0], n, n // 2 + 1).clone()
+    forcing_hat[:, 0, 0] = 0.0  # the mean of w is conserved
+    products = torch.empty((w0.shape[0], 2, n, n), dtype=real, device=device)
+
+    def explicit(w_hat: torch.Tensor) -> torch.Tensor:
+        # -u . grad w + f: the products of the truncated velocities are exact on the kept modes (2/3 rule).
+        u, v = torch.fft.irfft2(w_hat.unsqueeze(1) * velocity, s=(n, n)).unbind(1)
+        torch.mul(u, v, out=products[:, 0])
+        torch.mul(v - u, v + u, out=products[:, 1])
+        spectra = torch.fft.rfft2(products)
+        return torch.addcmul(forcing_hat, minus_dxx_dyy, spectra[:, 0]).addcmul_(minus_dxy, spectra[:, 1])
+
+    w_hat = torch.fft.rfft2(w0)
+    out = torch.empty((w0.shape[0], times.size, n // stride, n // stride), dtype=real, device=device)
+    factors: dict[float, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    t = 0.0
+    for j, t_next in enumerate(times):
+        interval = float(t_next) - t
+        if interval > 0:
+            steps = _steps(interval, dt)
+            h = interval / steps
+            if h not in factors:
+                implicit = 1.0 / (1.0 + 0.5 * h * viscosity * kappa2)
+                decay = implicit * (1.0 - 0.5 * h * viscosity * kappa2)
+                factors[h] = (as_complex(decay), as_complex(h * implicit), as_complex(0.5 * h * implicit))
+            decay, predict, correct = factors[h]
+            for _ in range(steps):
+                n0 = explicit(w_hat)
+                base = decay * w_hat
+                n1 = explicit(torch.addcmul(base, predict, n0))
+                w_hat = base.addcmul_(correct, n0.add_(n1))
+            t = float(t_next)
+        if t_next == 0:
+            out[:, j] = w0[:, ::stride, ::stride]  # exactly, without an FFT round trip
+        else:
+            out[:, j] = torch.fft.irfft2(w_hat, s=(n, n))[:, ::stride, ::stride]
+    return out
+
+
+@dataclass(frozen=True)
+class NavierStokesParameters:
+    """Everything that defines the Navier-Stokes dataset distribution (recorded in the HDF5 attributes).
+
+    Parameters
+    ----------
+    viscosity : float
+        ``nu`` in ``w_t + u . grad w = nu Lap w + f`` (1e-3 in the benchmark; also 1e-4 and 1e-5).
+    time_step : float
+        Largest solver step; each recording interval is cut into the fewest equal steps of at most this
+        (1e-4 in the benchmark). ``for_resolution`` refuses a step that is unstable at the solve resolution.
+    final_time : float
+        Time of the last stored state (50 in the benchmark at ``nu = 1e-3``; 30 and 20 at 1e-4 and 1e-5).
+    record_every : float
+        Time between stored states ``w(record_every), w(2 record_every), ..., w(final_time)``;
+        ``final_time`` must be a whole multiple of it.
+    solve_resolution : int or None
+        Nodes per side of the grid the solver runs on; stored fields are subsampled from it, so it must be
+        a multiple of the output resolution (256 in the benchmark, stored at 64). ``None`` solves at the
+        output resolution.
+    forcing_amplitude : float
+        ``a`` in the forcing ``a (sin(2 pi (x + y)) + cos(2 pi (x + y)))`` (0.1 in the benchmark).
+    alpha, tau, sigma : float
+        Parameters of the initial vorticity ``TorusGaussianField`` (2.5, 7, ``7^1.5``), in the FNO code's
+        convention: covariance ``2 sigma^2 (-Lap + tau^2 I)^(-alpha)``, mean zero.
+    """
+
+    viscosity: float = 1e-3
+    time_step: float = 1e-4
+    final_time: float = 50.0
+    record_every: float = 1.0
+    solve_resolution: int | None = None
+    forcing_amplitude: float = 0.1
+    alpha: float = 2.5
+    tau: float = 7.0
+    sigma: float = 7.0**1.5
+
+    def __post_init__(self) -> None:
+        if not (self.viscosity > 0 and math.isfinite(self.viscosity)):
+            raise ValueError(f"--viscosity must be positive, got {self.viscosity}")
+        if not (self.time_step > 0 and math.isfinite(self.time_step)):
+            raise ValueError(f"--time-step must be positive, got {self.time_step}")
+        if not (self.final_time > 0 and math.isfinite(self.final_time)):
+            raise ValueError(f"--final-time must be positive, got {self.final_time}")
+        if not (self.record_every > 0 and math.isfinite(self.record_every)):
+            raise ValueError(f"--record-every must be positive, got {self.record_every}")
+        ratio = self.final_time / self.record_every
+        if ratio < 1 - 1e-9 or abs(ratio - round(ratio)) > 1e-9 * ratio:
+            raise ValueError(
+                f"--record-every {self.record_every} does not divide --final-time {self.final_time}: "
+                "the final time must be a whole number of recording intervals"
+            )
+        if self.solve_resolution is not None and self.solve_resolution < 8:
+            raise ValueError(f"--solve-resolution must be at least 8, got {self.solve_resolution}")
+        if not math.isfinite(self.forcing_amplitude):
+            raise ValueError(f"--forcing-amplitude must be finite, got {self.forcing_amplitude}")
+        TorusGaussianField(self.alpha, self.tau, self.sigma)  # validates alpha, tau and sigma
+
+    @property
+    def field(self) -> TorusGaussianField:
+        """The distribution of ``w0``."""
+        return TorusGaussianField(self.alpha, self.tau, self.sigma)
+
+    @property
+    def step(self) -> float:
+        """The step the solver takes: ``record_every`` cut into the fewest equal steps ``<= time_step``."""
+        interval = self.final_time / len(record_times(self))
+        return interval / _steps(interval, self.time_step)
+
+    def speed_bound(self, n: int) -> float:
+        """``U``, a bound on ``max |u|`` up to ``final_time`` on an ``n x n`` grid (module docstring)."""
+        max_w0 = SPEED_BOUND_STDS * self.field.pointwise_std(n)
+        max_forcing = math.sqrt(2.0) * abs(self.forcing_amplitude)
+        return BIOT_SAVART_L1 * (max_w0 + self.final_time * max_forcing)
+
+    def stability_factor(self, n: int, time_step: float | None = None) -> float:
+        """``stability_factor`` of the step taken for ``time_step`` (default: this one) on ``n x n`` nodes."""
+        params = self if time_step is None else replace(self, time_step=time_step)
+        return stability_factor(self.viscosity, params.step, n, self.speed_bound(n))
+
+    def max_stable_time_step(self, n: int) -> float:
+        """About the largest stable ``time_step <=`` this one on an ``n x n`` grid, two significant digits.
+
+        A suggestion for error messages: halves the step until it is stable, bisects between that and the
+        unstable double, and rounds down.
+        """
+        stable = self.time_step
+        # |R| tends to the Crank-Nicolson factor, below 1, as the step shrinks, so the halving ends.
+        while self.stability_factor(n, stable) > 1.0:
+            stable /= 2.0
+        if stable == self.time_step:
+            return stable
+        unstable = 2.0 * stable
+        for _ in range(20):
+            middle = 0.5 * (stable + unstable)
+            if self.stability_factor(n, middle) > 1.0:
+                unstable = middle
+            else:
+                stable = middle
+        digits = 1 - math.floor(math.log10(stable))
+        # Round down to two significant digits; round() only strips the binary noise of the product.
+        return round(math.floor(stable * 10.0**digits) / 10.0**digits, digits)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def for_resolution(self, resolution: int) -> NavierStokesParameters:
+        """These parameters checked against the output ``resolution``, with ``solve_resolution`` resolved.
+
+        Refuses an output grid that is not a subsample of the solver grid and a time step for which the
+        explicit advection is linearly unstable at the solve resolution (before any work is done).
+        """
+        if resolution < 2:
+            raise ValueError(f"--resolution must be at least 2, got {resolution}")
+        solve = self.solve_resolution or resolution
+        if solve % resolution:
+            raise ValueError(
+                f"resolution {resolution} does not divide solve resolution {solve}: "
+                "--solve-resolution must be a multiple of --resolution"
+            )
+        if solve < 8:
+            raise ValueError(f"the solve resolution must be at least 8, got {solve}: set --solve-resolution")
+        factor = self.stability_factor(solve)
+        if factor > 1.0 + 1e-12:
+            raise ValueError(
+                f"--time-step {self.time_step:g} is unstable at solve resolution {solve} and viscosity "
+                f"{self.viscosity:g}: the explicit advection grows by a factor {factor:.6g} per step for "
+                f"speeds up to {self.speed_bound(solve):.3g} (a bound on max |u| up to --final-time "
+                f"{self.final_time:g}); use --time-step {self.max_stable_time_step(solve):.3g} or smaller"
+            )
+        return replace(self, solve_resolution=solve)
+
+
+def record_times(params: NavierStokesParameters) -> np.ndarray:
+    """Times of the stored states, shape ``(T,)``: ``record_every, 2 record_every, ..., final_time``."""
+    count = round(params.final_time / params.record_every)
+    # Multiples of final_time / count land exactly on final_time.
+    return params.final_time * np.arange(1, count + 1) / count
+
+
+def navier_stokes_batch(
+    params: NavierStokesParameters,
+    resolution: int,
+    rngs: Sequence[np.random.Generator],
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> dict[str, np.ndarray]:
+    """Draw one ``w0`` per generator, solve them together at the solve resolution and subsample.
+
+    Returns ``{"w0": (B, resolution, resolution), "w": (B, T, resolution, resolution)}`` (float64) with
+    ``B = len(rngs)`` and the times of ``record_times(params)``. Each ``w0`` is drawn with numpy from its own
+    generator only, and every operation acts on samples separately, so a sample does not depend on its
+    batch-mates. ``device``: a torch device (``None``: CUDA when available, else the CPU); ``dtype``: the
+    solver's precision (``None``: float64; the stored ``w0`` is the float64 draw either way).
+    """
+    import torch
+
+    if params.solve_resolution is None:
+        params = params.for_resolution(resolution)
+    n = params.solve_resolution
+    stride = n // resolution
+    times = record_times(params)
+    if not rngs:
+        return {
+            "w0": np.zeros((0, resolution, resolution)),
+            "w": np.zeros((0, times.size, resolution, resolution)),
+        }
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.float64 if dtype is None else dtype
+    w0 = np.stack([params.field.sample(n, rng) for rng in rngs])
+    w = solve_navier_stokes(
+        torch.as_tensor(w0, dtype=dtype, device=device),
+        torch.as_tensor(forcing_field(n, params.forcing_amplitude), dtype=dtype, device=device),
+        params.viscosity,
+        params.time_step,
+        times,
+        stride=stride,
+    )
+    w = w.cpu().numpy().astype(np.float64)
+    if not np.all(np.isfinite(w)):
+        raise RuntimeError("the Navier-Stokes solution blew up: reduce --time-step")
+    return {"w0": w0[:, ::stride, ::stride], "w": w}
+
+
+def navier_stokes_sample(
+    params: NavierStokesParameters, resolution: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """One sample of ``navier_stokes_batch``: ``{"w0": (r, r), "w": (T, r, r)}``."""
+    return {name: values[0] for name, values in navier_stokes_batch(params, resolution, [rng]).items()}
+
+
+def navier_stokes_reference(
+    params: NavierStokesParameters, w0: np.ndarray, device: str | None = None
+) -> np.ndarray:
+    """``w`` at ``record_times(params)`` for given initial vorticities, solved at their own resolution.
+
+    ``w0`` has shape ``(r, r)`` or ``(B, r, r)``; returns ``(T, r, r)`` or ``(B, T, r, r)`` (float64). The
+    time step is checked for stability at ``r`` first (``solve_resolution`` is ignored). For the server's
+    on-demand check of a surrogate against the classical solution.
+    """
+    import torch
+
+    w0 = np.asarray(w0, dtype=np.float64)
+    if w0.ndim not in (2, 3) or w0.shape[-1] != w0.shape[-2]:
+        raise ValueError(f"w0 must have shape (r, r) or (batch, r, r), got {w0.shape}")
+    n = w0.shape[-1]
+    params = replace(params, solve_resolution=None).for_resolution(n)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    w = solve_navier_stokes(
+        torch.as_tensor(w0.reshape(-1, n, n), device=device),
+        torch.as_tensor(forcing_field(n, params.forcing_amplitude), device=device),
+        params.viscosity,
+        params.time_step,
+        record_times(params),
+    )
+    w = w.cpu().numpy()
+    return w[0] if w0.ndim == 2 else w

@@ -1,0 +1,306 @@
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from pdeserve.datagen.navier_stokes import (
+    BIOT_SAVART_L1,
+    NavierStokesParameters,
+    TorusGaussianField,
+    cn_heun_amplification,
+    forcing_field,
+    navier_stokes_batch,
+    navier_stokes_reference,
+    navier_stokes_sample,
+    periodic_coordinates,
+    record_times,
+    rfft2_wavenumbers,
+    solve_navier_stokes,
+    stability_factor,
+)
+
+# A short, cheap configuration for the tests that go through navier_stokes_batch.
+SHORT = NavierStokesParameters(final_time=0.02, record_every=0.01, time_step=1e-3)
+
+
+def mesh(n: int) -> tuple[np.ndarray, np.ndarray]:
+    x = periodic_coordinates(n)
+    return np.meshgrid(x, x, indexing="ij")
+
+
+def solve(w0: np.ndarray, forcing: np.ndarray | float, nu: float, dt: float, times) -> np.ndarray:
+    """``solve_navier_stokes`` on numpy arrays, for one state ``(n, n)``: returns ``(T, n, n)``."""
+    n = w0.shape[-1]
+    f = np.array(np.broadcast_to(np.asarray(forcing, dtype=np.float64), (n, n)))
+    return solve_navier_stokes(torch.as_tensor(w0[None]), torch.as_tensor(f), nu, dt, times)[0].numpy()
+
+
+def test_single_shell_vorticity_decays_exactly_without_forcing():
+    # Every mode on the shell |k|^2 = 25 has psi = w / (4 pi^2 25): u . grad w = J(psi, w) = 0, so the
+    # solution is w0 exp(-nu 100 pi^2 t). Amplitudes of order 1 make a wrong nonlinear term visible.
+    n, nu, dt = 32, 1e-3, 2e-3
+    x, y = mesh(n)
+    w0 = (
+        3 * np.cos(10 * np.pi * x)
+        + 2 * np.sin(2 * np.pi * (3 * x + 4 * y))
+        + np.cos(2 * np.pi * (4 * x - 3 * y))
+    )
+    times = np.array([0.5, 1.0])
+    w = solve(w0, 0.0, nu, dt, times)
+    rate = nu * 4 * np.pi**2 * 25
+    z = rate * dt
+    crank_nicolson = ((1 - z / 2) / (1 + z / 2)) ** np.round(times / dt)
+    for j, t in enumerate(times):
+        # Rounding only against the scheme's own factor; within 1e-6 of the exact decay.
+        assert np.abs(w[j] - crank_nicolson[j] * w0).max() < 1e-12 * np.abs(w0).max()
+        assert np.abs(w[j] - np.exp(-rate * t) * w0).max() < 1e-6 * np.abs(w0).max()
+
+
+def test_forced_single_shell_solution_relaxes_to_the_laminar_state():
+    # The forcing lives on the shell |k|^2 = 2; a w0 on that shell keeps the nonlinear term zero, so
+    # w(t) = f / lam + (w0 - f / lam) exp(-lam t) with lam = 8 pi^2 nu: checks the forcing's sign and size.
+    n, nu, dt = 16, 1e-2, 2e-3
+    x, y = mesh(n)
+    f = forcing_field(n, 0.1)
+    w0 = np.cos(2 * np.pi * (x - y))
+    times = np.array([1.0, 2.0])
+    w = solve(w0, f, nu, dt, times)
+    lam = 8 * np.pi**2 * nu
+    for j, t in enumerate(times):
+        exact = f / lam + (w0 - f / lam) * np.exp(-lam * t)
+        assert np.abs(w[j] - exact).max() < 1e-6 * np.abs(exact).max()
+    np.testing.assert_allclose(
+        f, 0.1 * (np.sin(2 * np.pi * (x + y)) + np.cos(2 * np.pi * (x + y))), atol=1e-15
+    )
+
+
+def test_converges_at_second_order_in_time():
+    # A benchmark field scaled by 10 (max |u| about 0.3) makes the advection matter; nu = 1e-2 makes the
+    # Crank-Nicolson part stiff on the highest kept modes. Same grid for every run: only time errors differ.
+    n, nu, final = 32, 1e-2, 1.0
+    w0 = 10 * TorusGaussianField().sample(n, np.random.default_rng(1))
+    f = forcing_field(n, 0.1)
+    reference = solve(w0, f, nu, final / 4096, [final])[-1]
+    steps = np.array([16, 32, 64, 128])
+    errors = np.array([np.abs(solve(w0, f, nu, final / s, [final])[-1] - reference).max() for s in steps])
+    orders = np.log2(errors[:-1] / errors[1:])
+    assert np.all((orders > 1.9) & (orders < 2.1)), (errors, orders)
+    assert errors[-1] < 2e-4 * np.abs(reference).max()
+
+
+def test_mean_is_conserved_and_enstrophy_decays_without_forcing():
+    n = 32
+    w0 = 10 * TorusGaussianField().sample(n, np.random.default_rng(2))
+    times = np.linspace(0.05, 2.0, 40)
+    forced = solve(w0, forcing_field(n, 0.1), 1e-3, 1e-3, times)
+    assert abs(w0.mean()) < 1e-15
+    assert np.abs(forced.mean(axis=(-1, -2))).max() < 1e-12
+    free = solve(w0, 0.0, 1e-3, 1e-3, times)
+    enstrophy = np.concatenate([[np.mean(w0**2)], np.mean(free**2, axis=(-1, -2))])
+    assert np.all(np.diff(enstrophy) < 0), np.diff(enstrophy)
+    # The flow did move: the dissipation is not all there is to it.
+    assert np.abs(free[-1] - free[0]).max() > 0.1 * np.abs(w0).max()
+
+
+def fno_gaussian_rf_sample(n: int, rng: np.random.Generator, alpha=2.5, tau=7.0) -> np.ndarray:
+    """The FNO authors' GaussianRF recipe (2D, torch 1.7 version), re-expressed in numpy for comparison."""
+    sigma = tau ** (0.5 * (2 * alpha - 2))
+    k = np.fft.fftfreq(n, 1 / n)
+    k2 = k[:, None] ** 2 + k[None, :] ** 2
+    sqrt_eig = n**2 * np.sqrt(2.0) * sigma * (4 * np.pi**2 * k2 + tau**2) ** (-alpha / 2)
+    sqrt_eig[0, 0] = 0.0
+    coeff = sqrt_eig * (rng.standard_normal((n, n)) + 1j * rng.standard_normal((n, n)))
+    return np.fft.ifft2(coeff).real
+
+
+@pytest.mark.parametrize("sampler", ["pdeserve", "fno-recipe"])
+def test_initial_field_has_the_claimed_spectrum(sampler):
+    n, count = 16, 4000
+    field = TorusGaussianField()
+    rng = np.random.default_rng(3)
+    if sampler == "pdeserve":
+        samples = np.stack([field.sample(n, rng) for _ in range(count)])
+    else:
+        samples = np.stack([fno_gaussian_rf_sample(n, rng) for _ in range(count)])
+    power = np.mean(np.abs(np.fft.rfft2(samples)) ** 2, axis=0)
+    expected = field.mode_variances(n)
+    # The formula, written out: E |fft2(w)_k|^2 = 2 n^4 7^3 (4 pi^2 |k|^2 + 49)^(-2.5), zero mean mode.
+    kx, ky = rfft2_wavenumbers(n)
+    formula = 2 * n**4 * 7.0**3 * (4 * np.pi**2 * (kx**2 + ky**2) + 49.0) ** (-2.5)
+    formula[0, 0] = 0.0
+    np.testing.assert_allclose(expected, formula, rtol=1e-13)
+    assert power[0, 0] < 1e-20 * expected.max()
+    # |W_k|^2 / E|W_k|^2 is exponential (sd 1) on complex modes, chi-squared with one degree of freedom
+    # (sd sqrt 2) on the self-conjugate ones (k_x, k_y in {0, n/2}): allow 5 standard errors per mode.
+    self_conjugate = np.isin(np.abs(kx), [0, n // 2]) & np.isin(ky, [0, n // 2])
+    standard_error = np.where(self_conjugate, np.sqrt(2.0), 1.0) / np.sqrt(count)
+    modes = expected > 0
+    deviation = np.abs(power[modes] / expected[modes] - 1) / standard_error[modes]
+    assert deviation.max() < 5, deviation.max()
+    assert abs(np.mean(power[modes] / expected[modes]) - 1) < 3 / np.sqrt(count * modes.sum())
+    # Pointwise variance, over samples and nodes.
+    assert abs(samples.std() / field.pointwise_std(n) - 1) < 0.02
+    assert abs(field.pointwise_std(256) - 0.26196) < 1e-4
+
+
+def test_samples_are_reproducible_and_mean_free():
+    field = TorusGaussianField()
+    a = field.sample(32, np.random.default_rng(7))
+    np.testing.assert_array_equal(a, field.sample(32, np.random.default_rng(7)))
+    assert abs(a.mean()) < 1e-15
+    assert not np.allclose(a, field.sample(32, np.random.default_rng(8)))
+
+
+def test_amplification_factor_limits_and_stability_check():
+    s = np.array([0.0, 0.1, 0.5, 1.0])
+    np.testing.assert_allclose(cn_heun_amplification(0.0, s), 1 - 1j * s - s**2 / 2, rtol=1e-15)
+    y = np.array([0.0, 0.01, 1.0, 10.0])
+    np.testing.assert_allclose(cn_heun_amplification(y, 0.0), (1 - y / 2) / (1 + y / 2), rtol=1e-15)
+    # Heun is weakly unstable for pure advection: |R|^2 = 1 + s^4 / 4.
+    np.testing.assert_allclose(np.abs(cn_heun_amplification(0.0, s)) ** 2, 1 + s**4 / 4, rtol=1e-14)
+    assert stability_factor(1e-3, 1e-4, 64, 3.6) <= 1.0
+    assert stability_factor(1e-9, 1e-3, 64, 3.6) > 1.0
+
+
+def test_biot_savart_constant_bounds_the_kernel_norm():
+    # ||K||_1 of the Fourier-truncated kernel converges at first order in 1/n; extrapolate and compare.
+    def truncated_norm(n: int) -> float:
+        k = np.fft.fftfreq(n, 1 / n)
+        kx, ky = k[:, None], k[None, :]
+        k2 = 4 * np.pi**2 * (kx**2 + ky**2)
+        k2[0, 0] = 1.0
+        ux = np.fft.ifft2(2j * np.pi * ky / k2).real * n * n
+        uy = np.fft.ifft2(-2j * np.pi * kx / k2).real * n * n
+        return float(np.hypot(ux, uy).mean())
+
+    coarse, fine = truncated_norm(512), truncated_norm(1024)
+    limit = 2 * fine - coarse
+    assert 0.385 < limit < 0.3880 < BIOT_SAVART_L1
+
+
+def test_benchmark_times_and_parameters():
+    params = NavierStokesParameters()
+    np.testing.assert_array_equal(record_times(params), np.arange(1.0, 51.0))
+    assert params.step == pytest.approx(1e-4, rel=1e-12)
+    assert params.as_dict()["viscosity"] == 1e-3
+    assert params.as_dict()["sigma"] == pytest.approx(18.520259177452136)
+    np.testing.assert_allclose(
+        record_times(NavierStokesParameters(final_time=1.0, record_every=0.1))[-1], 1.0
+    )
+
+
+@pytest.mark.parametrize("viscosity", [1e-3, 1e-4, 1e-5])
+@pytest.mark.parametrize(("resolution", "solve_resolution"), [(64, None), (64, 256), (256, None)])
+def test_benchmark_viscosities_are_accepted(viscosity, resolution, solve_resolution):
+    params = NavierStokesParameters(viscosity=viscosity, time_step=1e-4, solve_resolution=solve_resolution)
+    resolved = params.for_resolution(resolution)
+    assert resolved.solve_resolution == (solve_resolution or resolution)
+    assert resolved.stability_factor(resolved.solve_resolution) <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"viscosity": -1e-3}, "--viscosity must be positive, got -0.001"),
+        ({"viscosity": 0.0}, "--viscosity must be positive"),
+        ({"time_step": 0.0}, "--time-step must be positive"),
+        ({"final_time": -1.0}, "--final-time must be positive"),
+        ({"record_every": 0.0}, "--record-every must be positive"),
+        ({"record_every": 0.3}, "--record-every 0.3 does not divide --final-time 50.0"),
+        ({"record_every": 60.0}, "--record-every 60.0 does not divide --final-time 50.0"),
+        ({"solve_resolution": 4}, "--solve-resolution must be at least 8"),
+        ({"forcing_amplitude": float("nan")}, "--forcing-amplitude must be finite"),
+        ({"alpha": 1.0}, "--alpha must exceed 1"),
+        ({"tau": 0.0}, "--tau must be positive"),
+        ({"sigma": -1.0}, "--sigma must be positive"),
+    ],
+)
+def test_invalid_parameters_are_refused(options, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        NavierStokesParameters(**options)
+
+
+def test_resolution_that_does_not_divide_the_solve_resolution_is_refused():
+    with pytest.raises(ValueError, match="resolution 64 does not divide solve resolution 100"):
+        NavierStokesParameters(solve_resolution=100).for_resolution(64)
+
+
+def test_unstable_time_step_is_refused_with_a_stable_suggestion():
+    params = NavierStokesParameters(viscosity=1e-5, time_step=1e-3)
+    with pytest.raises(ValueError, match=r"--time-step 0\.001 is unstable at solve resolution 256") as error:
+        params.for_resolution(256)
+    suggested = float(re.search(r"use --time-step (\S+) or smaller", str(error.value)).group(1))
+    assert 1e-4 <= suggested < 1e-3
+    NavierStokesParameters(viscosity=1e-5, time_step=suggested).for_resolution(256)
+    # The bound grows with the final time: a long enough run refuses the benchmark step.
+    with pytest.raises(ValueError, match="unstable"):
+        NavierStokesParameters(viscosity=1e-5, final_time=200.0).for_resolution(256)
+
+
+def test_a_sample_does_not_depend_on_its_batch_mates():
+    params = SHORT.for_resolution(16)
+    alone = navier_stokes_sample(params, 16, np.random.default_rng(5))
+    batch = navier_stokes_batch(params, 16, [np.random.default_rng(s) for s in (1, 5, 2)], device="cpu")
+    assert batch["w0"].shape == (3, 16, 16) and batch["w"].shape == (3, 2, 16, 16)
+    assert batch["w"].dtype == np.float64
+    np.testing.assert_array_equal(batch["w0"][1], alone["w0"])
+    np.testing.assert_allclose(batch["w"][1], alone["w"], rtol=0, atol=1e-12)
+    assert not np.allclose(batch["w"][0], batch["w"][1])
+
+
+def test_fine_solve_subsamples_onto_coarse_nodes():
+    coarse = navier_stokes_sample(
+        NavierStokesParameters(final_time=0.02, record_every=0.01, time_step=1e-3, solve_resolution=32),
+        16,
+        np.random.default_rng(3),
+    )
+    fine = navier_stokes_sample(SHORT, 32, np.random.default_rng(3))
+    np.testing.assert_array_equal(coarse["w0"], fine["w0"][::2, ::2])
+    np.testing.assert_allclose(coarse["w"], fine["w"][:, ::2, ::2], rtol=0, atol=1e-14)
+
+
+def test_reference_solver_reproduces_a_sample():
+    sample = navier_stokes_sample(SHORT, 16, np.random.default_rng(9))
+    np.testing.assert_allclose(
+        navier_stokes_reference(SHORT, sample["w0"], device="cpu"), sample["w"], atol=1e-14
+    )
+    assert navier_stokes_reference(SHORT, sample["w0"][None], device="cpu").shape == (1, 2, 16, 16)
+
+
+def test_float32_solver_agrees_with_float64():
+    params = SHORT.for_resolution(32)
+    rngs = [np.random.default_rng(4)]
+    double = navier_stokes_batch(params, 32, rngs, device="cpu")["w"]
+    single = navier_stokes_batch(params, 32, [np.random.default_rng(4)], device="cpu", dtype=torch.float32)[
+        "w"
+    ]
+    assert np.abs(single - double).max() < 1e-5 * np.abs(double).max()
+
+
+def test_solver_lands_on_zero_and_repeated_times_exactly():
+    w0 = TorusGaussianField().sample(16, np.random.default_rng(6))
+    w = solve(w0, 0.0, 1e-3, 1e-3, [0.0, 0.005, 0.005])
+    np.testing.assert_array_equal(w[0], w0)
+    np.testing.assert_array_equal(w[1], w[2])
+    with pytest.raises(ValueError, match="non-decreasing"):
+        solve(w0, 0.0, 1e-3, 1e-3, [0.01, 0.005])
+
+
+def test_importing_the_module_does_not_import_torch():
+    # The CLI imports every family to parse its options; torch costs seconds to import.
+    code = "import sys, pdeserve.datagen.navier_stokes; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    params = SHORT.for_resolution(64)
+    rngs = lambda: [np.random.default_rng(s) for s in (1, 2)]  # noqa: E731
+    cpu = navier_stokes_batch(params, 64, rngs(), device="cpu")
+    cuda = navier_stokes_batch(params, 64, rngs(), device="cuda")
+    np.testing.assert_array_equal(cpu["w0"], cuda["w0"])
+    np.testing.assert_allclose(cuda["w"], cpu["w"], rtol=0, atol=1e-12)
