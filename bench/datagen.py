@@ -1,5 +1,12 @@
 """Data-generation speed, ratios measured side by side in one run.
 
+Navier-Stokes: pdeserve's solver (second order: Crank-Nicolson + Heun) against the FNO authors' torch
+function ``navier_stokes_2d`` (Crank-Nicolson + explicit Euler, first order) on the same initial fields,
+64x64, batch 20, microseconds per sample and time step, float32 and float64 on this CPU (and CUDA when
+present). Their script is public code that this repository does not ship: fetch
+``data_generation/navier_stokes/ns_2d.py`` of neuraloperator/neuraloperator into
+``bench/third_party/ns_2d.py`` (git-ignored); only its ``navier_stokes_2d`` function is loaded.
+
 Darcy: the whole pipeline (field sampling, assembly, factorisation, solve, subsampling, HDF5 write) against
 the bare factorisation + solve of the same matrices (symbolic factorisation reused in both), at the
 benchmark's solve resolution. Target: pipeline / bare <= 1.25.
@@ -10,7 +17,9 @@ Usage: ``python bench/datagen.py [--n 8] [--solve-resolution 421] [--resolution 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
+import math
 import platform
 import tempfile
 import time
@@ -60,17 +69,80 @@ def darcy(n: int, solve_resolution: int, resolution: int) -> dict[str, float]:
     }
 
 
+def _fno_solver(path: Path):
+    """The ``navier_stokes_2d`` function of the FNO authors' script, without running its module code."""
+    import torch
+
+    tree = ast.parse(path.read_text())
+    function = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "navier_stokes_2d")
+    namespace = {"torch": torch, "math": math}
+    exec(compile(ast.Module([function], []), str(path), "exec"), namespace)
+    return namespace["navier_stokes_2d"]
+
+
+def navier_stokes(script: Path, batch: int, n: int, steps: int) -> dict[str, float]:
+    import torch
+
+    from pdeserve.datagen.navier_stokes import NavierStokesParameters, forcing_field, solve_navier_stokes
+
+    params = NavierStokesParameters()
+    rng = np.random.default_rng(0)
+    w0 = np.stack([params.field.sample(n, rng) for _ in range(batch)])
+    horizon = steps * params.time_step
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    result: dict[str, float] = {"batch": batch, "resolution": n, "steps": steps}
+    theirs = _fno_solver(script) if script.is_file() else None
+    for device in devices:
+        for dtype in (torch.float32, torch.float64):
+            tag = f"{device}_{str(dtype).removeprefix('torch.')}"
+            w = torch.as_tensor(w0, dtype=dtype, device=device)
+            f = torch.as_tensor(forcing_field(n, params.forcing_amplitude), dtype=dtype, device=device)
+
+            def ours(w=w, f=f):
+                solve_navier_stokes(w, f, params.viscosity, params.time_step, [horizon])
+
+            def fno(w=w, f=f):
+                theirs(w, f, params.viscosity, horizon, params.time_step, 1)
+
+            for name, run in (("pdeserve", ours), ("fno_script", fno if theirs else None)):
+                if run is None:
+                    continue
+                run()  # warm-up (FFT plans, CUDA context)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                started = time.perf_counter()
+                run()
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                result[f"{name}_{tag}_us_per_sample_step"] = (
+                    (time.perf_counter() - started) / steps / batch * 1e6
+                )
+            if theirs:
+                result[f"speedup_{tag}"] = (
+                    result[f"fno_script_{tag}_us_per_sample_step"]
+                    / result[f"pdeserve_{tag}_us_per_sample_step"]
+                )
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--solve-resolution", type=int, default=421)
     parser.add_argument("--resolution", type=int, default=85)
+    parser.add_argument("--ns-steps", type=int, default=200, help="Navier-Stokes time steps timed")
+    parser.add_argument("--fno-script", type=Path, default=Path("bench/third_party/ns_2d.py"))
     parser.add_argument("--out", default="bench/results/datagen.json")
     args = parser.parse_args()
     result = {
         "device": f"{platform.machine()} CPU",
         "darcy": darcy(args.n, args.solve_resolution, args.resolution),
+        "navier_stokes": navier_stokes(args.fno_script, batch=20, n=64, steps=args.ns_steps),
     }
+    for key, value in result["navier_stokes"].items():
+        print(f"Navier-Stokes 64x64 batch 20: {key} = {value:.2f}")
+    if not args.fno_script.is_file():
+        print(f"(the FNO authors' script is not at {args.fno_script}: no side-by-side ratio)")
     d = result["darcy"]
     print(
         f"Darcy {d['solve_resolution']} -> {d['resolution']}, {d['samples']} samples: pipeline "
