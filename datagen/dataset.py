@@ -152,9 +152,14 @@ def _resume_point(path: Path, request: GenerationRequest) -> int | None:
 def _open_pool(workers: int, ray_address: str | None):
     """A pool with ``starmap``: Ray's multiprocessing-compatible pool, local processes, or None (inline)."""
     if ray_address:
+        import ray
         from ray.util.multiprocessing import Pool as RayPool
 
-        return RayPool(processes=workers, ray_address=None if ray_address == "local" else ray_address)
+        if not ray.is_initialized():
+            # Workers only: no dashboard, and the driver is not flooded with worker logs.
+            address = None if ray_address == "local" else ray_address
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        return RayPool(processes=workers)
     if workers > 1:
         # spawn, not fork: a forked child of a process that already ran torch's thread pools can hang.
         return multiprocessing.get_context("spawn").Pool(workers)
