@@ -94,8 +94,8 @@ def forcing_field(n: int, amplitude: float = 0.1) -> np.ndarray:
 class TorusGaussianField:
     """``N(0, 2 sigma^2 (-Lap + tau^2 I)^(-alpha))`` on the unit torus, mean mode removed.
 
-    This is the FNO authors' ``GaussianRF`` as it generated the published Navier-Stokes data (their 2020,
-    torch 1.7 code): Fourier coefficients ``n^2 sqrt(2) sigma (4 pi^2 |k|^2 + tau^2)^(-alpha/2) (xi + i eta)``
+    This is the FNO authors' ``GaussianRF`` as released with the benchmark (2020, torch <= 1.7 FFT API):
+    Fourier coefficients ``n^2 sqrt(2) sigma (4 pi^2 |k|^2 + tau^2)^(-alpha/2) (xi + i eta)``
     with ``xi, eta ~ N(0, 1)`` for every ``k`` of the full ``n x n`` FFT grid (``k_x, k_y`` in
     ``-n/2 .. n/2 - 1``), the ``k = 0`` one zeroed, and the real part of the inverse FFT kept. That makes
     ``E |fft2(w)_k|^2 = 2 n^4 sigma^2 (4 pi^2 |k|^2 + tau^2)^(-alpha)`` (``mode_variances``); their default
