@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 from scipy import fft
 
+from pdeserve.datagen.grids import covering_steps
+
 # max |u0| is bounded by this many pointwise standard deviations of the initial field.
 SPEED_BOUND_STDS = 8.0
 # The default time step must stay stable for twice the speed bound (margin for the nonlinearity).
@@ -38,11 +40,6 @@ _SPEEDS_PER_BOUND = 32
 # Points on the upper half of the Kassam-Trefethen contour (real arguments: the real part of the mean
 # over the upper half equals the mean over the whole circle).
 _CONTOUR_POINTS = 32
-
-
-def periodic_coordinates(n: int) -> np.ndarray:
-    """Node coordinates ``x_i = i / n`` of the periodic grid on [0, 1), shape ``(n,)``."""
-    return np.arange(n) / n
 
 
 def wavenumbers(n: int) -> np.ndarray:
@@ -163,11 +160,6 @@ def etdrk4_amplification(z: np.ndarray, w: np.ndarray) -> np.ndarray:
     return e + w * (f1 + 2.0 * f2 * (a + b) + f3 * c)
 
 
-def _steps(interval: float, dt: float) -> int:
-    """Steps of at most ``dt`` (up to rounding) that cover ``interval`` exactly."""
-    return max(1, math.ceil(interval / dt * (1.0 - 1e-12)))
-
-
 def stability_factor(viscosity: float, dt: float, n: int, max_speed: float) -> float:
     """Largest ``|R|`` of the frozen-coefficient linearisation over the dealiased modes and speeds.
 
@@ -239,7 +231,7 @@ def solve_burgers(u0: np.ndarray, viscosity: float, dt: float, times: np.ndarray
     for j, t_next in enumerate(times):
         interval = float(t_next) - t
         if interval > 0:
-            steps = _steps(interval, dt)
+            steps = covering_steps(interval, dt)
             h = interval / steps
             if h not in coefficients:
                 e, e2, q, f1, f2, f3 = etdrk4_coefficients(h * lin_low)
@@ -338,7 +330,7 @@ class BurgersParameters:
     def stability_factor(self, time_step: float, max_speed: float | None = None) -> float:
         """``stability_factor`` of the step taken for ``time_step`` (speeds up to ``speed_bound``)."""
         interval = self.record_interval
-        step = interval / _steps(interval, time_step)
+        step = interval / covering_steps(interval, time_step)
         speed = self.speed_bound if max_speed is None else max_speed
         return stability_factor(self.viscosity, step, self.solve_resolution, speed)
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from pdeserve.datagen import burgers, darcy, navier_stokes
-from pdeserve.datagen.grids import UnitSquareGrid
+from pdeserve.datagen.grids import UnitSquareGrid, periodic_coordinates
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ def _darcy_reference(
 
 
 def _burgers_coordinates(params: burgers.BurgersParameters, resolution: int) -> dict[str, np.ndarray]:
-    return {"t": burgers.record_times(params), "x": burgers.periodic_coordinates(resolution)}
+    return {"t": burgers.record_times(params), "x": periodic_coordinates(resolution)}
 
 
 def _burgers_reference(
@@ -130,7 +130,7 @@ def _burgers_reference(
 def _torus_coordinates(
     params: navier_stokes.NavierStokesParameters, resolution: int
 ) -> dict[str, np.ndarray]:
-    x = navier_stokes.periodic_coordinates(resolution)
+    x = periodic_coordinates(resolution)
     return {"t": navier_stokes.record_times(params), "x": x, "y": x}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,3 +47,13 @@ class UnitSquareGrid:
                 f"(solve_resolution - 1) must be a multiple of (resolution - 1)"
             )
         return (self.n - 1) // (coarse.n - 1)
+
+
+def periodic_coordinates(n: int) -> np.ndarray:
+    """Node coordinates ``x_i = i / n`` of the periodic grid on [0, 1), shape ``(n,)``."""
+    return np.arange(n) / n
+
+
+def covering_steps(interval: float, dt: float) -> int:
+    """The fewest equal steps of at most ``dt`` (up to rounding) that cover ``interval`` exactly."""
+    return max(1, math.ceil(interval / dt * (1.0 - 1e-12)))

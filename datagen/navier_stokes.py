@@ -50,6 +50,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import fft
 
+from pdeserve.datagen.grids import covering_steps, periodic_coordinates
+
 if TYPE_CHECKING:
     import torch
 
@@ -61,11 +63,6 @@ SPEED_BOUND_STDS = 8.0
 BIOT_SAVART_L1 = 0.39
 # Speeds checked per unit of the speed bound (the amplification factor is smooth in the speed).
 _SPEEDS_PER_BOUND = 32
-
-
-def periodic_coordinates(n: int) -> np.ndarray:
-    """Node coordinates ``x_i = i / n`` of the periodic grid on [0, 1), shape ``(n,)``."""
-    return np.arange(n) / n
 
 
 def rfft2_wavenumbers(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -181,11 +178,6 @@ def stability_factor(viscosity: float, step: float, n: int, max_speed: float) ->
     return float(np.abs(cn_heun_amplification(y, s)).max())
 
 
-def _steps(interval: float, dt: float) -> int:
-    """Steps of at most ``dt`` (up to rounding) that cover ``interval`` exactly."""
-    return max(1, math.ceil(interval / dt * (1.0 - 1e-12)))
-
-
 def solve_navier_stokes(
     w0: torch.Tensor,
     forcing: torch.Tensor | np.ndarray,
@@ -281,7 +273,7 @@ def solve_navier_stokes(
     for j, t_next in enumerate(times):
         interval = float(t_next) - t
         if interval > 0:
-            steps = _steps(interval, dt)
+            steps = covering_steps(interval, dt)
             h = interval / steps
             if h not in factors:
                 implicit = 1.0 / (1.0 + 0.5 * h * viscosity * kappa2)
@@ -368,7 +360,7 @@ class NavierStokesParameters:
     def step(self) -> float:
         """The step the solver takes: ``record_every`` cut into the fewest equal steps ``<= time_step``."""
         interval = self.final_time / len(record_times(self))
-        return interval / _steps(interval, self.time_step)
+        return interval / covering_steps(interval, self.time_step)
 
     def speed_bound(self, n: int) -> float:
         """``U``, a bound on ``max |u|`` up to ``final_time`` on an ``n x n`` grid (module docstring)."""

@@ -9,10 +9,10 @@ from pdeserve.datagen.burgers import (
     burgers_sample,
     etdrk4_amplification,
     etdrk4_coefficients,
-    periodic_coordinates,
     record_times,
     solve_burgers,
 )
+from pdeserve.datagen.grids import periodic_coordinates
 
 
 def cole_hopf_sine(x: np.ndarray, t: float, nu: float, terms: int = 60) -> np.ndarray:

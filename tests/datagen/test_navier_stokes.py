@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from pdeserve.datagen.grids import periodic_coordinates
 from pdeserve.datagen.navier_stokes import (
     BIOT_SAVART_L1,
     NavierStokesParameters,
@@ -15,7 +16,6 @@ from pdeserve.datagen.navier_stokes import (
     navier_stokes_batch,
     navier_stokes_reference,
     navier_stokes_sample,
-    periodic_coordinates,
     record_times,
     rfft2_wavenumbers,
     solve_navier_stokes,
