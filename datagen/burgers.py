@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 from scipy import fft
 
-from pdeserve.datagen.grids import covering_steps
+from pdeserve.datagen.grids import check_time_grid, covering_steps
 
 # max |u0| is bounded by this many pointwise standard deviations of the initial field.
 SPEED_BOUND_STDS = 8.0
@@ -292,17 +292,7 @@ class BurgersParameters:
     def __post_init__(self) -> None:
         if not (self.viscosity > 0 and math.isfinite(self.viscosity)):
             raise ValueError(f"--viscosity must be positive, got {self.viscosity}")
-        if not (self.final_time > 0 and math.isfinite(self.final_time)):
-            raise ValueError(f"--final-time must be positive, got {self.final_time}")
-        if self.record_every is not None:
-            if not self.record_every > 0:
-                raise ValueError(f"--record-every must be positive, got {self.record_every}")
-            ratio = self.final_time / self.record_every
-            if ratio < 1 - 1e-9 or abs(ratio - round(ratio)) > 1e-9 * ratio:
-                raise ValueError(
-                    f"--record-every {self.record_every} does not divide --final-time {self.final_time}: "
-                    "the final time must be a whole number of recording intervals"
-                )
+        check_time_grid(self.final_time, self.record_every)
         if self.time_step is not None and not (self.time_step > 0 and math.isfinite(self.time_step)):
             raise ValueError(f"--time-step must be positive, got {self.time_step}")
         if self.solve_resolution < 4:

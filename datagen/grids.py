@@ -57,3 +57,20 @@ def periodic_coordinates(n: int) -> np.ndarray:
 def covering_steps(interval: float, dt: float) -> int:
     """The fewest equal steps of at most ``dt`` (up to rounding) that cover ``interval`` exactly."""
     return max(1, math.ceil(interval / dt * (1.0 - 1e-12)))
+
+
+def check_time_grid(final_time: float, record_every: float | None) -> None:
+    """``ValueError`` (naming the CLI flags) unless ``final_time > 0`` is a whole number of
+    ``record_every > 0`` intervals (``None``: only the final state is stored)."""
+    if not (final_time > 0 and math.isfinite(final_time)):
+        raise ValueError(f"--final-time must be positive, got {final_time}")
+    if record_every is None:
+        return
+    if not (record_every > 0 and math.isfinite(record_every)):
+        raise ValueError(f"--record-every must be positive, got {record_every}")
+    ratio = final_time / record_every
+    if ratio < 1 - 1e-9 or abs(ratio - round(ratio)) > 1e-9 * ratio:
+        raise ValueError(
+            f"--record-every {record_every} does not divide --final-time {final_time}: "
+            "the final time must be a whole number of recording intervals"
+        )

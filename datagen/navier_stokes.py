@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import fft
 
-from pdeserve.datagen.grids import covering_steps, periodic_coordinates
+from pdeserve.datagen.grids import check_time_grid, covering_steps, periodic_coordinates
 
 if TYPE_CHECKING:
     import torch
@@ -335,16 +335,9 @@ class NavierStokesParameters:
             raise ValueError(f"--viscosity must be positive, got {self.viscosity}")
         if not (self.time_step > 0 and math.isfinite(self.time_step)):
             raise ValueError(f"--time-step must be positive, got {self.time_step}")
-        if not (self.final_time > 0 and math.isfinite(self.final_time)):
-            raise ValueError(f"--final-time must be positive, got {self.final_time}")
-        if not (self.record_every > 0 and math.isfinite(self.record_every)):
-            raise ValueError(f"--record-every must be positive, got {self.record_every}")
-        ratio = self.final_time / self.record_every
-        if ratio < 1 - 1e-9 or abs(ratio - round(ratio)) > 1e-9 * ratio:
-            raise ValueError(
-                f"--record-every {self.record_every} does not divide --final-time {self.final_time}: "
-                "the final time must be a whole number of recording intervals"
-            )
+        if self.record_every is None:
+            raise ValueError("--record-every is required for navier-stokes")
+        check_time_grid(self.final_time, self.record_every)
         if self.solve_resolution is not None and self.solve_resolution < 8:
             raise ValueError(f"--solve-resolution must be at least 8, got {self.solve_resolution}")
         if not math.isfinite(self.forcing_amplitude):
