@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 from scipy import fft
 
-from pdeserve.datagen.grids import check_time_grid, covering_steps
+from pdeserve.datagen.grids import check_time_grid, covering_steps, time_grid
 
 # max |u0| is bounded by this many pointwise standard deviations of the initial field.
 SPEED_BOUND_STDS = 8.0
@@ -360,11 +360,7 @@ class BurgersParameters:
 
 def record_times(params: BurgersParameters) -> np.ndarray:
     """Times of the stored states, shape ``(T,)``: ``[final_time]`` or every ``record_every`` up to it."""
-    if params.record_every is None:
-        return np.array([params.final_time])
-    count = round(params.final_time / params.record_every)
-    # Multiples of final_time / count land exactly on final_time.
-    return params.final_time * np.arange(1, count + 1) / count
+    return time_grid(params.final_time, params.record_every)
 
 
 def burgers_batch(

@@ -74,3 +74,10 @@ def check_time_grid(final_time: float, record_every: float | None) -> None:
             f"--record-every {record_every} does not divide --final-time {final_time}: "
             "the final time must be a whole number of recording intervals"
         )
+
+
+def time_grid(final_time: float, record_every: float | None) -> np.ndarray:
+    """Stored times, shape ``(T,)``: ``record_every, 2 record_every, ..., final_time`` (``None``: only
+    ``final_time``). Multiples of ``final_time / T`` land exactly on ``final_time``."""
+    count = 1 if record_every is None else round(final_time / record_every)
+    return final_time * np.arange(1, count + 1) / count

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import fft
 
-from pdeserve.datagen.grids import check_time_grid, covering_steps, periodic_coordinates
+from pdeserve.datagen.grids import check_time_grid, covering_steps, periodic_coordinates, time_grid
 
 if TYPE_CHECKING:
     import torch
@@ -421,9 +421,7 @@ class NavierStokesParameters:
 
 def record_times(params: NavierStokesParameters) -> np.ndarray:
     """Times of the stored states, shape ``(T,)``: ``record_every, 2 record_every, ..., final_time``."""
-    count = round(params.final_time / params.record_every)
-    # Multiples of final_time / count land exactly on final_time.
-    return params.final_time * np.arange(1, count + 1) / count
+    return time_grid(params.final_time, params.record_every)
 
 
 def navier_stokes_batch(
