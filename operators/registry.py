@@ -7,83 +7,13 @@ back into a ``torch.nn.Module`` without unpickling anything.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
-
-
-@dataclass(frozen=True)
-class ResolutionRule:
-    """Grid sides a model accepts: every side in ``[minimum, maximum]`` and divisible by ``multiple``."""
-
-    minimum: int
-    maximum: int
-    multiple: int = 1
-
-    def check(self, sides: tuple[int, ...]) -> str | None:
-        """None if ``sides`` are accepted, else a message saying what is expected."""
-        if all(self.minimum <= s <= self.maximum and s % self.multiple == 0 for s in sides):
-            return None
-        rule = f"between {self.minimum} and {self.maximum}"
-        if self.multiple > 1:
-            rule += f" and divisible by {self.multiple}"
-        return f"every grid side must be {rule}"
-
-
-@dataclass(frozen=True)
-class FNOConfig:
-    """Fourier Neural Operator (Li et al. 2021) as implemented by neuraloperator's ``FNO``.
-
-    Parameters
-    ----------
-    in_channels, out_channels : int
-        Number of input and output fields (set from the dataset).
-    n_modes : tuple of int
-        Fourier modes kept per dimension (neuraloperator counts both signs: 24 = the paper's 12).
-    hidden_channels : int
-        Width of the Fourier layers.
-    n_layers : int
-        Number of Fourier layers.
-    domain_padding : float
-        Fraction of each side zero-padded before the FFT, for non-periodic problems (paper: 9/85).
-    factorization : str or None
-        Tensor factorisation of the spectral weights (None: dense FNO; "Tucker": TFNO).
-    rank : float
-        Factorisation rank when ``factorization`` is set.
-    max_resolution : int
-        Largest grid side served.
-    """
-
-    in_channels: int = 1
-    out_channels: int = 1
-    n_modes: tuple[int, ...] = (12, 12)
-    hidden_channels: int = 32
-    n_layers: int = 4
-    domain_padding: float = 0.125
-    factorization: str | None = None
-    rank: float = 1.0
-    max_resolution: int = 1024
-
-    def build(self) -> torch.nn.Module:
-        from neuralop.models import FNO
-
-        return FNO(
-            n_modes=tuple(self.n_modes),
-            in_channels=self.in_channels,
-            out_channels=self.out_channels,
-            hidden_channels=self.hidden_channels,
-            n_layers=self.n_layers,
-            domain_padding=self.domain_padding or None,
-            factorization=self.factorization,
-            rank=self.rank,
-        )
-
-    def resolutions(self) -> ResolutionRule:
-        # Spectral convolutions need at least as many grid points as kept modes.
-        return ResolutionRule(minimum=max(self.n_modes), maximum=self.max_resolution)
 
 
 @dataclass(frozen=True)
@@ -94,22 +24,42 @@ class Architecture:
     ----------
     name : str
         Registry key (``--model``).
-    config : type
-        Frozen dataclass with the constructor arguments; it has ``build()`` and ``resolutions()``.
+    config_path : str
+        ``"module:Class"`` of the frozen config dataclass holding the constructor arguments. It has
+        ``build()``, ``resolutions()`` and the classmethod ``grid_defaults(ndim, boundary)``. Imported
+        on first use, so listing the registry does not import torch.
     description : str
         One line for ``--help``.
     defaults : mapping
-        Per-architecture overrides of the config defaults used by ``pdeserve train``.
+        Overrides of the config's defaults that make this entry (e.g. TFNO = FNO with Tucker weights).
     """
 
     name: str
-    config: type
+    config_path: str
     description: str
     defaults: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def config(self) -> type:
+        module, _, attribute = self.config_path.partition(":")
+        return getattr(importlib.import_module(module), attribute)
+
+    def default_arguments(self, ndim: int, boundary: str) -> dict[str, Any]:
+        """Arguments for a grid of ``ndim`` dimensions with ``boundary`` conditions
+        (``"periodic"``, ``"dirichlet"`` or ``"neumann"``); ``ValueError`` if the model does not fit it."""
+        return {**self.config.grid_defaults(ndim, boundary), **self.defaults}
+
 
 ARCHITECTURES: dict[str, Architecture] = {
-    "fno": Architecture("fno", FNOConfig, "Fourier Neural Operator (neuraloperator FNO)"),
+    "fno": Architecture(
+        "fno", "pdeserve.operators.fno:FNOConfig", "Fourier Neural Operator (neuraloperator)"
+    ),
+    "tfno": Architecture(
+        "tfno",
+        "pdeserve.operators.fno:FNOConfig",
+        "Tucker-factorised FNO (neuraloperator TFNO)",
+        {"factorization": "tucker", "rank": 0.1},
+    ),
 }
 
 

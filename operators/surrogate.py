@@ -17,8 +17,9 @@ import torch
 from neuralop.data.transforms.normalizers import UnitGaussianNormalizer
 
 from pdeserve.operators.checkpoint import load_weights, read_config
-from pdeserve.operators.registry import ResolutionRule, make_config
+from pdeserve.operators.registry import make_config
 from pdeserve.operators.repository import ModelRepository
+from pdeserve.operators.resolution import ResolutionRule
 
 
 class InvalidInputError(ValueError):

@@ -77,7 +77,12 @@ def train(
     arch = get_architecture(architecture)
     config = make_config(
         architecture,
-        {**arch.defaults, **arguments, "in_channels": len(input_names), "out_channels": len(output_names)},
+        {
+            **arch.default_arguments(len(family.dims), family.boundary_conditions.split(":")[0]),
+            **arguments,
+            "in_channels": len(input_names),
+            "out_channels": len(output_names),
+        },
     )
     grid_shape = list(x_all.shape[2:])
     problem = config.resolutions().check(tuple(grid_shape))
