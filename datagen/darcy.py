@@ -10,8 +10,9 @@ Benchmark distribution (Li et al. 2021, FNO): ``f = 1``; ``a = 12`` where ``g >=
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import qdldl
@@ -108,16 +109,24 @@ def solve_darcy(a: np.ndarray, f: np.ndarray | float, grid: UnitSquareGrid) -> n
     return DarcySolver(grid).solve(a, f)
 
 
+COEFFICIENTS = ("piecewise", "lognormal")
+
+
 @dataclass(frozen=True)
 class DarcyParameters:
     """Everything that defines the Darcy dataset distribution (recorded in the HDF5 attributes).
 
     Parameters
     ----------
+    coefficient : str
+        How the Gaussian field ``g`` becomes the coefficient ``a``. ``"piecewise"`` (the FNO benchmark):
+        ``a = HIGH`` where ``g >= 0`` and ``LOW`` elsewhere. ``"lognormal"``: ``a = sqrt(HIGH LOW)
+        exp(log(HIGH / LOW) g / (4 sigma))`` with ``sigma`` the domain-averaged standard deviation of
+        ``g``, so ``a`` spans ``[LOW, HIGH]`` within two standard deviations (about 95% of the points).
+    contrast : str
+        ``"HIGH/LOW"``, the two coefficient levels (the benchmark uses ``"12/3"``).
     alpha, tau : float
-        Parameters of the Gaussian field ``g`` that is thresholded into the coefficient.
-    a_high, a_low : float
-        Coefficient where ``g >= 0`` and where ``g < 0`` (the benchmark uses 12 and 3).
+        Parameters of the Gaussian field ``g``.
     forcing : float
         Constant right-hand side ``f``.
     solve_resolution : int or None
@@ -125,17 +134,42 @@ class DarcyParameters:
         ``None`` solves at the output resolution.
     """
 
+    coefficient: str = field(default="piecewise", metadata={"choices": COEFFICIENTS})
+    contrast: str = "12/3"
     alpha: float = 2.0
     tau: float = 3.0
-    a_high: float = 12.0
-    a_low: float = 3.0
     forcing: float = 1.0
     solve_resolution: int | None = None
 
     def __post_init__(self) -> None:
         NeumannGaussianField(self.alpha, self.tau)  # validates alpha and tau
-        if self.a_high <= 0 or self.a_low <= 0:
-            raise ValueError(f"coefficient values must be positive, got {self.a_high}/{self.a_low}")
+        if self.coefficient not in COEFFICIENTS:
+            raise ValueError(
+                f"coefficient must be one of {', '.join(COEFFICIENTS)}, got {self.coefficient!r}"
+            )
+        _ = self.levels  # parsing validates the contrast
+
+    @property
+    def levels(self) -> tuple[float, float]:
+        """``(HIGH, LOW)`` parsed from ``contrast``."""
+        high, sep, low = str(self.contrast).partition("/")
+        try:
+            values = (float(high), float(low))
+        except ValueError:
+            values = ()
+        if not sep or not values or not all(math.isfinite(v) and v > 0 for v in values):
+            raise ValueError(
+                f"contrast must be HIGH/LOW with two positive numbers, e.g. 12/3, got {self.contrast!r}"
+            )
+        return values
+
+    def coefficient_from(self, g: np.ndarray) -> np.ndarray:
+        """The coefficient ``a`` of a realisation ``g`` of the Gaussian field."""
+        high, low = self.levels
+        if self.coefficient == "piecewise":
+            return np.where(g >= 0.0, high, low)
+        sigma = math.sqrt(NeumannGaussianField(self.alpha, self.tau).average_variance())
+        return math.sqrt(high * low) * np.exp(math.log(high / low) / (4.0 * sigma) * g)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -150,7 +184,7 @@ class DarcyParameters:
 def darcy_batch(
     params: DarcyParameters, resolution: int, rngs: Sequence[np.random.Generator]
 ) -> dict[str, np.ndarray]:
-    """Draw one coefficient per generator from the benchmark distribution and solve for each.
+    """Draw one coefficient per generator from the distribution of ``params`` and solve for each.
 
     Returns ``{"a": coefficients, "u": solutions}``, both of shape ``(len(rngs), resolution, resolution)``.
     """
@@ -161,7 +195,7 @@ def darcy_batch(
     solver = DarcySolver(solve_grid)
     a_out, u_out = [], []
     for rng in rngs:
-        a = np.where(field.sample(solve_grid, rng) >= 0.0, params.a_high, params.a_low)
+        a = params.coefficient_from(field.sample(solve_grid, rng))
         u = solver.solve(a, params.forcing)
         a_out.append(a[::stride, ::stride])
         u_out.append(u[::stride, ::stride])

@@ -87,11 +87,14 @@ class PdeFamily:
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         """Add one ``--option`` per parameter field, defaulting to the dataclass default."""
         for field in dataclasses.fields(self.parameters):
-            kind = int if "int" in str(field.type) else float
+            kind = next(
+                t for name, t in (("str", str), ("int", int), ("float", float)) if name in str(field.type)
+            )
             parser.add_argument(
                 "--" + field.name.replace("_", "-"),
                 type=kind,
                 default=field.default,
+                choices=field.metadata.get("choices"),
                 help=self.option_help.get(field.name, field.name),
             )
 
@@ -171,7 +174,7 @@ FAMILIES: dict[str, PdeFamily] = {
         name="darcy",
         description="steady Darcy flow -div(a grad u) = f on (0,1)^2, u = 0 on the boundary (FNO benchmark)",
         dims=("x", "y"),
-        inputs=(FieldInfo("a", "diffusion coefficient, thresholded Gaussian random field", ("x", "y")),),
+        inputs=(FieldInfo("a", "diffusion coefficient, from a Gaussian random field", ("x", "y")),),
         outputs=(FieldInfo("u", "pressure solution of -div(a grad u) = f", ("x", "y")),),
         grid="uniform node-centred grid on [0, 1]^2, boundary nodes included",
         boundary_conditions="dirichlet: u = 0 on all four sides",
@@ -184,8 +187,9 @@ FAMILIES: dict[str, PdeFamily] = {
         option_help={
             "alpha": "smoothness exponent of the Gaussian field",
             "tau": "inverse length scale of the Gaussian field",
-            "a_high": "coefficient where the field is >= 0",
-            "a_low": "coefficient where the field is < 0",
+            "coefficient": "piecewise: HIGH where the Gaussian field is >= 0, LOW elsewhere (benchmark); "
+            "lognormal: exp of the scaled field, spanning LOW..HIGH within two standard deviations",
+            "contrast": "coefficient levels HIGH/LOW",
             "forcing": "constant right-hand side f",
             "solve_resolution": "nodes per side of the solver grid; fields are subsampled from it "
             "((solve_resolution - 1) must be a multiple of (resolution - 1); unset: the output resolution)",

@@ -8,6 +8,7 @@ boundary conditions on [0, 1]^2 the eigenfunctions of the Laplacian are cosines,
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +49,14 @@ class NeumannGaussianField:
         coef[0, 0] = 0.0
         return coef
 
+    def average_variance(self) -> float:
+        """Domain average of the pointwise variance, ``sum_k lambda_k`` (the ``phi_k`` are orthonormal).
+
+        Summed over 512 modes per axis, which gives the infinite sum to many digits, so it does not
+        depend on the grid a realisation is drawn on.
+        """
+        return _average_variance(self.alpha, self.tau)
+
     def sample(self, grid: UnitSquareGrid, rng: np.random.Generator) -> np.ndarray:
         """One realisation at the grid's nodes, shape ``(n, n)``.
 
@@ -65,3 +74,8 @@ class NeumannGaussianField:
         weights[1:-1, :] *= 0.5
         weights[:, 1:-1] *= 0.5
         return fft.dctn(weights, type=1)
+
+
+@functools.cache
+def _average_variance(alpha: float, tau: float) -> float:
+    return float(np.sum(NeumannGaussianField(alpha, tau).sqrt_eigenvalues(512) ** 2))

@@ -60,3 +60,34 @@ def test_fine_solve_subsamples_onto_coarse_nodes():
 def test_resolution_that_does_not_nest_is_refused():
     with pytest.raises(ValueError, match="does not nest"):
         darcy_sample(DarcyParameters(solve_resolution=100), 33, np.random.default_rng(0))
+
+
+def test_lognormal_coefficient_spans_the_contrast_within_two_standard_deviations():
+    params = DarcyParameters(coefficient="lognormal", contrast="20/5")
+    rng = np.random.default_rng(2)
+    a = np.stack([darcy_sample(params, 33, rng)["a"] for _ in range(60)])
+    log_a = np.log(a)
+    # log a = log 10 + log(4)/(4 sigma) g: mean log(10), standard deviation log(4)/4 on average.
+    assert log_a.mean() == pytest.approx(np.log(10.0), abs=0.05)
+    assert log_a.std() == pytest.approx(np.log(4.0) / 4.0, rel=0.15)
+    inside = np.mean((a >= 5.0) & (a <= 20.0))
+    assert 0.9 < inside < 0.99
+
+
+def test_piecewise_contrast_sets_the_two_levels():
+    a = darcy_sample(DarcyParameters(contrast="12/4"), 17, np.random.default_rng(0))["a"]
+    assert set(np.unique(a)) == {4.0, 12.0}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"contrast": "12"}, "HIGH/LOW"),
+        ({"contrast": "12/-3"}, "HIGH/LOW"),
+        ({"contrast": "a/b"}, "HIGH/LOW"),
+        ({"coefficient": "binary"}, "piecewise, lognormal"),
+    ],
+)
+def test_bad_coefficient_options_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DarcyParameters(**kwargs)

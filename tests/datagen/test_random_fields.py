@@ -29,6 +29,28 @@ def test_field_has_zero_mean_mode_and_the_claimed_pointwise_variance():
     assert samples[:, 16, 16].var() == pytest.approx(expected, rel=0.2)
 
 
+def test_mode_variances_of_many_samples_match_the_covariance_spectrum():
+    # Project samples back onto the cosine modes (inverse DCT-I) and compare each mode's sample variance
+    # with lambda_k: the spectrum of the covariance operator, not only one point of it.
+    from scipy import fft
+
+    n, field = 17, NeumannGaussianField(alpha=2.0, tau=3.0)
+    rng = np.random.default_rng(1)
+    samples = np.stack([field.sample(UnitSquareGrid(n), rng) for _ in range(2000)])
+    coefficients = fft.idctn(samples, type=1, axes=(1, 2))
+    # Undo the sampler's scaling: interior modes were halved and carry the sqrt(2) normalisation per axis.
+    scale = np.where(np.arange(n) == 0, 1.0, np.sqrt(2.0))
+    scale[1:-1] *= 0.5
+    variances = (coefficients / np.outer(scale, scale)).var(axis=0)
+    expected = field.sqrt_eigenvalues(n) ** 2
+    low = np.add.outer(np.arange(n), np.arange(n)) <= 6  # the modes that carry the energy
+    low[0, 0] = False
+    np.testing.assert_allclose(variances[low], expected[low], rtol=0.15)
+    assert variances[0, 0] < 1e-20
+    # Domain-averaged variance: sum_k lambda_k, independent of the grid.
+    assert samples.var(axis=0).mean() == pytest.approx(field.average_variance(), rel=0.1)
+
+
 def test_invalid_parameters_are_refused():
     with pytest.raises(ValueError, match="alpha"):
         NeumannGaussianField(alpha=1.0)
