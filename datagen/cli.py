@@ -10,6 +10,11 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pdeserve.datagen.dataset import LoadedDataset
 
 EXPECTED_ERRORS = (ValueError, LookupError, OSError, RuntimeError)
 
@@ -47,11 +52,14 @@ def run_command(prog: str, func: Callable[[argparse.Namespace], int | None], arg
         return 1
 
 
+if TYPE_CHECKING:
+    from pdeserve.datagen.dataset import LoadedDataset
+
 EXAMPLES = """examples:
   pdeserve datagen list
   pdeserve datagen darcy --n 1000 --resolution 64 --out data/darcy64.h5 --seed 0
   pdeserve datagen darcy --n 1000 --resolution 85 --solve-resolution 421 --out darcy85.h5 --workers 2
-  pdeserve datagen inspect data/darcy64.h5
+  pdeserve datagen inspect data/darcy64.h5 --plot darcy64.png
 """
 
 
@@ -62,8 +70,12 @@ def add_subcommands(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="datagen_command", metavar="{list,inspect," + ",".join(FAMILIES) + "}")
     sub.required = True
     sub.add_parser("list", help="list the PDE families and their options").set_defaults(func=_list)
-    inspect = sub.add_parser("inspect", help="print a dataset's dimensions and attributes")
+    inspect = sub.add_parser(
+        "inspect", help="print a dataset's shapes, value ranges and attributes; optionally plot samples"
+    )
     inspect.add_argument("file", help="a pdeserve HDF5 dataset")
+    inspect.add_argument("--plot", metavar="PNG", help="write a preview of the first samples to this PNG")
+    inspect.add_argument("--samples", type=int, default=3, help="samples in the preview")
     inspect.set_defaults(func=_inspect)
     for family in FAMILIES.values():
         p = sub.add_parser(
@@ -118,6 +130,30 @@ def _inspect(args: argparse.Namespace) -> None:
     for key, value in data.attrs.items():
         if key != "generation_key":
             print(f"{key}: {json.dumps(value.tolist() if hasattr(value, 'tolist') else value)}")
+    if args.plot:
+        print(f"preview of {_plot_samples(data, args.plot, args.samples)} samples written to {args.plot}")
+
+
+def _plot_samples(data: LoadedDataset, path: str, samples: int) -> int:
+    """Plot the first ``samples`` samples, one row each (the last time step of a trajectory)."""
+    from pdeserve.datagen.plots import save_panels
+
+    if samples < 1:
+        raise ValueError(f"--samples must be at least 1, got {samples}")
+    fields = {**data.inputs, **data.outputs}
+    dims = {f.name: f.dims for f in (*data.family.inputs, *data.family.outputs)}
+    count = min(samples, len(next(iter(fields.values()))))
+    rows = []
+    for i in range(count):
+        row = []
+        for name, values in fields.items():
+            field, label = values[i], f"{name} #{i}"
+            if dims[name][0] == "t":
+                field, label = field[-1], f"{name} #{i}, last t"
+            row.append((label, field))
+        rows.append(row)
+    save_panels(rows, path, title=f"{data.family.name}: {Path(path).stem}")
+    return count
 
 
 def _generate(args: argparse.Namespace) -> None:

@@ -147,6 +147,23 @@ def test_loading_a_file_that_is_not_a_dataset_is_a_clear_error(tmp_path):
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_inspect_prints_ranges_and_plots_a_preview(tmp_path):
+    from PIL import Image
+
+    out, png = tmp_path / "d.h5", tmp_path / "preview.png"
+    assert datagen("darcy", "--n", "3", "--resolution", "17", "--out", str(out), "--quiet").returncode == 0
+    result = datagen("inspect", str(out), "--plot", str(png), "--samples", "2")
+    assert result.returncode == 0, result.stderr
+    a = load_dataset(out).inputs["a"]
+    assert (
+        f"a (input): shape (3, 17, 17), dtype float32, min {a.min():.4g}, max {a.max():.4g}" in result.stdout
+    )
+    assert "preview of 2 samples written" in result.stdout
+    with Image.open(png) as image:
+        # Two rows (samples) of two panels (a, u) at 100 dpi: 6.4 x 5.6 inches.
+        assert image.format == "PNG" and image.size == (640, 560)
+
+
 def _partial_samples(path) -> int:
     try:
         with h5netcdf.File(path, "r") as f:
