@@ -32,7 +32,8 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _tensor_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def tensor_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors of ``model``'s state dict (what a checkpoint stores)."""
     # neuraloperator models keep a non-tensor "_metadata" extra state; the JSON config replaces it.
     return {k: v.detach().contiguous() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
 
@@ -41,7 +42,7 @@ def save_checkpoint(folder: Path, model: torch.nn.Module, config: dict[str, Any]
     """Write ``model``'s tensors and ``config`` (plus the weights' checksum) into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / WEIGHTS_FILE
-    save_file(_tensor_state(model), str(weights), metadata={"format": "pt"})
+    save_file(tensor_state(model), str(weights), metadata={"format": "pt"})
     config = {
         **config,
         "format_version": FORMAT_VERSION,
@@ -81,7 +82,7 @@ def load_weights(folder: Path, config: dict[str, Any], model: torch.nn.Module) -
         state = load_file(str(weights))
     except SafetensorError as exc:
         raise CheckpointError(f"{weights} is not a valid safetensors file: {exc}") from None
-    expected = _tensor_state(model)
+    expected = tensor_state(model)
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
     if missing or unexpected or wrong:

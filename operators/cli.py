@@ -12,11 +12,17 @@ TRAIN_EXAMPLES = """examples:
   pdeserve train --data data/darcy64.h5 --model fno --repo models --name darcy-fno
   pdeserve train --data data/darcy64.h5 --model fno --repo models --name darcy-fno \\
       --epochs 500 --scheduler step --step-size 100 --arg hidden_channels=32 --arg n_modes=[24,24]
+  pdeserve train --data data/darcy64.h5 --model mgno --repo models --name darcy-mgno \\
+      --loss h1 --scheduler onecycle --lr 5e-4 --batch-size 8 --val-fraction 0.1 --patience 50
+  pdeserve train --data data/ns.h5 --model fno --repo models --name ns-fno --input-steps 10 --output-steps 1
+  pdeserve train ... --resume            # continue an interrupted run from its last finished epoch
+  torchrun --nproc_per_node 4 -m pdeserve.serving.cli train ...   # data-parallel on 4 GPUs
 """
 
 EVAL_EXAMPLES = """examples:
   pdeserve eval --repo models --name darcy-fno --data data/darcy64-test.h5
-  pdeserve eval --repo models --name darcy-fno:1 --data data/darcy128.h5
+  pdeserve eval --repo models --name darcy-fno:1 --data data/darcy64.h5 --data data/darcy128.h5
+  pdeserve eval --repo models --name darcy-fno --data data/darcy64.h5 --plot darcy-fno.png
 """
 
 
@@ -33,7 +39,7 @@ def _argument(text: str) -> tuple[str, object]:
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     """Register ``train`` and ``eval`` on the ``pdeserve`` subcommand set."""
     from pdeserve.operators.registry import ARCHITECTURES
-    from pdeserve.operators.settings import TrainingSettings
+    from pdeserve.operators.settings import LOSSES, SCHEDULERS, TrainingSettings
 
     defaults = TrainingSettings()
     train = sub.add_parser(
@@ -64,13 +70,26 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         ("--step-size", "step_size", int, "epochs between drops of the step schedule"),
         ("--gamma", "gamma", float, "factor of each drop of the step schedule"),
         ("--test-fraction", "test_fraction", float, "held-out fraction (the last samples of the file)"),
+        ("--val-fraction", "val_fraction", float, "validation fraction (just before the test samples)"),
+        ("--patience", "patience", int, "stop after this many epochs without a better validation error"),
         ("--seed", "seed", int, "seeds initialisation and shuffling"),
     ):
         train.add_argument(flag, dest=field, type=kind, default=getattr(defaults, field), help=text)
-    train.add_argument("--scheduler", choices=("cosine", "step"), default=defaults.scheduler, help="schedule")
+    for flag, field, choices, text in (
+        ("--scheduler", "scheduler", SCHEDULERS, "learning-rate schedule"),
+        ("--loss", "loss", LOSSES, "relative L2 or relative H1 training loss"),
+        ("--device", "device", ("auto", "cpu", "cuda"), "auto: CUDA if present"),
+        ("--amp", "amp", ("auto", "on", "off"), "mixed precision (auto: on with CUDA)"),
+    ):
+        train.add_argument(flag, dest=field, choices=choices, default=getattr(defaults, field), help=text)
     train.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default=defaults.device, help="auto: CUDA if present"
+        "--input-steps", type=int, default=1, help="trajectory data: states given to the operator"
     )
+    train.add_argument(
+        "--output-steps", type=int, help="trajectory data: states predicted (default: all the rest)"
+    )
+    train.add_argument("--resume", action="store_true", help="continue from the last finished epoch")
+    train.add_argument("--tensorboard", metavar="DIR", help="also log the history for TensorBoard")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_train)
 
@@ -84,14 +103,25 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     ev.add_argument(
         "--name", required=True, metavar="NAME[:VERSION]", help="model (newest version by default)"
     )
-    ev.add_argument("--data", required=True, help="HDF5 dataset with the model's input and output fields")
-    ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    ev.add_argument(
+        "--data",
+        required=True,
+        action="append",
+        help="HDF5 dataset with the model's fields, repeatable (one row per file: e.g. one per resolution)",
+    )
+    ev.add_argument("--json", action="store_true", help="print the metrics as JSON (one line per file)")
+    ev.add_argument("--plot", metavar="PNG", help="input / truth / prediction / error of the first file")
+    ev.add_argument("--samples", type=int, default=3, help="samples in the --plot figure")
     ev.set_defaults(func=_eval)
 
 
 def _train(args: argparse.Namespace) -> None:
+    import shutil
+
     from pdeserve.datagen.dataset import load_dataset
-    from pdeserve.operators.repository import check_name
+    from pdeserve.operators.distributed import Distributed
+    from pdeserve.operators.pairs import TimeMap
+    from pdeserve.operators.repository import ModelRepository, check_name
     from pdeserve.operators.settings import TrainingSettings
     from pdeserve.operators.training import publish, train
 
@@ -99,9 +129,26 @@ def _train(args: argparse.Namespace) -> None:
     settings = TrainingSettings(
         **{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainingSettings)}
     )
+    time_map = TimeMap(args.input_steps, args.output_steps)
     data = load_dataset(args.data)
-    surrogate, metrics = train(data, args.model, dict(args.arg), settings, progress=not args.quiet)
+    folder = ModelRepository(args.repo).training_folder(args.name)
+    if folder.exists() and not args.resume:
+        shutil.rmtree(folder)  # a fresh run: the state of an older one must not leak in
+    surrogate, metrics = train(
+        data,
+        args.model,
+        dict(args.arg),
+        settings,
+        progress=not args.quiet,
+        time_map=time_map,
+        checkpoint_dir=folder,
+        resume=args.resume,
+        tensorboard_dir=args.tensorboard,
+    )
+    if not Distributed.from_environment().is_main:
+        return
     version = publish(args.repo, args.name, surrogate)
+    shutil.rmtree(folder, ignore_errors=True)
     print(
         f"published {args.name} version {version} to {args.repo}: held-out relative L2 "
         f"{metrics['test_relative_l2']:.4f} (mean predictor {metrics['baseline_mean_relative_l2']:.4f}), "
@@ -111,29 +158,25 @@ def _train(args: argparse.Namespace) -> None:
 
 def _eval(args: argparse.Namespace) -> None:
     from pdeserve.datagen.dataset import load_dataset
+    from pdeserve.operators.evaluation import evaluate, plot_predictions
     from pdeserve.operators.surrogate import load_model
-    from pdeserve.operators.training import evaluate
 
     name, _, version = args.name.partition(":")
     surrogate = load_model(args.repo, name, version or None)
-    data = load_dataset(args.data)
-    missing = [
-        f
-        for f in (*surrogate.input_names, *surrogate.output_names)
-        if f not in data.inputs and f not in data.outputs
-    ]
-    if missing or data.attrs["pde"] != surrogate.config["pde"]:
-        raise ValueError(
-            f"{args.data} ({data.attrs['pde']}) does not hold the fields of {name} "
-            f"({surrogate.config['pde']}: {surrogate.input_names} -> {surrogate.output_names})"
-        )
-    metrics = evaluate(surrogate, data)
-    if args.json:
-        print(json.dumps({"model": name, "version": surrogate.version, **metrics}))
-    else:
+    trained = "x".join(str(s) for s in surrogate.config["training_resolution"])
+    for i, path in enumerate(args.data):
+        data = load_dataset(path)
+        metrics = evaluate(surrogate, data)
         sides = "x".join(str(s) for s in next(iter(data.inputs.values())).shape[1:])
-        print(
-            f"{name} v{surrogate.version} on {args.data} ({int(metrics['n_samples'])} samples at {sides}): "
-            f"relative L2 mean {metrics['relative_l2']:.4f}, median {metrics['relative_l2_median']:.4f}, "
-            f"max {metrics['relative_l2_max']:.4f}"
-        )
+        if args.json:
+            print(json.dumps({"model": name, "version": surrogate.version, "data": path, **metrics}))
+        else:
+            print(
+                f"{name} v{surrogate.version} (trained at {trained}) on {path} "
+                f"({int(metrics['n_samples'])} samples at {sides}): relative L2 mean "
+                f"{metrics['relative_l2']:.4f}, median {metrics['relative_l2_median']:.4f}, "
+                f"max {metrics['relative_l2_max']:.4f}"
+            )
+        if args.plot and i == 0:
+            plot_predictions(surrogate, data, args.plot, args.samples)
+            print(f"figure written to {args.plot}")

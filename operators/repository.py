@@ -49,6 +49,10 @@ class ModelRepository:
             if p.is_dir() and _NAME.match(p.name) and self.versions(p.name)
         )
 
+    def training_folder(self, name: str) -> Path:
+        """Where an unfinished training run of ``name`` keeps its per-epoch state (not a model)."""
+        return self.root / ".training" / check_name(name)
+
     def versions(self, name: str) -> list[str]:
         """Published versions of ``name``, oldest first."""
         folder = self.root / name

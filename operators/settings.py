@@ -9,6 +9,10 @@ if TYPE_CHECKING:
     import torch
 
 
+SCHEDULERS = ("cosine", "step", "onecycle")
+LOSSES = ("l2", "h1")
+
+
 @dataclass(frozen=True)
 class TrainingSettings:
     """Optimisation settings.
@@ -22,13 +26,24 @@ class TrainingSettings:
     learning_rate, weight_decay : float
         Adam settings (the FNO paper: 1e-3 and 1e-4).
     scheduler : str
-        ``"cosine"`` (to zero over all epochs) or ``"step"`` (``gamma`` every ``step_size`` epochs).
+        ``"cosine"`` (to zero over all epochs), ``"step"`` (``gamma`` every ``step_size`` epochs) or
+        ``"onecycle"`` (warm up to ``learning_rate`` then anneal, per step; MgNO and Galerkin papers).
     step_size : int
         Epochs between learning-rate drops of the step schedule.
     gamma : float
         Factor of each drop of the step schedule.
+    loss : str
+        Training loss: ``"l2"`` (relative L2) or ``"h1"`` (relative H1, neuraloperator's ``H1Loss``).
     test_fraction : float
         Fraction of the samples held out for evaluation (the last ones).
+    val_fraction : float
+        Fraction of the samples (just before the test ones) held out for validation each epoch;
+        0 validates on nothing and turns early stopping off.
+    patience : int
+        Stop after this many epochs without a better validation error and keep the best weights
+        (0: never stop early).
+    amp : str
+        Automatic mixed precision: ``"auto"`` (on with CUDA), ``"on"`` or ``"off"``.
     seed : int
         Seeds initialisation and shuffling.
     device : str
@@ -42,17 +57,32 @@ class TrainingSettings:
     scheduler: str = "cosine"
     step_size: int = 100
     gamma: float = 0.5
+    loss: str = "l2"
     test_fraction: float = 0.1
+    val_fraction: float = 0.0
+    patience: int = 0
     seed: int = 0
     device: str = "auto"
+    amp: str = "auto"
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch size must be at least 1")
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"test fraction must be in (0, 1), got {self.test_fraction}")
-        if self.scheduler not in ("cosine", "step"):
-            raise ValueError(f"scheduler must be 'cosine' or 'step', got {self.scheduler!r}")
+        if not 0.0 <= self.val_fraction < 1.0 - self.test_fraction:
+            raise ValueError(
+                f"validation fraction must be in [0, 1 - test fraction), got {self.val_fraction}"
+            )
+        if self.patience < 0 or (self.patience and not self.val_fraction):
+            raise ValueError("early stopping (--patience) needs a validation split (--val-fraction > 0)")
+        for name, value, allowed in (
+            ("scheduler", self.scheduler, SCHEDULERS),
+            ("loss", self.loss, LOSSES),
+            ("amp", self.amp, ("auto", "on", "off")),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
 
     def resolve_device(self) -> torch.device:
         import torch
@@ -62,3 +92,9 @@ class TrainingSettings:
         if self.device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("--device cuda was asked for but no CUDA device is available")
         return torch.device(self.device)
+
+    def use_amp(self, device: torch.device) -> bool:
+        """Whether to train in mixed precision on ``device`` (CUDA only: CPU autocast is slower here)."""
+        if self.amp == "on" and device.type != "cuda":
+            raise RuntimeError("--amp on needs a CUDA device")
+        return device.type == "cuda" and self.amp != "off"

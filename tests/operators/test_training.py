@@ -21,8 +21,16 @@ def test_relative_l2_is_the_norm_ratio():
 
 
 def test_split_holds_out_the_last_samples():
-    train_part, test_part = split(100, 0.1)
-    assert (train_part.start, train_part.stop, test_part.start, test_part.stop) == (0, 90, 90, 100)
+    train_part, val_part, test_part = split(100, 0.1)
+    assert (train_part.stop, val_part.start, val_part.stop, test_part.start) == (90, 90, 90, 90)
+    train_part, val_part, test_part = split(100, 0.1, 0.15)
+    assert (train_part.stop, val_part.start, val_part.stop, test_part.start, test_part.stop) == (
+        75,
+        75,
+        90,
+        90,
+        100,
+    )
     with pytest.raises(ValueError, match="cannot be split"):
         split(1, 0.5)
 

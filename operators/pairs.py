@@ -1,0 +1,116 @@
+"""Operator learning pairs ``(x, y)`` from a dataset: which fields (and time steps) map to which.
+
+A steady family (Darcy, Helmholtz) maps its input fields to its output fields. A time-dependent family
+(Burgers, Navier-Stokes) stores an initial state ``s_0`` and a trajectory ``s(t_1..t_N)``; the operator
+maps the first ``input_steps`` states of the sequence ``s_0, s(t_1), ..., s(t_N)`` to the next
+``output_steps`` (as channels): ``1 -> all`` is the initial state to the whole trajectory (Burgers'
+``u0 -> u(1)``), ``10 -> 1`` a next-step map as in the FNO paper's recurrent Navier-Stokes model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pdeserve.datagen.dataset import LoadedDataset
+
+
+@dataclass(frozen=True)
+class TimeMap:
+    """Which states of a trajectory dataset are operator inputs and which are outputs.
+
+    Parameters
+    ----------
+    input_steps : int
+        States at the start of the sequence given to the operator (1: only the initial state).
+    output_steps : int or None
+        States right after them that the operator predicts (None: all the remaining ones).
+    """
+
+    input_steps: int = 1
+    output_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.input_steps < 1 or (self.output_steps is not None and self.output_steps < 1):
+            raise ValueError(
+                f"input and output steps must be at least 1, got {self.input_steps} and {self.output_steps}"
+            )
+
+
+@dataclass(frozen=True)
+class OperatorPairs:
+    """Stacked operator inputs and outputs of a dataset.
+
+    Parameters
+    ----------
+    x, y : ndarray
+        ``(sample, channel, *grid)`` float32 inputs and targets.
+    inputs, outputs : list of dict
+        ``{"name", "description"}`` of each channel, as recorded in a model's config.
+    time_map : dict or None
+        The ``TimeMap`` used (as a dict) for a trajectory dataset, None for a steady one.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    inputs: list[dict[str, str]]
+    outputs: list[dict[str, str]]
+    time_map: dict[str, int] | None
+
+
+def stack_fields(fields: Mapping[str, np.ndarray], names: list[str]) -> np.ndarray:
+    """``(sample, channel, *grid)`` float32 from per-field ``(sample, *grid)`` arrays."""
+    return np.stack([fields[n] for n in names], axis=1).astype(np.float32, copy=False)
+
+
+def operator_pairs(data: LoadedDataset, time_map: TimeMap | Mapping[str, Any] | None = None) -> OperatorPairs:
+    """The ``(x, y)`` pairs of ``data``; ``time_map`` applies to trajectory datasets only."""
+    family = data.family
+    if isinstance(time_map, Mapping):
+        time_map = TimeMap(**time_map)
+    trajectories = [f for f in family.outputs if f.dims[:1] == ("t",)]
+    if not trajectories:
+        if time_map is not None and time_map != TimeMap(1, None):
+            raise ValueError(f"{family.name} has no time axis; input/output steps do not apply")
+        names_in, names_out = data.attrs["input_fields"], data.attrs["output_fields"]
+        return OperatorPairs(
+            stack_fields(data.inputs, names_in),
+            stack_fields(data.outputs, names_out),
+            [{"name": f.name, "description": f.description} for f in family.inputs],
+            [{"name": f.name, "description": f.description} for f in family.outputs],
+            None,
+        )
+    if len(family.inputs) != 1 or len(family.outputs) != 1:
+        raise ValueError(f"{family.name}: time maps need one initial state and one trajectory field")
+    time_map = time_map or TimeMap()
+    start, trajectory = family.inputs[0], family.outputs[0]
+    states = np.concatenate([data.inputs[start.name][:, None], data.outputs[trajectory.name]], axis=1)
+    times = [0.0, *family.coordinates(data.parameters, states.shape[-1])["t"].tolist()]
+    k = time_map.input_steps
+    m = time_map.output_steps if time_map.output_steps is not None else len(times) - k
+    if m < 1 or k + m > len(times):
+        raise ValueError(
+            f"{k} input and {m} output steps do not fit the {len(times)} stored states (t = 0 and "
+            f"{len(times) - 1} recorded times)"
+        )
+
+    def channel(step: int) -> dict[str, str]:
+        if step == 0 and k == 1:
+            return {"name": start.name, "description": start.description}
+        if step == len(times) - 1 and m == 1 and k == len(times) - 1 == 1:
+            return {"name": trajectory.name, "description": f"{trajectory.name} at t = {times[step]:g}"}
+        return {
+            "name": f"{trajectory.name}@t={times[step]:g}",
+            "description": f"state at t = {times[step]:g}",
+        }
+
+    return OperatorPairs(
+        np.ascontiguousarray(states[:, :k], dtype=np.float32),
+        np.ascontiguousarray(states[:, k : k + m], dtype=np.float32),
+        [channel(i) for i in range(k)],
+        [channel(i) for i in range(k, k + m)],
+        {"input_steps": k, "output_steps": m},
+    )
