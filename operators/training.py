@@ -182,7 +182,7 @@ def train(
     steps_per_epoch = math.ceil(len(dist.shard(torch.arange(len(x_train)))) / settings.batch_size)
     scheduler, per_batch = make_scheduler(settings, optimizer, steps_per_epoch)
     loss_fn = make_loss(settings.loss, len(grid_shape), boundary == "periodic")
-    amp = settings.use_amp(device)
+    amp = settings.use_amp(device) and _mixed_precision_works(model, x_train[:2], device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     generator = torch.Generator().manual_seed(settings.seed)
     x_train_t = surrogate.input_normalizer.transform(torch.from_numpy(x_train).to(device))
@@ -307,6 +307,23 @@ def train(
     surrogate.metrics = metrics
     dist.barrier()
     return surrogate.to("cpu"), metrics
+
+
+def _mixed_precision_works(model: torch.nn.Module, sample: np.ndarray, device: torch.device) -> bool:
+    """Try one float16 forward and backward: cuFFT runs half precision on power-of-two sizes only, so
+    a spectral model on another grid cannot use AMP; it then trains in float32 (and says so)."""
+    try:
+        with torch.autocast(device.type, dtype=torch.float16):
+            model(torch.from_numpy(sample).to(device)).float().sum().backward()
+        return True
+    except RuntimeError as exc:
+        print(
+            f"mixed precision unavailable here ({str(exc).splitlines()[0]}); training in float32",
+            file=sys.stderr,
+        )
+        return False
+    finally:
+        model.zero_grad(set_to_none=True)
 
 
 def _tensorboard(log_dir: str | Path | None) -> Any:
