@@ -114,3 +114,29 @@ def operator_pairs(data: LoadedDataset, time_map: TimeMap | Mapping[str, Any] | 
         [channel(i) for i in range(k, k + m)],
         {"input_steps": k, "output_steps": m},
     )
+
+
+def reference_outputs(config: Mapping[str, Any], inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The classical solver's answer for one sample of a model's inputs, keyed by its output names.
+
+    Parameters
+    ----------
+    config : mapping
+        The model's recorded config (``pde``, ``pde_parameters``, ``inputs``, ``outputs``, ``time_map``).
+    inputs : mapping of str to ndarray
+        One sample of each input field, without a batch axis. A time-mapped model is solved from its
+        first input, the state at t = 0, and the states at its output times are returned.
+    """
+    from pdeserve.datagen.families import get_family
+
+    family = get_family(config["pde"])
+    params = family.parameters_from(config["pde_parameters"])
+    time_map = config.get("time_map")
+    if not time_map:
+        solved = family.reference(params, inputs)
+        return {f["name"]: solved[f["name"]] for f in config["outputs"]}
+    start, trajectory = family.inputs[0].name, family.outputs[0].name
+    initial = np.asarray(inputs[config["inputs"][0]["name"]])
+    states = np.concatenate([initial[None], family.reference(params, {start: initial})[trajectory]])
+    k = time_map["input_steps"]
+    return {f["name"]: states[k + j] for j, f in enumerate(config["outputs"])}

@@ -19,9 +19,9 @@ import numpy as np
 from grpc_health.v1 import health_pb2
 from ray import serve
 
-from pdeserve.datagen.families import get_family
 from pdeserve.operators.checkpoint import CheckpointError
 from pdeserve.operators.evaluation import relative_l2
+from pdeserve.operators.pairs import reference_outputs
 from pdeserve.operators.repository import ModelNotFoundError, ModelRepository
 from pdeserve.operators.surrogate import InvalidInputError, Surrogate, load_surrogate
 from pdeserve.protos.v1 import solver_pb2 as pb
@@ -132,12 +132,10 @@ class SolverService:
         outputs: dict[str, np.ndarray],
         response: pb.SolveResponse,
     ) -> None:
-        family = get_family(surrogate.config["pde"])
-        params = family.parameters_from(surrogate.config["pde_parameters"])
         batched = next(iter(inputs.values())).ndim == surrogate.ndim + 1
         batch = {k: v if batched else v[None] for k, v in inputs.items()}
         n = len(next(iter(batch.values())))
-        solved = [family.reference(params, {k: v[i] for k, v in batch.items()}) for i in range(n)]
+        solved = [reference_outputs(surrogate.config, {k: v[i] for k, v in batch.items()}) for i in range(n)]
         for name in surrogate.output_names:
             truth = np.stack([s[name] for s in solved]).astype(np.float32)
             pred = outputs[name] if batched else outputs[name][None]

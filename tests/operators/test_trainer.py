@@ -173,6 +173,14 @@ def test_next_step_model_trains_on_a_trajectory_dataset(small_navier_stokes, tmp
     publish(tmp_path, "ns", surrogate)
     loaded = load_model(tmp_path, "ns")
     assert loaded.input_names == ["w@t=0", "w@t=1"]
+    # The classical reference of a next-step model starts from its first input (t = 0) and returns the
+    # state at its output time: for a dataset sample it reproduces the stored state.
+    from pdeserve.operators.pairs import reference_outputs
+
+    pairs = operator_pairs(small_navier_stokes, TimeMap(2, 1))
+    inputs = {f["name"]: pairs.x[0, i] for i, f in enumerate(pairs.inputs)}
+    truth = reference_outputs(loaded.config, inputs)
+    np.testing.assert_allclose(truth["w@t=2"], pairs.y[0, 0], rtol=1e-4, atol=1e-5)
     assert evaluate(loaded, small_navier_stokes)["relative_l2"] == pytest.approx(
         evaluate(surrogate, small_navier_stokes)["relative_l2"], rel=1e-6
     )
