@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import grpc
@@ -33,34 +33,12 @@ from pdeserve.operators.pairs import reference_outputs
 from pdeserve.operators.repository import ModelNotFoundError, ModelRepository
 from pdeserve.operators.surrogate import InvalidInputError, Surrogate, load_surrogate
 from pdeserve.protos.v1 import solver_pb2 as pb
+from pdeserve.serving.options import ServingOptions
 from pdeserve.serving.tensors import from_tensor, to_tensor
 
 logger = logging.getLogger("pdeserve")
 SERVICE_NAME = "pdeserve.v1.Solver"
 MODELS_PER_REPLICA = 8
-
-
-@dataclass(frozen=True)
-class ServingOptions:
-    """Per-application settings (recorded in the Serve config, so local and KubeRay runs agree).
-
-    Parameters
-    ----------
-    max_request_bytes : int
-        Largest ``SolveRequest`` accepted; larger ones get RESOURCE_EXHAUSTED.
-    auth_token : str
-        Shared secret expected in the ``authorization`` metadata (``Bearer TOKEN`` or ``TOKEN``);
-        empty turns authentication off.
-    max_batch_size : int
-        Most requests stacked into one forward pass.
-    batch_wait_s : float
-        Longest a request waits for others to join its batch.
-    """
-
-    max_request_bytes: int = 64 * 2**20
-    auth_token: str = ""
-    max_batch_size: int = 32
-    batch_wait_s: float = 0.002
 
 
 class RequestError(Exception):
@@ -124,7 +102,7 @@ def _fail(grpc_context, exc: Exception, empty: Callable[[], object]):
 
 
 class Metrics:
-    """pdeserve's own metrics, exported with Ray's on the metrics port (``pdeserve_`` prefix)."""
+    """pdeserve's own metrics, exported with Ray's on the metrics port (Ray names them ``ray_pdeserve_*``)."""
 
     def __init__(self) -> None:
         tags = ("model", "version")
@@ -142,6 +120,9 @@ class Metrics:
             "requests stacked per forward pass",
             [1, 2, 4, 8, 16, 32, 64],
             tag_keys=tags,
+        )
+        self.forward_passes = metrics.Counter(
+            "pdeserve_forward_passes", "forward passes (requests / passes = mean batch size)", tag_keys=tags
         )
         self.load_seconds = metrics.Gauge(
             "pdeserve_model_load_seconds", "time to load a model", tag_keys=tags
@@ -215,6 +196,7 @@ class SolverService:
             surrogate = items[members[0]][0]
             stacked = np.concatenate([items[i][1] for i in members])
             self.metrics.batch_size.observe(len(members), tags={"model": name, "version": version})
+            self.metrics.forward_passes.inc(tags={"model": name, "version": version})
             out = await asyncio.to_thread(surrogate.forward, stacked)
             offsets = np.cumsum([0] + [len(items[i][1]) for i in members])
             for j, i in enumerate(members):
@@ -314,9 +296,13 @@ class SolverService:
         return health_pb2.HealthCheckResponse(status=status)
 
 
-def build_app(repo: str | Path, options: ServingOptions | None = None) -> serve.Application:
-    """The Serve application for the model repository ``repo``."""
-    return SolverService.bind(str(Path(repo).resolve()), asdict(options or ServingOptions()))
+def build_app(
+    repo: str | Path, options: ServingOptions | None = None, replica_cpus: float = 1.0
+) -> serve.Application:
+    """The Serve application for the model repository ``repo`` (each replica reserving
+    ``replica_cpus`` of Ray's CPUs; Ray gives a replica's torch that many threads, at least one)."""
+    deployment = SolverService.options(ray_actor_options={"num_cpus": replica_cpus})
+    return deployment.bind(str(Path(repo).resolve()), asdict(options or ServingOptions()))
 
 
 def app_builder(args: dict[str, str]) -> serve.Application:

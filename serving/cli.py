@@ -42,6 +42,16 @@ def _add_serving_subcommands(sub: argparse._SubParsersAction) -> None:
         default="local",
         help="'local' starts Ray in this process; 'auto' or HOST:PORT joins a cluster",
     )
+    serve.add_argument("--metrics-port", type=int, default=8080, help="Prometheus metrics of a local Ray")
+    serve.add_argument(
+        "--max-request-mb", type=float, default=64.0, help="larger requests get RESOURCE_EXHAUSTED"
+    )
+    serve.add_argument("--max-batch-size", type=int, default=32, help="most requests per forward pass")
+    serve.add_argument(
+        "--auth-token-env",
+        metavar="VAR",
+        help="require the token in this environment variable as 'authorization' metadata",
+    )
     serve.set_defaults(func=_serve)
 
     solve = sub.add_parser(
@@ -70,9 +80,28 @@ def _add_serving_subcommands(sub: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
+    import os
+
+    from pdeserve.serving.options import ServingOptions
     from pdeserve.serving.server import serve_forever
 
-    serve_forever(args.repo, grpc_port=args.grpc_port, address=args.address)
+    token = ""
+    if args.auth_token_env:
+        token = os.environ.get(args.auth_token_env, "")
+        if not token:
+            raise ValueError(f"--auth-token-env {args.auth_token_env}: that environment variable is empty")
+    options = ServingOptions(
+        max_request_bytes=int(args.max_request_mb * 2**20),
+        auth_token=token,
+        max_batch_size=args.max_batch_size,
+    )
+    serve_forever(
+        args.repo,
+        grpc_port=args.grpc_port,
+        address=args.address,
+        metrics_port=args.metrics_port,
+        options=options,
+    )
 
 
 def _solve(args: argparse.Namespace) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -32,16 +33,34 @@ class SolverClient:
         ``HOST:PORT`` of the server's gRPC port.
     timeout : float
         Deadline of each call in seconds.
+    token : str, optional
+        Sent as ``authorization: Bearer TOKEN`` (servers started with an auth token require it).
+    retries : int
+        Extra attempts after UNAVAILABLE (a replica restarting, the proxy starting), with exponential
+        backoff from 0.1 s; other errors are never retried.
+    application : str, optional
+        Serve application to route to, when one Ray cluster serves several.
     """
 
-    def __init__(self, target: str, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        target: str,
+        timeout: float = 60.0,
+        token: str | None = None,
+        retries: int = 3,
+        application: str | None = None,
+    ) -> None:
         options = [
-            ("grpc.max_send_message_length", 256 << 20),
-            ("grpc.max_receive_message_length", 256 << 20),
+            ("grpc.max_send_message_length", 1 << 30),
+            ("grpc.max_receive_message_length", 1 << 30),
         ]
         self.channel = grpc.insecure_channel(target, options=options)
         self.stub = solver_pb2_grpc.SolverStub(self.channel)
         self.timeout = timeout
+        self.retries = retries
+        self.metadata = [("authorization", f"Bearer {token}")] if token else []
+        if application:
+            self.metadata.append(("application", application))
 
     def __enter__(self) -> SolverClient:
         return self
@@ -53,10 +72,14 @@ class SolverClient:
         self.channel.close()
 
     def _call(self, method, request):
-        try:
-            return method(request, timeout=self.timeout)
-        except grpc.RpcError as exc:
-            raise SolverError(exc.code(), exc.details()) from None
+        for attempt in range(self.retries + 1):
+            try:
+                return method(request, timeout=self.timeout, metadata=self.metadata or None)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
+                    raise SolverError(exc.code(), exc.details()) from None
+                time.sleep(0.1 * 2**attempt)
+        raise AssertionError("unreachable")
 
     def solve_response(
         self, model: str, inputs: Mapping[str, np.ndarray], version: str = "", reference: bool = False
@@ -71,6 +94,18 @@ class SolverClient:
         """Outputs of ``model`` for ``inputs`` of shape ``(*grid)`` or ``(batch, *grid)``."""
         response = self.solve_response(model, inputs, version)
         return {name: from_tensor(t, name) for name, t in response.outputs.items()}
+
+    def solve_batched(
+        self, model: str, inputs: Mapping[str, np.ndarray], batch_size: int = 32, version: str = ""
+    ) -> dict[str, np.ndarray]:
+        """Outputs for a large batch ``(n, *grid)``, sent ``batch_size`` samples per call (bounded
+        message sizes; the server batches concurrent calls on its side)."""
+        n = len(next(iter(inputs.values())))
+        parts = [
+            self.solve(model, {k: v[lo : lo + batch_size] for k, v in inputs.items()}, version)
+            for lo in range(0, n, batch_size)
+        ]
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
     def list_models(self) -> list[pb.ModelInfo]:
         return list(self._call(self.stub.ListModels, pb.ListModelsRequest()).models)

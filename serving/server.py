@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from pdeserve.operators.repository import ModelRepository
+from pdeserve.serving.options import ServingOptions
 
 APP_NAME = "pdeserve"
 GRPC_SERVICER_FUNCTIONS = [
@@ -27,7 +28,12 @@ def serve_options(grpc_port: int, http_port: int, host: str = "127.0.0.1") -> di
 
 
 def start(
-    repo: str | os.PathLike, grpc_port: int = 9000, http_port: int = 8000, address: str = "local"
+    repo: str | os.PathLike,
+    grpc_port: int = 9000,
+    http_port: int = 8000,
+    address: str = "local",
+    metrics_port: int | None = 8080,
+    options: ServingOptions | None = None,
 ) -> None:
     """Start (or join) Ray, start Serve and deploy the application; returns once it is running.
 
@@ -39,6 +45,10 @@ def start(
         Ports of Serve's gRPC and HTTP proxies.
     address : str
         ``"local"`` starts a Ray instance in this process; ``"auto"`` or ``HOST:PORT`` joins a cluster.
+    metrics_port : int, optional
+        Where a local Ray instance exports Prometheus metrics (Ray's and pdeserve's), as on KubeRay.
+    options : ServingOptions, optional
+        Batching, request-size limit and authentication.
     """
     import ray
     from ray import serve
@@ -54,9 +64,10 @@ def start(
             include_dashboard=False,
             configure_logging=False,
             log_to_driver=False,
+            **({"_metrics_export_port": metrics_port} if address == "local" and metrics_port else {}),
         )
     serve.start(**serve_options(grpc_port, http_port))
-    serve.run(build_app(repo), name=APP_NAME, blocking=False)
+    serve.run(build_app(repo, options), name=APP_NAME, blocking=False)
 
 
 def stop(address: str = "local") -> None:
@@ -70,14 +81,22 @@ def stop(address: str = "local") -> None:
     ray.shutdown()
 
 
-def serve_forever(repo: str | os.PathLike, grpc_port: int = 9000, address: str = "local") -> None:
+def serve_forever(
+    repo: str | os.PathLike,
+    grpc_port: int = 9000,
+    address: str = "local",
+    metrics_port: int | None = 8080,
+    options: ServingOptions | None = None,
+) -> None:
     """``pdeserve serve``: start, print how to call the service, run until Ctrl-C or SIGTERM."""
     started = time.perf_counter()
-    start(repo, grpc_port=grpc_port, address=address)
+    start(repo, grpc_port=grpc_port, address=address, metrics_port=metrics_port, options=options)
     names = ", ".join(ModelRepository(repo).names())
     seconds = time.perf_counter() - started
     print(
-        f"pdeserve is serving {names} on 127.0.0.1:{grpc_port} (gRPC), started in {seconds:.1f} s", flush=True
+        f"pdeserve is serving {names} on 127.0.0.1:{grpc_port} (gRPC), metrics on :{metrics_port}, "
+        f"started in {seconds:.1f} s",
+        flush=True,
     )
     print(
         f"  try: pdeserve solve --target 127.0.0.1:{grpc_port} --model {names.split(', ')[0]} "

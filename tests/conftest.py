@@ -25,11 +25,17 @@ def bundled_repo() -> Path:
 
 
 @pytest.fixture(scope="session")
-def grpc_target(bundled_repo: Path) -> str:
+def metrics_port() -> int:
+    """Port where the session's Ray instance exports Prometheus metrics."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def grpc_target(bundled_repo: Path, metrics_port: int) -> str:
     """``HOST:PORT`` of a real Ray Serve application serving the bundled repository over gRPC."""
     from pdeserve.serving import server
 
     port = free_port()
-    server.start(bundled_repo, grpc_port=port, http_port=free_port())
+    server.start(bundled_repo, grpc_port=port, http_port=free_port(), metrics_port=metrics_port)
     yield f"127.0.0.1:{port}"
     server.stop()

@@ -1,5 +1,6 @@
 """Trainer features: resume, reproducibility, early stopping, schedules, losses, trajectories, DDP, eval."""
 
+import itertools
 import json
 import os
 import shutil
@@ -110,7 +111,7 @@ def test_onecycle_warms_up_then_anneals_and_h1_loss_trains(tiny_darcy):
     peak = int(np.argmax(rates))
     assert 0 < peak < 5 and rates[-1] < 1e-2 * max(rates)
     losses = [h["train_loss"] for h in surrogate.config["history"]]
-    assert all(b < a for a, b in zip(losses, losses[1:], strict=False)), losses
+    assert all(b < a for a, b in itertools.pairwise(losses)), losses
 
 
 def test_h1_loss_weighs_gradients_and_l2_does_not():

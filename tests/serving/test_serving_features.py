@@ -1,0 +1,213 @@
+"""Batching, metrics, authentication, request limits, hot version pickup and malformed requests,
+through the session's real Ray Serve gRPC proxy (extra applications share its Ray instance)."""
+
+import shutil
+import threading
+import time
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+
+from pdeserve.datagen.darcy import DarcyParameters, darcy_sample
+from pdeserve.operators import load_model
+from pdeserve.operators.repository import ModelRepository
+from pdeserve.protos.v1 import solver_pb2 as pb
+from pdeserve.protos.v1 import solver_pb2_grpc
+from pdeserve.serving.client import SolverClient, SolverError
+from pdeserve.serving.options import ServingOptions
+from pdeserve.serving.server import APP_NAME
+
+MODEL = "darcy-fno"
+pytestmark = pytest.mark.ray
+
+
+def _deploy(name: str, repo, options: ServingOptions | None = None) -> None:
+    """Run another pdeserve application on the session's Serve instance, routed by name (a quarter
+    of a CPU each: the 2-core machine already gives one to the main application)."""
+    from ray import serve
+
+    from pdeserve.serving.app import build_app
+
+    serve.run(build_app(repo, options, replica_cpus=0.25), name=name, route_prefix=f"/{name}", blocking=False)
+    deadline = time.monotonic() + 120
+    while serve.status().applications[name].status != "RUNNING":
+        assert time.monotonic() < deadline, serve.status().applications[name]
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def field():
+    return darcy_sample(DarcyParameters(), 64, np.random.default_rng(5))["a"].astype(np.float32)
+
+
+def _scrape(port: int) -> dict[tuple[str, frozenset], float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith("ray_pdeserve_"):
+                samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def _total(samples, name: str, **labels) -> float:
+    return sum(v for (n, tags), v in samples.items() if n == name and set(labels.items()) <= tags)
+
+
+def test_concurrent_clients_are_batched_answered_correctly_and_counted(
+    grpc_target, metrics_port, bundled_repo
+):
+    rng = np.random.default_rng(0)
+    fields = np.stack([darcy_sample(DarcyParameters(), 64, rng)["a"] for _ in range(16)]).astype(np.float32)
+    expected = load_model(bundled_repo, MODEL).predict({"a": fields})["u"]
+    before = _scrape(metrics_port)
+    errors, results = [], {}
+
+    def client(i: int) -> None:
+        with SolverClient(grpc_target, timeout=60) as c:
+            try:
+                results[i] = [c.solve(MODEL, {"a": fields[i]})["u"] for _ in range(5)]
+            except SolverError as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i in range(16):
+        for u in results[i]:
+            np.testing.assert_allclose(u, expected[i], atol=1e-5)
+    with SolverClient(grpc_target) as c, pytest.raises(SolverError):
+        c.solve(MODEL, {"a": fields[0][:10]})  # one INVALID_ARGUMENT for the error counter
+
+    # Ray's metrics agent exports on an interval: poll until every count has arrived.
+    def delta(after, name, **labels):
+        return _total(after, name, model=MODEL, **labels) - _total(before, name, model=MODEL, **labels)
+
+    deadline = time.monotonic() + 90
+    while True:
+        after = _scrape(metrics_port)
+        counts = (
+            delta(after, "ray_pdeserve_requests_total", code="OK"),
+            delta(after, "ray_pdeserve_requests_total", code="INVALID_ARGUMENT"),
+            delta(after, "ray_pdeserve_batch_size_count"),
+        )
+        passes = delta(after, "ray_pdeserve_forward_passes_total")
+        if counts == (80, 1, passes) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert counts == (80, 1, passes), (counts, passes)
+    assert passes < 80  # some forward passes served several calls: requests were batched
+    assert _total(after, "ray_pdeserve_request_latency_ms_count", model=MODEL) >= 81
+    assert _total(after, "ray_pdeserve_model_load_seconds", model=MODEL) > 0
+
+
+@pytest.fixture(scope="module")
+def secure(grpc_target, bundled_repo):
+    from ray import serve
+
+    _deploy("secure", bundled_repo, ServingOptions(auth_token="s3cret", max_request_bytes=100_000))
+    yield grpc_target
+    serve.delete("secure")
+
+
+def test_token_is_required_when_configured(secure, field):
+    for token in (None, "wrong"):
+        with SolverClient(secure, token=token, application="secure") as c, pytest.raises(SolverError) as err:
+            c.solve(MODEL, {"a": field})
+        assert err.value.code == grpc.StatusCode.UNAUTHENTICATED and "authorization" in str(err.value)
+    with SolverClient(secure, token="s3cret", application="secure") as c:
+        assert c.solve(MODEL, {"a": field})["u"].shape == (64, 64)
+        assert c.health() == "SERVING"  # probes need no token
+
+
+def test_oversized_request_is_resource_exhausted_and_the_next_one_succeeds(secure, field):
+    with SolverClient(secure, token="s3cret", application="secure") as c:
+        with pytest.raises(SolverError) as err:
+            c.solve(MODEL, {"a": np.stack([field] * 8).astype(np.float64)})  # 262 kB > 100 kB
+        assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "100000" in str(err.value)
+        assert c.solve(MODEL, {"a": field})["u"].shape == (64, 64)
+
+
+def test_new_version_is_served_without_restart_or_failed_requests(grpc_target, bundled_repo, tmp_path, field):
+    repo = tmp_path / "repo"
+    shutil.copytree(bundled_repo / MODEL, repo / MODEL)
+    _deploy("hot", repo)
+    failures, versions, stop = [], [], threading.Event()
+
+    def load() -> None:
+        with SolverClient(grpc_target, application="hot") as c:
+            while not stop.is_set():
+                try:
+                    versions.append(c.solve_response(MODEL, {"a": field}).version)
+                except SolverError as exc:
+                    failures.append(exc)
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    time.sleep(1.0)
+    published = ModelRepository(repo).publish(
+        MODEL, lambda folder: shutil.copytree(repo / MODEL / "1", folder, dirs_exist_ok=True)
+    )
+    deadline = time.monotonic() + 60
+    while (not versions or versions[-1] != "2") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    stop.set()
+    worker.join()
+    assert published == "2" and not failures
+    assert versions[0] == "1" and versions[-1] == "2", versions[-3:]
+    with SolverClient(grpc_target, application="hot") as c:
+        info = c.get_model(MODEL)
+        assert info.version == "2" and list(info.versions) == ["1", "2"]
+        assert c.solve_response(MODEL, {"a": field}, version="1").version == "1"
+    from ray import serve
+
+    serve.delete("hot")
+
+
+TENSOR = st.builds(
+    pb.Tensor,
+    shape=st.lists(st.integers(0, 80), max_size=4),
+    dtype=st.sampled_from([0, 1, 2, 7]),
+    data=st.binary(max_size=300),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    model=st.sampled_from([MODEL, "", "nope", "../etc"]),
+    version=st.sampled_from(["", "1", "99", "x"]),
+    inputs=st.dictionaries(st.sampled_from(["a", "b", ""]), TENSOR, max_size=2),
+)
+def test_malformed_requests_get_a_precise_status_and_never_break_the_server(
+    grpc_target, model, version, inputs
+):
+    request = pb.SolveRequest(model=model, version=version, inputs=inputs)
+    with grpc.insecure_channel(grpc_target) as channel:
+        try:
+            # Named explicitly: other tests add and remove applications on the same proxy.
+            solver_pb2_grpc.SolverStub(channel).Solve(
+                request, timeout=30, metadata=[("application", APP_NAME)]
+            )
+            code = grpc.StatusCode.OK
+        except grpc.RpcError as exc:
+            code = exc.code()
+            assert exc.details() and "Application" not in exc.details(), exc.details()
+    assert code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND), code
+
+
+def test_server_still_answers_after_the_malformed_requests(grpc_target, field, bundled_repo):
+    with SolverClient(grpc_target, application=APP_NAME) as c:
+        np.testing.assert_allclose(
+            c.solve(MODEL, {"a": field})["u"],
+            load_model(bundled_repo, MODEL).predict({"a": field})["u"],
+            atol=1e-5,
+        )
