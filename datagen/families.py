@@ -204,7 +204,7 @@ FAMILIES: dict[str, PdeFamily] = {
         grid="uniform periodic grid x_i = i / n on [0, 1)^2",
         boundary_conditions="periodic",
         scheme="Fourier pseudo-spectral, isotropic 2/3-rule dealiasing, Crank-Nicolson viscosity, "
-        "Heun advection and forcing (second order)",
+        "second-order Adams-Bashforth advection and forcing (CNAB2, Heun start-up step; second order)",
         solver="pdeserve.datagen.navier_stokes.solve_navier_stokes (torch, batched, CUDA when present)",
         parameters=navier_stokes.NavierStokesParameters,
         coordinates=_torus_coordinates,
