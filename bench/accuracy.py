@@ -10,13 +10,11 @@ held-out samples. Prints a table and writes JSON (default ``bench/results/accura
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+from common import resolve_device, write_results
 
 from pdeserve.datagen.burgers import BurgersParameters
 from pdeserve.datagen.darcy import DarcyParameters
@@ -88,8 +86,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="bench/results/accuracy.json")
     args = parser.parse_args()
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    device_name = torch.cuda.get_device_name() if device == "cuda" else f"{platform.machine()} CPU"
+    device, device_name = resolve_device(args.device)
 
     with tempfile.TemporaryDirectory() as folder:
         data = datasets(Path(folder), args)
@@ -109,10 +106,7 @@ def main() -> None:
                     f"{label:14s} {model:9s} {result['test_relative_l2']:8.4f} {result['epochs']:7d} "
                     f"{result['parameters']:9d}"
                 )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(
-        json.dumps({"device": device_name, "args": vars(args), "results": results}, indent=2)
-    )
+    write_results(args.out, {"device": device_name, "args": vars(args), "results": results})
 
 
 if __name__ == "__main__":

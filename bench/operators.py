@@ -10,13 +10,11 @@ table of median milliseconds and writes JSON (default ``bench/results/operators.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from common import resolve_device, write_results
 
 from pdeserve.operators.registry import ARCHITECTURES, get_architecture, make_config
 
@@ -46,8 +44,7 @@ def main() -> None:
     parser.add_argument("--batches", default="1,32")
     parser.add_argument("--out", default="bench/results/operators.json")
     args = parser.parse_args()
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    device_name = torch.cuda.get_device_name() if device == "cuda" else f"{platform.machine()} CPU"
+    device, device_name = resolve_device(args.device)
     rows = []
     print(f"median ms per call, {device_name}, torch threads {torch.get_num_threads()}")
     print(f"{'model':9s} {'dim':>3s} {'side':>6s} {'batch':>5s} {'ms':>9s} {'ms/sample':>9s}")
@@ -68,8 +65,7 @@ def main() -> None:
                         continue
                     rows.append({"model": name, "dim": ndim, "side": side, "batch": batch, "ms": ms})
                     print(f"{name:9s} {ndim:3d} {side:6d} {batch:5d} {ms:9.2f} {ms / batch:9.3f}", flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"device": device_name, "args": vars(args), "rows": rows}, indent=2))
+    write_results(args.out, {"device": device_name, "args": vars(args), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -10,13 +10,12 @@ and relative L2 loss on the same normalised training split; the runs are interle
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from common import resolve_device, write_results
 
 from pdeserve.datagen.darcy import DarcyParameters
 from pdeserve.datagen.dataset import GenerationRequest, LoadedDataset, load_dataset, write_dataset
@@ -82,8 +81,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="bench/results/training.json")
     args = parser.parse_args()
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
-    device = "cpu" if device == "auto" else device
+    device, device_name = resolve_device(args.device)
 
     with tempfile.TemporaryDirectory() as folder:
         request = GenerationRequest(get_family("darcy"), DarcyParameters(), args.n, args.resolution, seed=0)
@@ -94,7 +92,6 @@ def main() -> None:
         results["neuraloperator"].append(theirs(data, args.epochs, device))
     best = {k: max(v) for k, v in results.items()}
     ratio = best["pdeserve"] / best["neuraloperator"]
-    device_name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"
     print(
         f"FNO training on Darcy {args.resolution}x{args.resolution}, {device} ({device_name}), "
         f"torch threads {torch.get_num_threads()}"
@@ -104,12 +101,8 @@ def main() -> None:
             f"  {name:15s} best {best[name]:8.1f} samples/s  (runs: {', '.join(f'{v:.1f}' for v in values)})"
         )
     print(f"  ratio pdeserve / neuraloperator: {ratio:.2f}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(
-        json.dumps(
-            {"device": device_name, "args": vars(args), "runs": results, "best": best, "ratio": ratio},
-            indent=2,
-        )
+    write_results(
+        args.out, {"device": device_name, "args": vars(args), "runs": results, "best": best, "ratio": ratio}
     )
 
 
