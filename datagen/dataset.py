@@ -149,21 +149,23 @@ def _resume_point(path: Path, request: GenerationRequest) -> int | None:
         return None  # a run killed mid-write may leave an unreadable file: regenerate
 
 
-def _open_pool(workers: int, ray_address: str | None):
-    """A pool with ``starmap``: Ray's multiprocessing-compatible pool, local processes, or None (inline)."""
+def _open_pool(workers: int, ray_address: str | None) -> tuple[Any, bool]:
+    """A pool with ``starmap`` (Ray's multiprocessing-compatible pool, local processes, or None:
+    inline) and whether this call connected to Ray (and so must disconnect when done)."""
     if ray_address:
         import ray
         from ray.util.multiprocessing import Pool as RayPool
 
-        if not ray.is_initialized():
+        connected = not ray.is_initialized()
+        if connected:
             # Workers only: no dashboard, and the driver is not flooded with worker logs.
             address = None if ray_address == "local" else ray_address
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
-        return RayPool(processes=workers)
+        return RayPool(processes=workers), connected
     if workers > 1:
         # spawn, not fork: a forked child of a process that already ran torch's thread pools can hang.
-        return multiprocessing.get_context("spawn").Pool(workers)
-    return None
+        return multiprocessing.get_context("spawn").Pool(workers), False
+    return None, False
 
 
 def _chunks(start: int, n: int, size: int) -> Iterator[range]:
@@ -216,7 +218,7 @@ def write_dataset(
         start = 0
     else:
         print(f"resuming {partial} at sample {start} of {request.n}", file=sys.stderr)
-    pool = _open_pool(workers, ray_address)
+    pool, connected = _open_pool(workers, ray_address)
     try:
         with tqdm(
             total=request.n, initial=start, desc=f"{request.family.name}", unit="sample", disable=not progress
@@ -239,6 +241,10 @@ def write_dataset(
     finally:
         if pool is not None:
             pool.terminate()
+        if connected:  # leave the process as we found it (a later ray.init may need other options)
+            import ray
+
+            ray.shutdown()
     with open(partial, "rb+") as handle:
         os.fsync(handle.fileno())
     os.replace(partial, out)
