@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pdeserve.datagen import burgers, darcy, navier_stokes
+from pdeserve.datagen import burgers, darcy, helmholtz, navier_stokes
 from pdeserve.datagen.grids import UnitSquareGrid, periodic_coordinates
 
 
@@ -143,6 +143,12 @@ def _navier_stokes_reference(
     return {"w": navier_stokes.navier_stokes_reference(params, inputs["w0"])}
 
 
+def _helmholtz_reference(
+    params: helmholtz.HelmholtzParameters, inputs: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    return {"u": helmholtz.helmholtz_reference(params, inputs["c"])}
+
+
 FAMILIES: dict[str, PdeFamily] = {
     "burgers": PdeFamily(
         name="burgers",
@@ -221,6 +227,44 @@ FAMILIES: dict[str, PdeFamily] = {
             "alpha": "smoothness exponent of the initial-vorticity field",
             "tau": "inverse length scale of the initial-vorticity field",
             "sigma": "scale of the initial-vorticity field",
+        },
+    ),
+    "helmholtz": PdeFamily(
+        name="helmholtz",
+        description="Helmholtz -Lap(u) - (omega/c)^2 u = 0 on (0,1)^2, variable wave speed c, Neumann data "
+        "(de Hoop et al. 2022 benchmark)",
+        dims=("x", "y"),
+        inputs=(
+            FieldInfo(
+                "c", "wave speed c = speed_mean + speed_amplitude tanh(xi), xi a Gaussian field", ("x", "y")
+            ),
+        ),
+        outputs=(FieldInfo("u", "excitation field solving the Helmholtz problem", ("x", "y")),),
+        grid="uniform node-centred grid on [0, 1]^2, boundary nodes included",
+        boundary_conditions="neumann: du/dn = 1 on the top edge where |x - source_center| <= "
+        "source_width / 2, du/dn = 0 on the rest of the boundary",
+        scheme="bilinear (Q1) finite elements on the node grid, 3x3 Gauss quadrature, wave speed "
+        "interpolated bilinearly, Neumann data integrated exactly (second order)",
+        solver="SuperLU sparse LU with threshold pivoting (scipy.sparse.linalg.splu); the matrix is "
+        "symmetric indefinite",
+        parameters=helmholtz.HelmholtzParameters,
+        coordinates=_unit_square_coordinates,
+        sample=helmholtz.helmholtz_batch,
+        reference=_helmholtz_reference,
+        option_help={
+            "omega": "angular frequency; the local wavenumber is omega / c",
+            "speed_mean": "wave speed c = SPEED_MEAN + SPEED_AMPLITUDE tanh(xi)",
+            "speed_amplitude": "wave speed c = SPEED_MEAN + SPEED_AMPLITUDE tanh(xi) (below SPEED_MEAN)",
+            "alpha": "smoothness exponent of the Gaussian field xi: covariance (-Laplacian + tau^2)^-alpha",
+            "tau": "inverse length scale of the Gaussian field xi",
+            "kl_modes": "Karhunen-Loeve modes of xi, lowest |k| first "
+            "(0: every mode the solve grid resolves)",
+            "source_center": "centre of the top-edge segment where du/dn = 1",
+            "source_width": "length of the top-edge segment where du/dn = 1",
+            "points_per_wavelength": "fewest solve-grid nodes per shortest wavelength 2 pi min(c) / omega",
+            "solve_resolution": "nodes per side of the solver grid; fields are subsampled from it "
+            "((solve_resolution - 1) must be a multiple of (resolution - 1); unset: the coarsest such grid "
+            "with --points-per-wavelength nodes per wavelength, the resolution itself at 101)",
         },
     ),
 }
