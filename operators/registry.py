@@ -60,6 +60,14 @@ ARCHITECTURES: dict[str, Architecture] = {
         "Tucker-factorised FNO (neuraloperator TFNO)",
         {"factorization": "tucker", "rank": 0.1},
     ),
+    "mgno": Architecture(
+        "mgno", "pdeserve.operators.mgno:MgNOConfig", "multigrid neural operator (He et al. 2024)"
+    ),
+    "galerkin": Architecture(
+        "galerkin",
+        "pdeserve.operators.galerkin:GalerkinConfig",
+        "Galerkin Transformer, linear attention (Cao 2021)",
+    ),
 }
 
 
