@@ -105,3 +105,10 @@ def test_short_training_beats_the_mean_predictor_and_reloads_identically(name, n
         loaded.predict({field: x})[loaded.output_names[0]],
         surrogate.predict({field: x})[surrogate.output_names[0]],
     )
+
+
+def test_mgno_refuses_a_grid_it_cannot_coarsen_and_names_the_nearest_sides(small_darcy):
+    with pytest.raises(ValueError, match=r"divisible by 8 \(nearest to 33: 32 or 40\)"):
+        train(small_darcy, "mgno", {"levels": 4}, TrainingSettings(epochs=1), progress=False)
+    with pytest.raises(ValueError, match="MgNO supports 2D grids only, not 1D"):
+        get_architecture("mgno").default_arguments(1, "periodic")
