@@ -233,3 +233,19 @@ def test_burgers_trajectories_get_a_time_dimension(tmp_path):
         np.testing.assert_allclose(ds["u"].mean("x").values, 0, atol=1e-6)
         energy = (ds["u"] ** 2).mean("x").values
         assert np.all(np.diff(energy, axis=1) < 0)
+
+
+def test_navier_stokes_cli_file_opens_in_xarray_with_time_and_space_dims(tmp_path):
+    out = tmp_path / "ns.h5"
+    args = ["navier-stokes", "--n", "2", "--resolution", "16", "--final-time", "0.2", "--record-every", "0.1"]
+    done = datagen(*args, "--time-step", "1e-2", "--out", str(out), "--quiet")
+    assert done.returncode == 0, done.stderr
+    with xr.open_dataset(out, engine="h5netcdf") as ds:
+        assert ds["w0"].dims == ("sample", "x", "y") and ds["w"].dims == ("sample", "t", "x", "y")
+        assert ds["w"].shape == (2, 2, 16, 16)
+        np.testing.assert_allclose(ds["t"].values, [0.1, 0.2])
+        np.testing.assert_allclose(ds["y"].values, np.arange(16) / 16)
+        assert not any(d.startswith("phony_dim") for d in ds.dims)
+        assert ds.attrs["viscosity"] == 1e-3 and ds.attrs["pde"] == "navier-stokes"
+        # The mean vorticity of the torus is conserved (zero) by the scheme.
+        np.testing.assert_allclose(ds["w"].mean(("x", "y")).values, 0, atol=1e-6)
