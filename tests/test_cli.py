@@ -27,8 +27,10 @@ def test_datagen_list_names_the_families_and_options():
     done = pdeserve("datagen", "list")
     assert done.returncode == 0
     families = [line.split(":")[0] for line in done.stdout.splitlines() if not line.startswith(" ")]
-    assert families == ["burgers", "darcy", "navier-stokes"]
-    assert "--solve-resolution" in done.stdout and "--viscosity" in done.stdout
+    assert families == ["burgers", "darcy", "navier-stokes", "helmholtz"]
+    assert (
+        "--solve-resolution" in done.stdout and "--viscosity" in done.stdout and "--contrast" in done.stdout
+    )
 
 
 @pytest.mark.parametrize(

@@ -60,8 +60,13 @@ def _total(samples, name: str, **labels) -> float:
 
 
 def test_concurrent_clients_are_batched_answered_correctly_and_counted(
-    grpc_target, metrics_port, bundled_repo
+    grpc_target, metrics_port, bundled_repo, tmp_path
 ):
+    # A model name no other test calls, in its own application: its counters start from zero, so
+    # late exports of other tests' traffic cannot leak into the deltas.
+    name = "darcy-metered"
+    shutil.copytree(bundled_repo / MODEL, tmp_path / name)
+    _deploy("metered", tmp_path)
     rng = np.random.default_rng(0)
     fields = np.stack([darcy_sample(DarcyParameters(), 64, rng)["a"] for _ in range(16)]).astype(np.float32)
     expected = load_model(bundled_repo, MODEL).predict({"a": fields})["u"]
@@ -69,9 +74,9 @@ def test_concurrent_clients_are_batched_answered_correctly_and_counted(
     errors, results = [], {}
 
     def client(i: int) -> None:
-        with SolverClient(grpc_target, timeout=60) as c:
+        with SolverClient(grpc_target, timeout=60, application="metered") as c:
             try:
-                results[i] = [c.solve(MODEL, {"a": fields[i]})["u"] for _ in range(5)]
+                results[i] = [c.solve(name, {"a": fields[i]})["u"] for _ in range(5)]
             except SolverError as exc:  # pragma: no cover - reported below
                 errors.append(exc)
 
@@ -84,12 +89,12 @@ def test_concurrent_clients_are_batched_answered_correctly_and_counted(
     for i in range(16):
         for u in results[i]:
             np.testing.assert_allclose(u, expected[i], atol=1e-5)
-    with SolverClient(grpc_target) as c, pytest.raises(SolverError):
-        c.solve(MODEL, {"a": fields[0][:10]})  # one INVALID_ARGUMENT for the error counter
+    with SolverClient(grpc_target, application="metered") as c, pytest.raises(SolverError):
+        c.solve(name, {"a": fields[0][:10]})  # one INVALID_ARGUMENT for the error counter
 
     # Ray's metrics agent exports on an interval: poll until every count has arrived.
-    def delta(after, name, **labels):
-        return _total(after, name, model=MODEL, **labels) - _total(before, name, model=MODEL, **labels)
+    def delta(after, metric, **labels):
+        return _total(after, metric, model=name, **labels) - _total(before, metric, model=name, **labels)
 
     deadline = time.monotonic() + 90
     while True:
@@ -105,8 +110,11 @@ def test_concurrent_clients_are_batched_answered_correctly_and_counted(
         time.sleep(2)
     assert counts == (80, 1, passes), (counts, passes)
     assert passes < 80  # some forward passes served several calls: requests were batched
-    assert _total(after, "ray_pdeserve_request_latency_ms_count", model=MODEL) >= 81
-    assert _total(after, "ray_pdeserve_model_load_seconds", model=MODEL) > 0
+    assert _total(after, "ray_pdeserve_request_latency_ms_count", model=name) >= 81
+    assert _total(after, "ray_pdeserve_model_load_seconds", model=name) > 0
+    from ray import serve
+
+    serve.delete("metered")
 
 
 @pytest.fixture(scope="module")
