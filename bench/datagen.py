@@ -15,7 +15,10 @@ Darcy: the whole pipeline (field sampling, assembly, factorisation, solve, subsa
 the bare factorisation + solve of the same matrices (symbolic factorisation reused in both), at the
 benchmark's solve resolution. Target: pipeline / bare <= 1.25.
 
-Usage: ``python bench/datagen.py [--only navier-stokes|darcy] [--n 8] [--solve-resolution 421]
+Workers: the same Darcy command with ``--workers 1`` and ``--workers W`` (processes), samples per second of
+each and their ratio (it can only grow up to the number of free cores).
+
+Usage: ``python bench/datagen.py [--only navier-stokes|darcy|workers] [--n 8] [--solve-resolution 421]
 [--resolution 85] [--ns-steps 100] [--ns-repeats 25] [--out FILE]``.
 """
 
@@ -73,6 +76,22 @@ def darcy(n: int, solve_resolution: int, resolution: int) -> dict[str, float]:
         "bare_solve_s_per_sample": bare / n,
         "pipeline_over_bare": pipeline / bare,
     }
+
+
+def workers_scaling(n: int, solve_resolution: int, resolution: int, workers: int) -> dict[str, float]:
+    """Samples per second of the whole Darcy pipeline with 1 and with ``workers`` processes."""
+    params = DarcyParameters(solve_resolution=solve_resolution)
+    request = GenerationRequest(get_family("darcy"), params, n, resolution, seed=0, dtype="float32")
+    result: dict[str, float] = {"samples": n, "solve_resolution": solve_resolution, "workers": workers}
+    with tempfile.TemporaryDirectory() as tmp:
+        for count in (1, workers):
+            started = time.perf_counter()
+            chunk = max(1, n // (4 * count))  # several chunks per worker, so all of them stay busy
+            out = Path(tmp) / f"w{count}.h5"
+            write_dataset(request, out, chunk_size=chunk, workers=count, progress=False)
+            result[f"samples_per_s_{count}"] = n / (time.perf_counter() - started)
+    result["speedup"] = result[f"samples_per_s_{workers}"] / result["samples_per_s_1"]
+    return result
 
 
 def _fno_solver(path: Path):
@@ -146,19 +165,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--only",
-        choices=["darcy", "navier-stokes"],
-        help="run one of the two benchmarks (--out holds only it)",
+        choices=["darcy", "navier-stokes", "workers"],
+        help="run one of the benchmarks (--out holds only it)",
     )
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--solve-resolution", type=int, default=421)
     parser.add_argument("--resolution", type=int, default=85)
     parser.add_argument("--ns-steps", type=int, default=100, help="Navier-Stokes time steps per timed call")
     parser.add_argument("--ns-repeats", type=int, default=25, help="timed calls per Navier-Stokes code")
+    parser.add_argument("--workers", type=int, default=2, help="processes compared with one")
+    parser.add_argument("--workers-n", type=int, default=192, help="samples of the workers benchmark")
     parser.add_argument("--fno-script", type=Path, default=Path("bench/third_party/ns_2d.py"))
     parser.add_argument("--out", default="bench/results/datagen.json")
     args = parser.parse_args()
     result: dict[str, object] = {"device": f"{platform.machine()} CPU"}
-    if args.only != "darcy":
+    if args.only in (None, "navier-stokes"):
         ns = navier_stokes(args.fno_script, batch=20, n=64, steps=args.ns_steps, repeats=args.ns_repeats)
         result["navier_stokes"] = ns
         print(
@@ -179,7 +200,13 @@ def main() -> None:
             print(line)
         if not args.fno_script.is_file():
             print(f"(the FNO authors' script is not at {args.fno_script}: no side-by-side ratio)")
-    if args.only != "navier-stokes":
+    if args.only in (None, "workers"):
+        w = result["workers"] = workers_scaling(args.workers_n, 253, 64, args.workers)
+        print(
+            f"Darcy 253 -> 64, {w['samples']} samples: {w['samples_per_s_1']:.1f} samples/s with 1 process, "
+            f"{w[f'samples_per_s_{args.workers}']:.1f} with {args.workers}: speed-up {w['speedup']:.2f}"
+        )
+    if args.only in (None, "darcy"):
         d = result["darcy"] = darcy(args.n, args.solve_resolution, args.resolution)
         print(
             f"Darcy {d['solve_resolution']} -> {d['resolution']}, {d['samples']} samples: pipeline "
