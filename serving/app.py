@@ -135,7 +135,7 @@ class Metrics:
         )
 
 
-@serve.deployment(name="SolverService", max_ongoing_requests=64, max_queued_requests=256)
+@serve.deployment(name="SolverService")  # queue bounds come from ServingOptions in build_app
 class SolverService:
     """Serves every model of a repository; a request without a version gets the newest one.
 
@@ -301,8 +301,13 @@ def build_app(
 ) -> serve.Application:
     """The Serve application for the model repository ``repo`` (each replica reserving
     ``replica_cpus`` of Ray's CPUs; Ray gives a replica's torch that many threads, at least one)."""
-    deployment = SolverService.options(ray_actor_options={"num_cpus": replica_cpus})
-    return deployment.bind(str(Path(repo).resolve()), asdict(options or ServingOptions()))
+    options = options or ServingOptions()
+    deployment = SolverService.options(
+        ray_actor_options={"num_cpus": replica_cpus},
+        max_ongoing_requests=options.max_ongoing_requests,
+        max_queued_requests=options.max_queued_requests,
+    )
+    return deployment.bind(str(Path(repo).resolve()), asdict(options))
 
 
 def app_builder(args: dict[str, str]) -> serve.Application:

@@ -20,9 +20,17 @@ class ServingOptions:
         Most requests stacked into one forward pass.
     batch_wait_s : float
         Longest a request waits for others to join its batch.
+    max_ongoing_requests : int
+        Requests a replica works on at once (Ray Serve's ``max_ongoing_requests``); at least
+        ``max_batch_size``, or batches can never fill.
+    max_queued_requests : int
+        Requests waiting for a replica beyond that; more are refused at once (UNAVAILABLE from Ray
+        Serve's proxy) instead of queueing without bound. -1 means no bound.
     """
 
     max_request_bytes: int = 64 * 2**20
     auth_token: str = ""
     max_batch_size: int = 32
     batch_wait_s: float = 0.002
+    max_ongoing_requests: int = 64
+    max_queued_requests: int = 256
