@@ -48,6 +48,12 @@ def _add_serving_subcommands(sub: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--max-batch-size", type=int, default=32, help="most requests per forward pass")
     serve.add_argument(
+        "--max-queued-requests",
+        type=int,
+        default=256,
+        help="requests waiting beyond the replica's 64 in flight; more get UNAVAILABLE at once",
+    )
+    serve.add_argument(
         "--auth-token-env",
         metavar="VAR",
         help="require the token in this environment variable as 'authorization' metadata",
@@ -94,6 +100,7 @@ def _serve(args: argparse.Namespace) -> None:
         max_request_bytes=int(args.max_request_mb * 2**20),
         auth_token=token,
         max_batch_size=args.max_batch_size,
+        max_queued_requests=args.max_queued_requests,
     )
     serve_forever(
         args.repo,
