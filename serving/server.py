@@ -58,6 +58,9 @@ def start(
     repo = Path(repo).resolve()
     if not ModelRepository(repo).names():
         raise FileNotFoundError(f"no published models in {repo}; train one with `pdeserve train`")
+    # Serve gives a starting proxy 5 s to report ready, then kills it and starts over; on a small,
+    # busy machine its imports alone can take longer, so a local instance allows 30 s.
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
     if not ray.is_initialized():
         ray.init(
             address=None if address == "local" else address,

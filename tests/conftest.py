@@ -39,3 +39,46 @@ def grpc_target(bundled_repo: Path, metrics_port: int) -> str:
     server.start(bundled_repo, grpc_port=port, http_port=free_port(), metrics_port=metrics_port)
     yield f"127.0.0.1:{port}"
     server.stop()
+
+
+class ServeApps:
+    """Other pdeserve applications on the session's Serve instance, each routed by its ``application``
+    metadata name (a quarter of a CPU each by default: the 2-core machine already gives one to the main
+    application)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def deploy(self, name: str, repo, options=None, replica_cpus: float = 0.25) -> str:
+        """Deploy ``repo`` as application ``name`` (returns once it runs); returns the gRPC target."""
+        from ray import serve
+
+        from pdeserve.serving.app import build_app
+
+        serve.run(build_app(repo, options, replica_cpus=replica_cpus), name=name, route_prefix=f"/{name}")
+        return self.target
+
+    def delete(self, name: str) -> None:
+        from ray import serve
+
+        serve.delete(name)
+
+
+@pytest.fixture(scope="session")
+def serve_apps(grpc_target: str) -> ServeApps:
+    return ServeApps(grpc_target)
+
+
+@pytest.fixture
+def deploy_app(serve_apps: ServeApps):
+    """``deploy_app(name, repo, options=None, replica_cpus=0.25) -> target``; deleted after the test, so
+    requests without ``application`` metadata reach the main application again."""
+    names: list[str] = []
+
+    def deploy(name: str, repo, options=None, replica_cpus: float = 0.25) -> str:
+        names.append(name)
+        return serve_apps.deploy(name, repo, options, replica_cpus)
+
+    yield deploy
+    for name in names:
+        serve_apps.delete(name)

@@ -26,20 +26,6 @@ MODEL = "darcy-fno"
 pytestmark = pytest.mark.ray
 
 
-def _deploy(name: str, repo, options: ServingOptions | None = None) -> None:
-    """Run another pdeserve application on the session's Serve instance, routed by name (a quarter
-    of a CPU each: the 2-core machine already gives one to the main application)."""
-    from ray import serve
-
-    from pdeserve.serving.app import build_app
-
-    serve.run(build_app(repo, options, replica_cpus=0.25), name=name, route_prefix=f"/{name}", blocking=False)
-    deadline = time.monotonic() + 120
-    while serve.status().applications[name].status != "RUNNING":
-        assert time.monotonic() < deadline, serve.status().applications[name]
-        time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def field():
     return darcy_sample(DarcyParameters(), 64, np.random.default_rng(5))["a"].astype(np.float32)
@@ -60,13 +46,13 @@ def _total(samples, name: str, **labels) -> float:
 
 
 def test_concurrent_clients_are_batched_answered_correctly_and_counted(
-    grpc_target, metrics_port, bundled_repo, tmp_path
+    deploy_app, grpc_target, metrics_port, bundled_repo, tmp_path
 ):
     # A model name no other test calls, in its own application: its counters start from zero, so
     # late exports of other tests' traffic cannot leak into the deltas.
     name = "darcy-metered"
     shutil.copytree(bundled_repo / MODEL, tmp_path / name)
-    _deploy("metered", tmp_path)
+    deploy_app("metered", tmp_path)
     rng = np.random.default_rng(0)
     fields = np.stack([darcy_sample(DarcyParameters(), 64, rng)["a"] for _ in range(16)]).astype(np.float32)
     expected = load_model(bundled_repo, MODEL).predict({"a": fields})["u"]
@@ -112,18 +98,13 @@ def test_concurrent_clients_are_batched_answered_correctly_and_counted(
     assert passes < 80  # some forward passes served several calls: requests were batched
     assert _total(after, "ray_pdeserve_request_latency_ms_count", model=name) >= 81
     assert _total(after, "ray_pdeserve_model_load_seconds", model=name) > 0
-    from ray import serve
-
-    serve.delete("metered")
 
 
 @pytest.fixture(scope="module")
-def secure(grpc_target, bundled_repo):
-    from ray import serve
-
-    _deploy("secure", bundled_repo, ServingOptions(auth_token="s3cret", max_request_bytes=100_000))
-    yield grpc_target
-    serve.delete("secure")
+def secure(serve_apps, bundled_repo):
+    options = ServingOptions(auth_token="s3cret", max_request_bytes=100_000)
+    yield serve_apps.deploy("secure", bundled_repo, options)
+    serve_apps.delete("secure")
 
 
 def test_token_is_required_when_configured(secure, field):
@@ -144,10 +125,12 @@ def test_oversized_request_is_resource_exhausted_and_the_next_one_succeeds(secur
         assert c.solve(MODEL, {"a": field})["u"].shape == (64, 64)
 
 
-def test_new_version_is_served_without_restart_or_failed_requests(grpc_target, bundled_repo, tmp_path, field):
+def test_new_version_is_served_without_restart_or_failed_requests(
+    deploy_app, grpc_target, bundled_repo, tmp_path, field
+):
     repo = tmp_path / "repo"
     shutil.copytree(bundled_repo / MODEL, repo / MODEL)
-    _deploy("hot", repo)
+    deploy_app("hot", repo)
     failures, versions, stop = [], [], threading.Event()
 
     def load() -> None:
@@ -176,9 +159,6 @@ def test_new_version_is_served_without_restart_or_failed_requests(grpc_target, b
         info = c.get_model(MODEL)
         assert info.version == "2" and list(info.versions) == ["1", "2"]
         assert c.solve_response(MODEL, {"a": field}, version="1").version == "1"
-    from ray import serve
-
-    serve.delete("hot")
 
 
 TENSOR = st.builds(
