@@ -12,6 +12,8 @@ from pdeserve.operators.repository import ModelRepository
 from pdeserve.serving.options import ServingOptions
 
 APP_NAME = "pdeserve"
+# Ray Serve settings pdeserve runs with (the Helm chart sets the same on its pods).
+SERVE_ENVIRONMENT = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 GRPC_SERVICER_FUNCTIONS = [
     "pdeserve.protos.v1.solver_pb2_grpc.add_SolverServicer_to_server",
     "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
@@ -58,9 +60,12 @@ def start(
     repo = Path(repo).resolve()
     if not ModelRepository(repo).names():
         raise FileNotFoundError(f"no published models in {repo}; train one with `pdeserve train`")
-    # Serve gives a starting proxy 5 s to report ready, then kills it and starts over; on a small,
-    # busy machine its imports alone can take longer, so a local instance allows 30 s.
-    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
+    # Ray processes started from here inherit these (a user's own setting wins). Serve gives a starting
+    # proxy 5 s to report ready, then kills it and starts over; on a small, busy machine its imports
+    # alone can take longer. Throughput-optimised Serve (gRPC from proxy to replica, user code on the
+    # replica's event loop) cut Solve's p50 from 39 to 29 ms at batch 1 here (bench/serving.py).
+    for name, value in SERVE_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
     if not ray.is_initialized():
         ray.init(
             address=None if address == "local" else address,
