@@ -1,16 +1,24 @@
 """The model repository: ``<repo>/<name>/<version>/`` folders, published atomically.
 
 A version is written into a hidden sibling folder and renamed into place; the rename fails if the
-number is taken, so concurrent publishers never share a version. Versions are integers 1, 2, ...
+number is taken, so concurrent publishers never share a version. Versions are integers 1, 2, ...,
+immutable once published; the newest is what a request without a version gets. Rolling back publishes
+an old version's files again as the next number (its lineage says ``rollback_of``), so "newest" stays
+the only rule and ``resolve`` the one place that applies it.
+
+Hidden folders beside the models hold work that is not a model: ``.training/NAME`` (per-epoch state of
+an unfinished run) and ``.data/NAME`` (datasets that ``pdeserve datagen retrain`` generated).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -52,6 +60,10 @@ class ModelRepository:
     def training_folder(self, name: str) -> Path:
         """Where an unfinished training run of ``name`` keeps its per-epoch state (not a model)."""
         return self.root / ".training" / check_name(name)
+
+    def data_folder(self, name: str) -> Path:
+        """Where retraining keeps the datasets it generated for ``name`` (named by content fingerprint)."""
+        return self.root / ".data" / check_name(name)
 
     def versions(self, name: str) -> list[str]:
         """Published versions of ``name``, oldest first."""
@@ -97,3 +109,41 @@ class ModelRepository:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+
+    def rollback(self, name: str, to: str | int, command: Sequence[str] | None = None) -> str:
+        """Make version ``to`` what requests without a version get: publish its files again as the
+        next version, with ``lineage.rollback_of = to`` (and the version it replaces) in its config.
+        Atomic like every publish; the weights are copied byte for byte, so their checksum still holds.
+
+        Parameters
+        ----------
+        name : str
+            Model name.
+        to : str or int
+            The version to return to; it must exist and not already be the newest.
+        command : sequence of str, optional
+            Command line recorded in the new version's lineage.
+
+        Returns the new version.
+        """
+        from pdeserve.operators.checkpoint import CONFIG_FILE, read_config
+
+        version, source = self.resolve(name, to)
+        newest = self.versions(name)[-1]
+        if version == newest:
+            raise ValueError(f"{name} version {version} is already the newest: nothing to roll back")
+        config = read_config(source)  # refuses a damaged config before anything is published
+        config["lineage"] = {
+            **(config.get("lineage") or {}),
+            "mode": "rollback",
+            "rollback_of": version,
+            "replaces": newest,
+            "command": list(command or []),
+            "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+
+        def write(folder: Path) -> None:
+            shutil.copytree(source, folder, dirs_exist_ok=True)
+            (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+        return self.publish(name, write)

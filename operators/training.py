@@ -54,6 +54,15 @@ def split(n: int, test_fraction: float, val_fraction: float = 0.0) -> tuple[slic
     return slice(0, n - n_test - n_val), slice(n - n_test - n_val, n - n_test), slice(n - n_test, n)
 
 
+def subset(data: LoadedDataset, part: slice) -> LoadedDataset:
+    """The samples ``part`` of ``data`` (views, no copy)."""
+    return LoadedDataset(
+        data.attrs,
+        {k: v[part] for k, v in data.inputs.items()},
+        {k: v[part] for k, v in data.outputs.items()},
+    )
+
+
 def channel_stats(x: np.ndarray) -> dict[str, list[float]]:
     """Per-channel mean and standard deviation of ``(sample, channel, *grid)``."""
     axes = (0, *range(2, x.ndim))
@@ -101,6 +110,8 @@ def train(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     tensorboard_dir: str | Path | None = None,
+    splits: tuple[slice, slice, slice] | None = None,
+    initial: Surrogate | None = None,
 ) -> tuple[Surrogate, dict[str, float]]:
     """Fit ``architecture`` on ``data``'s training split and evaluate it on the held-out test split.
 
@@ -124,6 +135,12 @@ def train(
         Continue from the state in ``checkpoint_dir`` when there is one of the same run.
     tensorboard_dir : path, optional
         Also log the per-epoch history for TensorBoard (needs the ``tensorboard`` package).
+    splits : (slice, slice, slice), optional
+        Explicit train, validation and test slices of the samples (default: ``split`` with the
+        settings' fractions). Retraining orders several datasets so that each keeps its own split.
+    initial : Surrogate, optional
+        Fine-tune: start from this model's weights and keep its normalisers (``architecture`` and
+        ``arguments`` must be its own), instead of a fresh initialisation and normalisers fitted here.
 
     Returns the trained surrogate (name and version unset; the best validation epoch's weights when
     there is a validation split) and its metrics, including the relative L2 of the trivial predictor
@@ -136,7 +153,9 @@ def train(
     torch.manual_seed(settings.seed)
     family = data.family
     pairs = operator_pairs(data, time_map)
-    train_part, val_part, test_part = split(len(pairs.x), settings.test_fraction, settings.val_fraction)
+    train_part, val_part, test_part = splits or split(
+        len(pairs.x), settings.test_fraction, settings.val_fraction
+    )
     x_train, y_train = pairs.x[train_part], pairs.y[train_part]
     boundary = family.boundary_conditions.split(":")[0]
     grid_shape = list(pairs.x.shape[2:])
@@ -162,7 +181,10 @@ def train(
         "outputs": pairs.outputs,
         "time_map": pairs.time_map,
         "training_resolution": grid_shape,
-        "normalizers": {"inputs": channel_stats(x_train), "outputs": channel_stats(y_train)},
+        # A fine-tuned model keeps its parent's normalisers: its weights only mean something with them.
+        "normalizers": initial.config["normalizers"]
+        if initial
+        else {"inputs": channel_stats(x_train), "outputs": channel_stats(y_train)},
         "dataset": {
             "fingerprint": data.fingerprint(),
             "n_samples": len(pairs.x),
@@ -174,7 +196,10 @@ def train(
         "pdeserve_version": version("pdeserve"),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    surrogate = Surrogate(name="", version="", config=record, metrics={}, model=config.build()).to(device)
+    surrogate = Surrogate(name="", version="", config=record, metrics={}, model=config.build())
+    if initial:
+        surrogate.model.load_state_dict(initial.model.state_dict())
+    surrogate.to(device)
     model = dist.wrap(surrogate.model, device)
     optimizer = torch.optim.Adam(
         model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
@@ -281,12 +306,7 @@ def train(
         surrogate.model.load_state_dict(best_weights)
     surrogate.model.eval()
     seconds = time.perf_counter() - started
-    held_out = LoadedDataset(
-        data.attrs,
-        {k: v[test_part] for k, v in data.inputs.items()},
-        {k: v[test_part] for k, v in data.outputs.items()},
-    )
-    test = evaluate(surrogate, held_out)
+    test = evaluate(surrogate, subset(data, test_part))
     y_test = pairs.y[test_part]
     baseline = relative_l2(np.broadcast_to(y_train.mean(axis=0), y_test.shape), y_test)
     epoch_seconds = sum(h["seconds"] for h in state.history)

@@ -1,4 +1,5 @@
-"""The ``pdeserve`` command: ``datagen``, ``train``, ``eval``, ``serve`` and ``solve``.
+"""The ``pdeserve`` command: ``datagen`` (with ``retrain``), ``train``, ``eval``, ``models``, ``serve``
+and ``solve``.
 
 Heavy imports (torch, Ray) happen inside the subcommands, so ``--help`` and ``datagen`` stay fast.
 """
@@ -119,7 +120,7 @@ def _solve(args: argparse.Namespace) -> None:
 
 def build_parser() -> CliParser:
     parser = CliParser(prog="pdeserve", description="Neural-operator PDE solver service.")
-    sub = parser.add_subparsers(dest="command", metavar="{datagen,train,eval,serve,solve}")
+    sub = parser.add_subparsers(dest="command", metavar="{datagen,train,eval,models,serve,solve}")
     sub.required = True
     datagen = sub.add_parser(
         "datagen",
@@ -128,6 +129,7 @@ def build_parser() -> CliParser:
         formatter_class=HelpFormatter,
     )
     datagen_cli.add_subcommands(datagen)
+    operators_cli.add_datagen_subcommands(datagen)  # retrain trains: datagen itself cannot import operators
     operators_cli.add_subcommands(sub)
     _add_serving_subcommands(sub)
     return parser
@@ -135,7 +137,9 @@ def build_parser() -> CliParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pdeserve`` script."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.command_line = ["pdeserve", *argv]  # recorded in the lineage of what the command publishes
     return run_command("pdeserve", args.func, args)
 
 
