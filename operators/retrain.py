@@ -420,6 +420,16 @@ def retrain(options: RetrainOptions, log: Callable[[str], None] = lambda line: N
     seed = options.seed
     if seed is None:
         seed = 1 + max((r.seed for r, _ in old if r.seed is not None), default=-1)
+    recorded = config.get("training", {})
+    base = {f.name: recorded[f.name] for f in fields(TrainingSettings) if f.name in recorded}
+    learning_rate = options.learning_rate or base.get("learning_rate", TrainingSettings.learning_rate) * (
+        1.0 if options.from_scratch else FINE_TUNE_LR_FACTOR
+    )
+    settings = TrainingSettings(
+        **{**base, "epochs": options.epochs, "learning_rate": learning_rate, "device": options.device}
+    )
+    # Settings and the new data's split first: a bad option must not cost a generation.
+    _, new_val, new_test = split(options.n, settings.test_fraction, settings.val_fraction)
     request = GenerationRequest(family, parameters, options.n, config["training_resolution"][0], seed)
     path, new = generate(
         request,
@@ -429,15 +439,6 @@ def retrain(options: RetrainOptions, log: Callable[[str], None] = lambda line: N
         progress=options.progress,
     )
 
-    recorded = config.get("training", {})
-    base = {f.name: recorded[f.name] for f in fields(TrainingSettings) if f.name in recorded}
-    learning_rate = options.learning_rate or base.get("learning_rate", TrainingSettings.learning_rate) * (
-        1.0 if options.from_scratch else FINE_TUNE_LR_FACTOR
-    )
-    settings = TrainingSettings(
-        **{**base, "epochs": options.epochs, "learning_rate": learning_rate, "device": options.device}
-    )
-    _, new_val, new_test = split(new.n_samples, settings.test_fraction, settings.val_fraction)
     new_record = dataset_record(
         path, new, new_val.stop - new_val.start, new_test.stop - new_test.start, repo.root
     )
