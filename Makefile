@@ -8,7 +8,7 @@ GRPC_PORT ?= 9000
 # resolves torch to a multi-GB CUDA wheel. GPU machines: `make install TORCH_SPEC=torch` (any CUDA build).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install serve test lint format protos bench bench-accuracy bundled-model clean
+.PHONY: install serve test lint format protos helm-config bench bench-accuracy bundled-model clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ bench-accuracy: $(STAMP)
 
 protos: $(STAMP)
 	$(PY) -m pdeserve.protos.generate
+
+# The Helm chart's Serve config, generated from pdeserve.serving.serve_config (a test fails when stale).
+helm-config: $(STAMP)
+	$(VENV)/bin/pdeserve serve-config --helm --out helm/pdeserve/files/serve-config.yaml
 
 # The bundled default model (models/darcy-fno), exactly as published in the repository.
 bundled-model: $(STAMP)

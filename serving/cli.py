@@ -1,5 +1,5 @@
-"""The ``pdeserve`` command: ``datagen`` (with ``retrain``), ``train``, ``eval``, ``models``, ``serve``
-and ``solve``.
+"""The ``pdeserve`` command: ``datagen`` (with ``retrain``), ``train``, ``eval``, ``models``, ``serve``,
+``serve-config`` and ``solve``.
 
 Heavy imports (torch, Ray) happen inside the subcommands, so ``--help`` and ``datagen`` stay fast.
 """
@@ -13,12 +13,20 @@ from collections.abc import Sequence
 from pdeserve.datagen import cli as datagen_cli
 from pdeserve.datagen.cli import CliParser, HelpFormatter, run_command
 from pdeserve.operators import cli as operators_cli
+from pdeserve.serving.options import ServingOptions
+from pdeserve.serving.serve_config import ReplicaScaling
 
 DEFAULT_PORT = 9000
 
 SERVE_EXAMPLES = """examples:
   pdeserve serve --repo models
   pdeserve serve --repo models --grpc-port 9000 --address auto   # join a running Ray cluster
+"""
+
+SERVE_CONFIG_EXAMPLES = """examples:
+  pdeserve serve-config > serve.yaml && serve deploy serve.yaml   # on a Ray cluster with /models
+  pdeserve serve-config --repo /mnt/models --max-replicas 4 --replica-gpus 1
+  pdeserve serve-config --helm --out helm/pdeserve/files/serve-config.yaml   # make helm-config
 """
 
 SOLVE_EXAMPLES = """examples:
@@ -44,22 +52,45 @@ def _add_serving_subcommands(sub: argparse._SubParsersAction) -> None:
         help="'local' starts Ray in this process; 'auto' or HOST:PORT joins a cluster",
     )
     serve.add_argument("--metrics-port", type=int, default=8080, help="Prometheus metrics of a local Ray")
-    serve.add_argument(
-        "--max-request-mb", type=float, default=64.0, help="larger requests get RESOURCE_EXHAUSTED"
-    )
-    serve.add_argument("--max-batch-size", type=int, default=32, help="most requests per forward pass")
-    serve.add_argument(
-        "--max-queued-requests",
-        type=int,
-        default=256,
-        help="requests waiting beyond the replica's 64 in flight; more get UNAVAILABLE at once",
-    )
+    _add_serving_options(serve)
     serve.add_argument(
         "--auth-token-env",
         metavar="VAR",
         help="require the token in this environment variable as 'authorization' metadata",
     )
     serve.set_defaults(func=_serve)
+
+    config = sub.add_parser(
+        "serve-config",
+        help="print the Ray Serve config of `pdeserve serve` (YAML), or the Helm chart's copy",
+        description="The Serve config (proxies, servicer functions, the application and its "
+        "autoscaling) that `pdeserve serve` runs, for `serve deploy` or a RayService's serveConfigV2.",
+        epilog=SERVE_CONFIG_EXAMPLES,
+        formatter_class=HelpFormatter,
+    )
+    config.add_argument("--repo", default="/models", help="model repository path on the Ray nodes")
+    config.add_argument("--grpc-port", type=int, default=DEFAULT_PORT, help="port of the gRPC proxy")
+    config.add_argument("--http-port", type=int, default=8000, help="port of the HTTP proxy")
+    config.add_argument("--host", default="0.0.0.0", help="address the HTTP proxy binds")
+    _add_serving_options(config)
+    scaling = ReplicaScaling()
+    config.add_argument("--min-replicas", type=int, default=scaling.min_replicas, help="autoscaling floor")
+    config.add_argument("--max-replicas", type=int, default=scaling.max_replicas, help="autoscaling ceiling")
+    config.add_argument(
+        "--target-ongoing-requests",
+        type=float,
+        default=scaling.target_ongoing_requests,
+        help="requests in flight per replica the autoscaler aims for",
+    )
+    config.add_argument("--replica-cpus", type=float, default=scaling.num_cpus, help="CPUs per replica")
+    config.add_argument("--replica-gpus", type=float, default=scaling.num_gpus, help="GPUs per replica")
+    config.add_argument(
+        "--helm",
+        action="store_true",
+        help="the Helm chart's template: fields the chart's values set become {{ .Values... }}",
+    )
+    config.add_argument("--out", help="write to this file instead of standard output")
+    config.set_defaults(func=_serve_config)
 
     solve = sub.add_parser(
         "solve",
@@ -86,10 +117,32 @@ def _add_serving_subcommands(sub: argparse._SubParsersAction) -> None:
     solve.set_defaults(func=_solve)
 
 
+def _add_serving_options(parser: argparse.ArgumentParser) -> None:
+    """``ServingOptions`` flags, shared by ``serve`` and ``serve-config`` so both describe one config."""
+    parser.add_argument(
+        "--max-request-mb", type=float, default=64.0, help="larger requests get RESOURCE_EXHAUSTED"
+    )
+    parser.add_argument("--max-batch-size", type=int, default=32, help="most requests per forward pass")
+    parser.add_argument(
+        "--max-queued-requests",
+        type=int,
+        default=256,
+        help="requests waiting beyond the replica's 64 in flight; more get UNAVAILABLE at once",
+    )
+
+
+def _serving_options(args: argparse.Namespace, auth_token: str = "") -> ServingOptions:
+    return ServingOptions(
+        max_request_bytes=int(args.max_request_mb * 2**20),
+        auth_token=auth_token,
+        max_batch_size=args.max_batch_size,
+        max_queued_requests=args.max_queued_requests,
+    )
+
+
 def _serve(args: argparse.Namespace) -> None:
     import os
 
-    from pdeserve.serving.options import ServingOptions
     from pdeserve.serving.server import serve_forever
 
     token = ""
@@ -97,12 +150,7 @@ def _serve(args: argparse.Namespace) -> None:
         token = os.environ.get(args.auth_token_env, "")
         if not token:
             raise ValueError(f"--auth-token-env {args.auth_token_env}: that environment variable is empty")
-    options = ServingOptions(
-        max_request_bytes=int(args.max_request_mb * 2**20),
-        auth_token=token,
-        max_batch_size=args.max_batch_size,
-        max_queued_requests=args.max_queued_requests,
-    )
+    options = _serving_options(args, token)
     serve_forever(
         args.repo,
         grpc_port=args.grpc_port,
@@ -110,6 +158,30 @@ def _serve(args: argparse.Namespace) -> None:
         metrics_port=args.metrics_port,
         options=options,
     )
+
+
+def _serve_config(args: argparse.Namespace) -> None:
+    import yaml
+
+    from pdeserve.serving.serve_config import helm_template, serve_config
+
+    scaling = ReplicaScaling(
+        min_replicas=args.min_replicas,
+        max_replicas=args.max_replicas,
+        target_ongoing_requests=args.target_ongoing_requests,
+        num_cpus=args.replica_cpus,
+        num_gpus=args.replica_gpus,
+    )
+    config = serve_config(
+        args.repo, args.grpc_port, args.http_port, args.host, _serving_options(args), scaling
+    )
+    text = helm_template(config) if args.helm else yaml.safe_dump(config, sort_keys=False)
+    if not args.out:
+        print(text, end="")
+        return
+    with open(args.out, "w") as f:
+        f.write(text)
+    print(f"wrote {args.out}", file=sys.stderr)
 
 
 def _solve(args: argparse.Namespace) -> None:
@@ -120,7 +192,9 @@ def _solve(args: argparse.Namespace) -> None:
 
 def build_parser() -> CliParser:
     parser = CliParser(prog="pdeserve", description="Neural-operator PDE solver service.")
-    sub = parser.add_subparsers(dest="command", metavar="{datagen,train,eval,models,serve,solve}")
+    sub = parser.add_subparsers(
+        dest="command", metavar="{datagen,train,eval,models,serve,serve-config,solve}"
+    )
     sub.required = True
     datagen = sub.add_parser(
         "datagen",

@@ -11,22 +11,12 @@ from pathlib import Path
 from pdeserve.operators.repository import ModelRepository
 from pdeserve.serving.options import ServingOptions
 
-APP_NAME = "pdeserve"
-# Ray Serve settings pdeserve runs with (the Helm chart sets the same on its pods).
+# The Serve config (servicer functions, proxy options) lives in serve_config, shared with the Helm chart.
+from pdeserve.serving.serve_config import APP_NAME, serve_options
+from pdeserve.serving.serve_config import GRPC_SERVICER_FUNCTIONS as GRPC_SERVICER_FUNCTIONS
+
+# Ray Serve settings pdeserve runs with (the Helm chart sets the same on its pods; a test checks it).
 SERVE_ENVIRONMENT = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
-GRPC_SERVICER_FUNCTIONS = [
-    "pdeserve.protos.v1.solver_pb2_grpc.add_SolverServicer_to_server",
-    "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
-]
-
-
-def serve_options(grpc_port: int, http_port: int, host: str = "127.0.0.1") -> dict:
-    """Cluster-wide Serve options: the gRPC proxy with pdeserve's services (Serve's gRPC proxy also
-    needs its HTTP proxy, ray-project/ray#38788)."""
-    return {
-        "http_options": {"host": host, "port": http_port},
-        "grpc_options": {"port": grpc_port, "grpc_servicer_functions": GRPC_SERVICER_FUNCTIONS},
-    }
 
 
 def start(
