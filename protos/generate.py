@@ -1,9 +1,11 @@
 """Regenerate the Python gRPC modules from the .proto sources.
 
-The .proto files under ``protos/pdeserve/`` are the source of truth. protoc writes modules that
-import each other as ``pdeserve.v1...``; they are installed as ``pdeserve.protos.v1...``, so the
-import lines and module names are rewritten to the installed path. Ray Serve pickles request messages, so the
-modules must import under that package path in every Ray worker.
+The .proto files are the source of truth: ``protos/pdeserve/v1/solver.proto`` (pdeserve's own API) and
+``protos/inference/grpc_service.proto`` (the Open Inference Protocol v2). protoc writes modules that
+import each other by the proto folder (``pdeserve.v1...``, ``inference...``); they are installed as
+``pdeserve.protos.v1...`` and ``pdeserve.protos.inference...``, so the import lines and module names are
+rewritten to the installed path. Ray Serve pickles request messages, so the modules must import under
+that package path in every Ray worker.
 
 Usage: ``python -m pdeserve.protos.generate [--check]`` (``make protos``).
 """
@@ -17,17 +19,22 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ["pdeserve/v1/solver.proto"]
+# Proto source -> the subpackage of pdeserve.protos its generated modules live in.
+SOURCES = {"pdeserve/v1/solver.proto": "v1", "inference/grpc_service.proto": "inference"}
 
 
 def _rewrite_imports(text: str) -> str:
     # Import lines, and the module name protobuf gives the message classes (pickling finds them by it).
-    text = re.sub(r"^from pdeserve\.v1 import", "from pdeserve.protos.v1 import", text, flags=re.M)
-    return re.sub(r"(['\"])pdeserve\.v1\.(\w+_pb2)\1", r"\1pdeserve.protos.v1.\2\1", text)
+    for source, package in SOURCES.items():
+        module = str(Path(source).parent).replace("/", ".")
+        installed = f"pdeserve.protos.{package}"
+        text = re.sub(rf"^from {re.escape(module)} import", f"from {installed} import", text, flags=re.M)
+        text = re.sub(rf"(['\"]){re.escape(module)}\.(\w+_pb2)\1", rf"\1{installed}.\2\1", text)
+    return text
 
 
 def generate(out_dir: Path) -> list[Path]:
-    """Compile every source into ``out_dir/v1/`` and return the written files."""
+    """Compile every source into ``out_dir/<subpackage>/`` and return the written files."""
     from grpc_tools import protoc  # build-time only: grpc_tools is a dev dependency
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -35,11 +42,13 @@ def generate(out_dir: Path) -> list[Path]:
         if protoc.main([*args, *(str(HERE / s) for s in SOURCES)]) != 0:
             raise RuntimeError("protoc failed")
         written = []
-        for produced in sorted(Path(tmp, "pdeserve", "v1").glob("*_pb2*")):
-            target = out_dir / "v1" / produced.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(_rewrite_imports(produced.read_text()))
-            written.append(target)
+        for source, package in SOURCES.items():
+            stem = Path(source).stem
+            for produced in sorted(Path(tmp, source).parent.glob(f"{stem}_pb2*")):
+                target = out_dir / package / produced.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(_rewrite_imports(produced.read_text()))
+                written.append(target)
         return written
 
 
@@ -52,7 +61,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {path.relative_to(HERE.parent)}")
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        stale = [p.name for p in generate(Path(tmp)) if p.read_text() != (HERE / "v1" / p.name).read_text()]
+        stale = [
+            str(p.relative_to(tmp))
+            for p in generate(Path(tmp))
+            if not (HERE / p.relative_to(tmp)).is_file()
+            or p.read_text() != (HERE / p.relative_to(tmp)).read_text()
+        ]
     if stale:
         print(f"stale generated modules: {', '.join(stale)}; run `make protos`", file=sys.stderr)
         return 1

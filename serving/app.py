@@ -2,7 +2,10 @@
 
 Ray Serve's gRPC proxy routes ``/pdeserve.v1.Solver/Solve`` to the method ``Solve`` of the ingress
 deployment, and ``/grpc.health.v1.Health/Check`` to ``Check``. Errors set a precise status code on the
-``grpc_context`` and return an empty message, so a bad request never disturbs the replica.
+``grpc_context`` and return an empty message, so a bad request never disturbs the replica. The same
+replica answers the Open Inference Protocol v2 (``/inference.GRPCInferenceService/ModelInfer``, ...; see
+``serving/oip.py``) through the same validation, batching and metrics as ``Solve``, and streams
+``Rollout`` (a generator method: Serve's gRPC proxy streams what it yields).
 
 Concurrent ``Solve`` calls for the same model and grid are stacked into one forward pass by
 ``@serve.batch``; models load through ``@serve.multiplexed`` (each replica keeps the most recently used
@@ -17,16 +20,19 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 from ray import serve
 from ray.serve import metrics
 
+from pdeserve.datagen.families import get_family
 from pdeserve.operators.checkpoint import CheckpointError
 from pdeserve.operators.evaluation import relative_l2
 from pdeserve.operators.pairs import reference_outputs
@@ -36,9 +42,16 @@ from pdeserve.protos.v1 import solver_pb2 as pb
 from pdeserve.serving.options import ServingOptions
 from pdeserve.serving.tensors import from_tensor, to_tensor
 
+if TYPE_CHECKING:  # imported by the replicas only, see serving/oip.py
+    from pdeserve.protos.inference import grpc_service_pb2 as oip_pb
+
 logger = logging.getLogger("pdeserve")
 SERVICE_NAME = "pdeserve.v1.Solver"
+# Services Check reports on ("" = the whole server).
+HEALTH_SERVICES = ("", SERVICE_NAME, "inference.GRPCInferenceService")
 MODELS_PER_REPLICA = 8
+# Longest Rollout one request may ask for: a stream holds one of the replica's request slots until done.
+MAX_ROLLOUT_STEPS = 10_000
 
 
 class RequestError(Exception):
@@ -47,6 +60,10 @@ class RequestError(Exception):
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         super().__init__(details)
         self.code = code
+
+    def __reduce__(self) -> tuple:
+        # Ray pickles an exception a streaming handler raises to carry it to the proxy.
+        return type(self), (self.code, str(self))
 
 
 def _field_specs(fields: list[dict], shape: list[int]) -> list[pb.FieldSpec]:
@@ -93,6 +110,7 @@ def _status(exc: Exception) -> tuple[grpc.StatusCode, str] | None:
 
 
 def _fail(grpc_context, exc: Exception, empty: Callable[[], object]):
+    """Set the status of a known failure on ``grpc_context`` and return ``empty()``; re-raise a bug."""
     known = _status(exc)
     if known is None:
         raise exc
@@ -101,19 +119,51 @@ def _fail(grpc_context, exc: Exception, empty: Callable[[], object]):
     return empty()
 
 
+def _decode(request: pb.SolveRequest | pb.RolloutRequest) -> dict[str, np.ndarray]:
+    return {name: from_tensor(tensor, name) for name, tensor in request.inputs.items()}
+
+
+def _split(names: list[str], out: np.ndarray, batched: bool) -> dict[str, np.ndarray]:
+    """Channels of ``(batch, channels, *grid)`` by name, without the batch axis if the caller sent none."""
+    return {name: out[:, i] if batched else out[0, i] for i, name in enumerate(names)}
+
+
+def _trajectory(surrogate: Surrogate) -> tuple[str, float, float | None]:
+    """For a model trained on a time map: the state field it steps (e.g. ``w``), the time of its first
+    predicted state and the time between states (None when the recorded times are not evenly spaced),
+    counting the first input state as t = 0. ``RequestError`` (FAILED_PRECONDITION) for a steady model."""
+    config = surrogate.config
+    time_map = config.get("time_map")
+    if not time_map:
+        raise RequestError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"model {surrogate.name} is not time-dependent (it maps {surrogate.input_names} to "
+            f"{surrogate.output_names}); Rollout needs a model trained on trajectory data with "
+            "--input-steps/--output-steps: use Solve for this one",
+        )
+    family = get_family(config["pde"])
+    params = family.parameters_from(config["pde_parameters"])
+    times = np.array([0.0, *family.coordinates(params, config["training_resolution"][-1])["t"]])
+    steps = np.diff(times)
+    first = float(times[time_map["input_steps"]])
+    return family.outputs[0].name, first, float(steps[0]) if np.allclose(steps, steps[0]) else None
+
+
 class Metrics:
     """pdeserve's own metrics, exported with Ray's on the metrics port (Ray names them ``ray_pdeserve_*``)."""
 
     def __init__(self) -> None:
         tags = ("model", "version")
         self.requests = metrics.Counter(
-            "pdeserve_requests", "Solve requests by outcome", tag_keys=(*tags, "code")
+            "pdeserve_requests",
+            "inference requests (Solve, ModelInfer, Rollout) by outcome",
+            tag_keys=(*tags, "method", "code"),
         )
         self.latency = metrics.Histogram(
             "pdeserve_request_latency_ms",
-            "Solve latency inside the replica (validation, queueing, inference)",
+            "inference request latency inside the replica (validation, queueing, inference; a whole Rollout)",
             boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000],
-            tag_keys=tags,
+            tag_keys=(*tags, "method"),
         )
         self.batch_size = metrics.Histogram(
             "pdeserve_batch_size",
@@ -151,6 +201,9 @@ class SolverService:
         self.repository = ModelRepository(repo)
         self.options = ServingOptions(**(options or {}))
         self.metrics = Metrics()
+        from pdeserve.serving import oip  # here, not at the top: see serving/oip.py
+
+        self.oip = oip
         self._infer.set_max_batch_size(self.options.max_batch_size)
         self._infer.set_batch_wait_timeout_s(self.options.batch_wait_s)
         self._ready = 0
@@ -203,49 +256,121 @@ class SolverService:
                 results[i] = out[offsets[j] : offsets[j + 1]]
         return results
 
-    async def Solve(self, request: pb.SolveRequest, grpc_context) -> pb.SolveResponse:
+    async def _answer(
+        self,
+        method: str,
+        grpc_context,
+        model: str,
+        version: str,
+        empty: Callable[[], Message],
+        answer: Callable[[float], Awaitable[tuple[Message, str]]],
+    ) -> Message:
+        """Authenticate, run ``answer(started)`` (which returns the response and the version that served
+        it), give a known failure its status, and count the request in pdeserve's metrics."""
         started = time.perf_counter()
-        tags = {"model": request.model or "-", "version": request.version or "-"}
+        tags = {"model": model or "-", "version": version or "-", "method": method}
         try:
-            response = await self._solve(request, grpc_context, started)
-            tags["version"] = response.version
+            self._authorize(grpc_context)
+            response, tags["version"] = await answer(started)
             code = grpc.StatusCode.OK
         except Exception as exc:  # every known failure gets its status; the replica keeps serving
-            response = _fail(grpc_context, exc, pb.SolveResponse)
+            response = _fail(grpc_context, exc, empty)
             code = _status(exc)[0]
-        self.metrics.requests.inc(tags={**tags, "code": code.name})
-        self.metrics.latency.observe((time.perf_counter() - started) * 1e3, tags=tags)
+        self._count(tags, code, started)
         return response
 
-    async def _solve(self, request: pb.SolveRequest, grpc_context, started: float) -> pb.SolveResponse:
-        self._authorize(grpc_context)
+    def _count(self, tags: dict[str, str], code: grpc.StatusCode, started: float) -> None:
+        self.metrics.requests.inc(tags={**tags, "code": code.name})
+        self.metrics.latency.observe((time.perf_counter() - started) * 1e3, tags=tags)
+
+    async def _lookup(self, request: Message, model: str, version: str, model_field: str) -> Surrogate:
+        """The checks every inference request starts with, whatever its protocol: the size limit and
+        the model (``model_field`` names the request field that holds ``model`` in errors)."""
         size = request.ByteSize()
         if size > self.options.max_request_bytes:
             raise RequestError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"request of {size} bytes is above this server's limit of {self.options.max_request_bytes}",
             )
-        if not request.model:
-            raise InvalidInputError("SolveRequest.model is empty: name a model (ListModels lists them)")
-        surrogate = await self._model(request.model, request.version)
-        inputs = {name: from_tensor(tensor, name) for name, tensor in request.inputs.items()}
+        if not model:
+            raise InvalidInputError(f"{model_field} is empty: name a model (ListModels lists them)")
+        return await self._model(model, version)
+
+    async def _predict(
+        self,
+        request: Message,
+        model: str,
+        version: str,
+        model_field: str,
+        decode: Callable[[Surrogate], dict[str, np.ndarray]],
+    ) -> tuple[Surrogate, dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """``_lookup``, ``decode(surrogate)`` of the wire tensors, the model's own validation and one
+        (batched) forward pass: the surrogate, the inputs and the outputs by name, in the inputs' batch
+        layout."""
+        surrogate = await self._lookup(request, model, version, model_field)
+        inputs = decode(surrogate)
         stacked, batched = surrogate.validate(inputs)
         out = await self._infer((surrogate, stacked))
-        outputs = {name: out[:, i] if batched else out[0, i] for i, name in enumerate(surrogate.output_names)}
-        response = pb.SolveResponse(
-            model=surrogate.name,
-            version=surrogate.version,
-            inference_ms=(time.perf_counter() - started) * 1e3,
+        return surrogate, inputs, _split(surrogate.output_names, out, batched)
+
+    async def Solve(self, request: pb.SolveRequest, grpc_context) -> pb.SolveResponse:
+        async def answer(started: float) -> tuple[pb.SolveResponse, str]:
+            surrogate, inputs, outputs = await self._predict(
+                request, request.model, request.version, "SolveRequest.model", lambda _: _decode(request)
+            )
+            response = pb.SolveResponse(
+                model=surrogate.name,
+                version=surrogate.version,
+                inference_ms=(time.perf_counter() - started) * 1e3,
+            )
+            for name, array in outputs.items():
+                response.outputs[name].CopyFrom(to_tensor(array))
+            if request.reference:
+                await asyncio.to_thread(self._reference, surrogate, inputs, outputs, response)
+                for value in response.reference_relative_l2.values():
+                    self.metrics.reference_error.observe(
+                        value, tags={"model": surrogate.name, "version": surrogate.version}
+                    )
+            return response, surrogate.version
+
+        return await self._answer(
+            "Solve", grpc_context, request.model, request.version, pb.SolveResponse, answer
         )
-        for name, array in outputs.items():
-            response.outputs[name].CopyFrom(to_tensor(array))
-        if request.reference:
-            await asyncio.to_thread(self._reference, surrogate, inputs, outputs, response)
-            for value in response.reference_relative_l2.values():
-                self.metrics.reference_error.observe(
-                    value, tags={"model": surrogate.name, "version": surrogate.version}
+
+    async def Rollout(self, request: pb.RolloutRequest, grpc_context) -> AsyncIterator[pb.RolloutStep]:
+        """Stream ``request.steps`` predicted states of a time-mapped model, feeding each forward pass's
+        states back as the next input window (the last ``input_steps`` states)."""
+        started = time.perf_counter()
+        tags = {"model": request.model or "-", "version": request.version or "-", "method": "Rollout"}
+        try:
+            self._authorize(grpc_context)
+            if not 1 <= request.steps <= MAX_ROLLOUT_STEPS:
+                raise InvalidInputError(
+                    f"RolloutRequest.steps is {request.steps}; ask for 1 to {MAX_ROLLOUT_STEPS} steps"
                 )
-        return response
+            surrogate = await self._lookup(request, request.model, request.version, "RolloutRequest.model")
+            tags["version"] = surrogate.version
+            field, first_time, interval = _trajectory(surrogate)
+            window, batched = surrogate.validate(_decode(request))
+            step = 0
+            while step < request.steps:
+                out = await self._infer((surrogate, window))
+                for j in range(min(out.shape[1], request.steps - step)):
+                    message = pb.RolloutStep(model=surrogate.name, version=surrogate.version, step=step)
+                    if interval is not None:
+                        message.time = first_time + step * interval
+                    message.outputs[field].CopyFrom(to_tensor(out[:, j] if batched else out[0, j]))
+                    yield message
+                    step += 1
+                # Sliding window: the newest input_steps states, predictions included, are the next input.
+                window = np.concatenate([window, out], axis=1)[:, -window.shape[1] :]
+        except Exception as exc:
+            _fail(grpc_context, exc, lambda: None)
+            self._count(tags, _status(exc)[0], started)
+            # Unlike a unary answer, a stream's status reaches the client only if the generator raises:
+            # Serve then sends the code set on grpc_context (ray-project/ray#58851).
+            raise
+        self._count(tags, grpc.StatusCode.OK, started)
 
     @staticmethod
     def _reference(
@@ -284,9 +409,11 @@ class SolverService:
 
     def Check(self, request: health_pb2.HealthCheckRequest, grpc_context) -> health_pb2.HealthCheckResponse:
         """grpc.health.v1: SERVING once at least one model is loaded (probes need no token)."""
-        if request.service not in ("", SERVICE_NAME):
+        if request.service not in HEALTH_SERVICES:
             grpc_context.set_code(grpc.StatusCode.NOT_FOUND)
-            grpc_context.set_details(f"unknown service {request.service!r}; this server has {SERVICE_NAME!r}")
+            grpc_context.set_details(
+                f"unknown service {request.service!r}; this server has {', '.join(HEALTH_SERVICES[1:])}"
+            )
             return health_pb2.HealthCheckResponse()
         status = (
             health_pb2.HealthCheckResponse.SERVING
@@ -294,6 +421,70 @@ class SolverService:
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         return health_pb2.HealthCheckResponse(status=status)
+
+    # Open Inference Protocol v2 (inference.GRPCInferenceService); see serving/oip.py for the mapping.
+
+    def ServerLive(self, request: oip_pb.ServerLiveRequest, grpc_context) -> oip_pb.ServerLiveResponse:
+        """Live whenever a replica answers (probes need no token)."""
+        return self.oip.pb.ServerLiveResponse(live=True)
+
+    def ServerReady(self, request: oip_pb.ServerReadyRequest, grpc_context) -> oip_pb.ServerReadyResponse:
+        """Ready once at least one model is loaded, like ``Check`` (probes need no token)."""
+        return self.oip.pb.ServerReadyResponse(ready=self._ready > 0)
+
+    async def ModelReady(self, request: oip_pb.ModelReadyRequest, grpc_context) -> oip_pb.ModelReadyResponse:
+        """Whether the model (and version) loads. As Triton does, an unknown model or version is "not
+        ready" with status OK, and so is a damaged checkpoint."""
+        try:
+            self._authorize(grpc_context)
+            try:
+                await self._model(request.name, request.version)
+            except (ModelNotFoundError, CheckpointError):
+                return self.oip.pb.ModelReadyResponse(ready=False)
+            return self.oip.pb.ModelReadyResponse(ready=True)
+        except Exception as exc:
+            return _fail(grpc_context, exc, self.oip.pb.ModelReadyResponse)
+
+    def ServerMetadata(
+        self, request: oip_pb.ServerMetadataRequest, grpc_context
+    ) -> oip_pb.ServerMetadataResponse:
+        try:
+            self._authorize(grpc_context)
+            return self.oip.server_metadata()
+        except Exception as exc:
+            return _fail(grpc_context, exc, self.oip.pb.ServerMetadataResponse)
+
+    async def ModelMetadata(
+        self, request: oip_pb.ModelMetadataRequest, grpc_context
+    ) -> oip_pb.ModelMetadataResponse:
+        try:
+            self._authorize(grpc_context)
+            surrogate = await self._model(request.name, request.version)
+            return self.oip.model_metadata(surrogate, self.repository.versions(request.name))
+        except Exception as exc:
+            return _fail(grpc_context, exc, self.oip.pb.ModelMetadataResponse)
+
+    async def ModelInfer(self, request: oip_pb.ModelInferRequest, grpc_context) -> oip_pb.ModelInferResponse:
+        """Solve through the Open Inference Protocol: the same checks, batching and metrics as ``Solve``."""
+
+        async def answer(started: float) -> tuple[oip_pb.ModelInferResponse, str]:
+            surrogate, _, outputs = await self._predict(
+                request,
+                request.model_name,
+                request.model_version,
+                "ModelInferRequest.model_name",
+                lambda surrogate: self.oip.decode_inputs(request, surrogate),
+            )
+            return self.oip.infer_response(request, surrogate, outputs), surrogate.version
+
+        return await self._answer(
+            "ModelInfer",
+            grpc_context,
+            request.model_name,
+            request.model_version,
+            self.oip.pb.ModelInferResponse,
+            answer,
+        )
 
 
 def build_app(

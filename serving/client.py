@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -22,6 +23,25 @@ class SolverError(RuntimeError):
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         super().__init__(f"{code.name}: {details}")
         self.code = code
+
+
+@dataclass(frozen=True)
+class RolloutStep:
+    """One streamed state of a rollout.
+
+    Parameters
+    ----------
+    step : int
+        0 for the first predicted state.
+    time : float or None
+        Model time of the state (the first input state is t = 0), None when the model does not know it.
+    outputs : dict of str to ndarray
+        The state by field name (e.g. ``"w"``), in the inputs' batch layout, float32.
+    """
+
+    step: int
+    time: float | None
+    outputs: dict[str, np.ndarray]
 
 
 class SolverClient:
@@ -106,6 +126,28 @@ class SolverClient:
             for lo in range(0, n, batch_size)
         ]
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+    def rollout(
+        self, model: str, inputs: Mapping[str, np.ndarray], steps: int, version: str = ""
+    ) -> Iterator[RolloutStep]:
+        """Roll a time-dependent model forward ``steps`` states from ``inputs`` (its input states by
+        name, ``(*grid)`` or ``(batch, *grid)``), yielding each state as the server streams it.
+
+        The client's deadline covers the whole stream, and a stream is never retried (it may have
+        yielded states already); errors raise ``SolverError`` while iterating.
+        """
+        request = pb.RolloutRequest(model=model, version=version, steps=steps)
+        for name, array in inputs.items():
+            request.inputs[name].CopyFrom(to_tensor(array))
+        try:
+            for message in self.stub.Rollout(request, timeout=self.timeout, metadata=self.metadata or None):
+                yield RolloutStep(
+                    step=message.step,
+                    time=message.time if message.HasField("time") else None,
+                    outputs={name: from_tensor(t, name) for name, t in message.outputs.items()},
+                )
+        except grpc.RpcError as exc:
+            raise SolverError(exc.code(), exc.details()) from None
 
     def list_models(self) -> list[pb.ModelInfo]:
         return list(self._call(self.stub.ListModels, pb.ListModelsRequest()).models)

@@ -1,8 +1,10 @@
-"""Conversion between numpy arrays and ``pdeserve.v1.Tensor`` (raw little-endian bytes + shape + dtype)."""
+"""Conversion between numpy arrays and ``pdeserve.v1.Tensor`` (raw little-endian bytes + shape + dtype),
+and the checks any raw-bytes tensor on the wire needs (shared with the Open Inference Protocol)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -29,14 +31,28 @@ def from_tensor(tensor: pb.Tensor, name: str) -> np.ndarray:
         allowed = ", ".join(pb.DType.Name(d) for d in NUMPY_DTYPES)
         given = pb.DType.Name(tensor.dtype) if tensor.dtype in pb.DType.values() else str(tensor.dtype)
         raise InvalidInputError(f"input {name!r} has dtype {given}; expected one of {allowed}")
-    shape = tuple(tensor.shape)
+    return array_from_bytes(
+        tensor.data, tensor.shape, NUMPY_DTYPES[tensor.dtype], name, pb.DType.Name(tensor.dtype)
+    )
+
+
+def checked_shape(shape: Sequence[int], name: str) -> tuple[int, ...]:
+    """``shape`` as a tuple; ``InvalidInputError`` naming input ``name`` if a dimension is negative."""
+    shape = tuple(shape)
     if any(s < 0 for s in shape):
         raise InvalidInputError(f"input {name!r} has a negative dimension in shape {shape}")
-    dtype = NUMPY_DTYPES[tensor.dtype]
+    return shape
+
+
+def array_from_bytes(
+    data: bytes, shape: Sequence[int], dtype: np.dtype, name: str, dtype_name: str
+) -> np.ndarray:
+    """The array of ``shape`` held in the row-major bytes ``data`` (read as ``dtype``, which the wire
+    calls ``dtype_name``); ``InvalidInputError`` naming input ``name`` if the byte count disagrees."""
+    shape = checked_shape(shape, name)
     expected = math.prod(shape) * dtype.itemsize
-    if len(tensor.data) != expected:
+    if len(data) != expected:
         raise InvalidInputError(
-            f"input {name!r}: shape {shape} as {pb.DType.Name(tensor.dtype)} needs {expected} "
-            f"bytes, got {len(tensor.data)}"
+            f"input {name!r}: shape {shape} as {dtype_name} needs {expected} bytes, got {len(data)}"
         )
-    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+    return np.frombuffer(data, dtype=dtype).reshape(shape)

@@ -21,3 +21,28 @@ def test_messages_pickle_under_their_installed_module_path():
     assert pickle.loads(pickle.dumps(request)) == request
     assert pb.DESCRIPTOR.package == "pdeserve.v1"
     assert pb.DESCRIPTOR.services_by_name["Solver"].full_name == "pdeserve.v1.Solver"
+    rollout = pb.DESCRIPTOR.services_by_name["Solver"].methods_by_name["Rollout"]
+    assert rollout.server_streaming and not rollout.client_streaming
+
+
+# Run in a fresh interpreter: tritonclient (imported by the OIP tests) defines the same inference.*
+# messages in protobuf's default descriptor pool, so the two cannot share a process.
+OIP_CHECK = """
+import pickle
+from pdeserve.protos.inference import grpc_service_pb2 as oip
+request = oip.ModelInferRequest(model_name="m", raw_input_contents=[b"\\0" * 4])
+request.inputs.add(name="a", datatype="FP32", shape=[1])
+assert type(request).__module__ == "pdeserve.protos.inference.grpc_service_pb2"
+assert pickle.loads(pickle.dumps(request)) == request
+service = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+print(service.full_name, sorted(m.name for m in service.methods))
+"""
+
+
+def test_oip_messages_pickle_under_their_installed_module_path():
+    done = subprocess.run([sys.executable, "-c", OIP_CHECK], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split(" ", 1) == [
+        "inference.GRPCInferenceService",
+        "['ModelInfer', 'ModelMetadata', 'ModelReady', 'ServerLive', 'ServerMetadata', 'ServerReady']\n",
+    ]

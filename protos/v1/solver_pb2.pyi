@@ -152,3 +152,43 @@ class ModelInfo(_message.Message):
     created_at: str
     parameter_count: int
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., architecture: _Optional[str] = ..., pde: _Optional[str] = ..., pde_parameters_json: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., min_resolution: _Optional[int] = ..., max_resolution: _Optional[int] = ..., resolution_multiple: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., dataset_fingerprint: _Optional[str] = ..., created_at: _Optional[str] = ..., parameter_count: _Optional[int] = ...) -> None: ...
+
+class RolloutRequest(_message.Message):
+    __slots__ = ("model", "version", "inputs", "steps")
+    class InputsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Tensor
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: str
+    inputs: _containers.MessageMap[str, Tensor]
+    steps: int
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., inputs: _Optional[_Mapping[str, Tensor]] = ..., steps: _Optional[int] = ...) -> None: ...
+
+class RolloutStep(_message.Message):
+    __slots__ = ("model", "version", "step", "time", "outputs")
+    class OutputsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Tensor
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: str
+    step: int
+    time: float
+    outputs: _containers.MessageMap[str, Tensor]
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., step: _Optional[int] = ..., time: _Optional[float] = ..., outputs: _Optional[_Mapping[str, Tensor]] = ...) -> None: ...

@@ -49,6 +49,11 @@ class SolverStub:
                 request_serializer=pdeserve_dot_v1_dot_solver__pb2.GetModelRequest.SerializeToString,
                 response_deserializer=pdeserve_dot_v1_dot_solver__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.Rollout = channel.unary_stream(
+                '/pdeserve.v1.Solver/Rollout',
+                request_serializer=pdeserve_dot_v1_dot_solver__pb2.RolloutRequest.SerializeToString,
+                response_deserializer=pdeserve_dot_v1_dot_solver__pb2.RolloutStep.FromString,
+                _registered_method=True)
 
 
 class SolverServicer:
@@ -75,6 +80,14 @@ class SolverServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Rollout(self, request, context):
+        """Roll a time-dependent model (one trained on a time map, e.g. Navier-Stokes) forward in time: each
+        predicted state is streamed as soon as it is computed and fed back as input for the next ones.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SolverServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +105,11 @@ def add_SolverServicer_to_server(servicer, server):
                     servicer.GetModel,
                     request_deserializer=pdeserve_dot_v1_dot_solver__pb2.GetModelRequest.FromString,
                     response_serializer=pdeserve_dot_v1_dot_solver__pb2.ModelInfo.SerializeToString,
+            ),
+            'Rollout': grpc.unary_stream_rpc_method_handler(
+                    servicer.Rollout,
+                    request_deserializer=pdeserve_dot_v1_dot_solver__pb2.RolloutRequest.FromString,
+                    response_serializer=pdeserve_dot_v1_dot_solver__pb2.RolloutStep.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +193,33 @@ class Solver:
             '/pdeserve.v1.Solver/GetModel',
             pdeserve_dot_v1_dot_solver__pb2.GetModelRequest.SerializeToString,
             pdeserve_dot_v1_dot_solver__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pdeserve.v1.Solver/Rollout',
+            pdeserve_dot_v1_dot_solver__pb2.RolloutRequest.SerializeToString,
+            pdeserve_dot_v1_dot_solver__pb2.RolloutStep.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,1 @@
+"""Generated modules of ``inference``, the Open Inference Protocol v2 (``make protos``)."""

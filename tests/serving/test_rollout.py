@@ -1,0 +1,110 @@
+"""Server-streaming Rollout of time-dependent models: tiny Navier-Stokes models trained here, served as a
+second application on the session's Ray instance, streamed and compared with in-process autoregression."""
+
+import subprocess
+import sys
+
+import grpc
+import numpy as np
+import pytest
+from ray import serve
+
+from pdeserve.datagen.dataset import load_dataset
+from pdeserve.operators import load_model
+from pdeserve.serving.app import MAX_ROLLOUT_STEPS
+from pdeserve.serving.client import SolverClient, SolverError
+from pdeserve.serving.server import APP_NAME
+
+APP = "rollout"
+RECORD_EVERY = 0.5
+pytestmark = pytest.mark.ray
+
+
+def pdeserve(*args: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pdeserve.serving.cli", *args], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A dataset and a repository with two small next-state models: 1 state -> 1, and 2 states -> 2."""
+    root = tmp_path_factory.mktemp("rollout")
+    data, repo = root / "ns.h5", root / "repo"
+    pdeserve(
+        "datagen", "navier-stokes", "--n", "12", "--resolution", "32", "--final-time", "3", "--seed", "3",
+        "--record-every", str(RECORD_EVERY), "--time-step", "0.005", "--out", str(data), "--quiet",
+    )  # fmt: skip
+    for name, steps in (("ns-1", "1"), ("ns-2", "2")):
+        pdeserve(
+            "train", "--data", str(data), "--model", "fno", "--repo", str(repo), "--name", name,
+            "--input-steps", steps, "--output-steps", steps, "--epochs", "2", "--device", "cpu",
+            "--arg", "hidden_channels=8", "--arg", "n_modes=[6,6]", "--quiet",
+        )  # fmt: skip
+    return load_dataset(data), repo
+
+
+@pytest.fixture(scope="module")
+def client(serve_apps, trained):
+    target = serve_apps.deploy(APP, trained[1])
+    with SolverClient(target, timeout=60, application=APP) as c:
+        yield c
+    # Not waiting: a deleted direct-ingress replica stays up for Serve's 30 s draining period.
+    serve.delete(APP, _blocking=False)
+
+
+def autoregress(model, states: list[np.ndarray], steps: int) -> list[np.ndarray]:
+    """In-process reference: ``model.predict`` on the newest input_steps states, its predictions appended."""
+    k = len(model.input_names)
+    while len(states) < k + steps:
+        predicted = model.predict(dict(zip(model.input_names, states[-k:], strict=True)))
+        states = states + [predicted[name] for name in model.output_names]
+    return states[k : k + steps]
+
+
+@pytest.mark.parametrize(("name", "steps"), [("ns-1", 4), ("ns-2", 5)])
+def test_rollout_streams_each_step_equal_to_in_process_autoregression(client, trained, name, steps):
+    data, repo = trained
+    model = load_model(repo, name)
+    trajectory = np.concatenate([data.inputs["w0"][:, None], data.outputs["w"]], axis=1)[:2]  # (2, t, x, y)
+    k = len(model.input_names)
+    initial = dict(zip(model.input_names, (trajectory[:, i] for i in range(k)), strict=True))
+    expected = autoregress(model, [trajectory[:, i] for i in range(k)], steps)
+
+    streamed = list(client.rollout(name, initial, steps))
+    assert [s.step for s in streamed] == list(range(steps))
+    # Times count the first input state as t = 0: the first prediction is the state after the k inputs.
+    np.testing.assert_allclose([s.time for s in streamed], RECORD_EVERY * np.arange(k, k + steps), atol=1e-12)
+    for got, want in zip(streamed, expected, strict=True):
+        assert list(got.outputs) == ["w"] and got.outputs["w"].shape == (2, 32, 32)
+        np.testing.assert_allclose(got.outputs["w"], want, atol=1e-5, rtol=0)
+
+    # One sample without a batch axis streams states without one.
+    single = [s.outputs["w"] for s in client.rollout(name, {n: v[0] for n, v in initial.items()}, 2)]
+    assert [s.shape for s in single] == [(32, 32), (32, 32)]
+    np.testing.assert_allclose(single, [e[0] for e in expected[:2]], atol=1e-5, rtol=0)
+
+
+def test_bad_rollouts_get_precise_statuses(client, trained, grpc_target):
+    w0 = trained[0].inputs["w0"][0]
+
+    def status(model: str, inputs: dict, steps: int, application: str = APP) -> tuple[grpc.StatusCode, str]:
+        with (
+            SolverClient(grpc_target, timeout=60, application=application) as c,
+            pytest.raises(SolverError) as caught,
+        ):
+            list(c.rollout(model, inputs, steps))
+        return caught.value.code, str(caught.value)
+
+    assert status("ns-1", {"w0": w0}, 0)[0] == grpc.StatusCode.INVALID_ARGUMENT
+    code, message = status("ns-1", {"w0": w0}, MAX_ROLLOUT_STEPS + 1)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and f"1 to {MAX_ROLLOUT_STEPS} steps" in message
+    assert status("ns-1", {"a": w0}, 3)[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert status("ns-1", {"w0": np.full_like(w0, np.inf)}, 3)[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert status("no-such-model", {"w0": w0}, 3)[0] == grpc.StatusCode.NOT_FOUND
+    # A steady model (the bundled Darcy FNO, in the main application) cannot be rolled out.
+    code, message = status("darcy-fno", {"a": np.ones((64, 64), np.float32)}, 3, application=APP_NAME)
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "not time-dependent" in message
+    # The stream after the errors still works.
+    assert [s.step for s in client.rollout("ns-1", {"w0": w0}, 2)] == [0, 1]
