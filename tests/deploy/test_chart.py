@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -143,9 +145,14 @@ def test_serve_config_validates_and_imports(rendered):
     assert schema.grpc_options.port == 9000
     functions = config["grpc_options"]["grpc_servicer_functions"]
     assert len(functions) == 3
-    for path in functions:
-        module, _, name = path.rpartition(".")
-        assert callable(getattr(importlib.import_module(module), name)), path
+    # In a fresh interpreter, as on the cluster: this test process has tritonclient loaded (test_oip),
+    # whose own copy of the inference.* protos shares protobuf's default pool with ours.
+    check = "import importlib, sys\nfor path in sys.argv[1:]:\n" + (
+        "    module, _, name = path.rpartition('.')\n"
+        "    assert callable(getattr(importlib.import_module(module), name)), path\n"
+    )
+    imported = subprocess.run([sys.executable, "-c", check, *functions], capture_output=True, text=True)
+    assert imported.returncode == 0, imported.stderr
     (application,) = config["applications"]
     module, _, name = application["import_path"].partition(":")
     builder = getattr(importlib.import_module(module), name)
