@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -177,17 +177,3 @@ def _generate(args: argparse.Namespace) -> None:
         progress=not args.quiet,
     )
     print(f"wrote {args.n} {family.name} samples at {args.resolution} to {path}")
-
-
-def main(argv: Sequence[str] | None = None, prog: str = "datagen") -> int:
-    """Entry point of the ``datagen`` script."""
-    parser = CliParser(
-        prog=prog, description="Generate PDE datasets with classical solvers.", epilog=EXAMPLES
-    )
-    add_subcommands(parser)
-    args = parser.parse_args(argv)
-    return run_command(prog, args.func, args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -190,6 +190,11 @@ def _solve(args: argparse.Namespace) -> None:
     solve_command(args)
 
 
+def _add_datagen_subcommands(datagen: argparse.ArgumentParser) -> None:
+    datagen_cli.add_subcommands(datagen)
+    operators_cli.add_datagen_subcommands(datagen)  # retrain trains: datagen itself cannot import operators
+
+
 def build_parser() -> CliParser:
     parser = CliParser(prog="pdeserve", description="Neural-operator PDE solver service.")
     sub = parser.add_subparsers(
@@ -202,8 +207,7 @@ def build_parser() -> CliParser:
         epilog=datagen_cli.EXAMPLES,
         formatter_class=HelpFormatter,
     )
-    datagen_cli.add_subcommands(datagen)
-    operators_cli.add_datagen_subcommands(datagen)  # retrain trains: datagen itself cannot import operators
+    _add_datagen_subcommands(datagen)
     operators_cli.add_subcommands(sub)
     _add_serving_subcommands(sub)
     return parser
@@ -215,6 +219,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.command_line = ["pdeserve", *argv]  # recorded in the lineage of what the command publishes
     return run_command("pdeserve", args.func, args)
+
+
+def datagen_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``datagen`` script, equal to ``pdeserve datagen`` (``retrain`` included)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = CliParser(
+        prog="datagen",
+        description="Generate PDE datasets with classical solvers (the same as `pdeserve datagen`).",
+        epilog=datagen_cli.EXAMPLES,
+        formatter_class=HelpFormatter,
+    )
+    _add_datagen_subcommands(parser)
+    args = parser.parse_args(argv)
+    args.command_line = ["datagen", *argv]
+    return run_command("datagen", args.func, args)
 
 
 if __name__ == "__main__":

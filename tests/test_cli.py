@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -65,3 +66,18 @@ def test_errors_are_one_line_and_non_zero(tmp_path, args, code, message):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], done.stderr
     assert lines[0].startswith("pdeserve")
+
+
+def test_datagen_script_equals_pdeserve_datagen():
+    """The installed ``datagen`` script has every ``pdeserve datagen`` subcommand, retrain included."""
+    script = Path(sys.executable).with_name("datagen")
+    ours = subprocess.run([script, "--help"], capture_output=True, text=True)
+    theirs = pdeserve("datagen", "--help")
+    assert ours.returncode == theirs.returncode == 0
+    choices = "{list,inspect,burgers,darcy,navier-stokes,helmholtz,retrain}"
+    assert choices in " ".join(ours.stdout.split()) and choices in " ".join(theirs.stdout.split())
+    refused = subprocess.run(
+        [script, "darcy", "--n", "-1", "--resolution", "64", "--out", "x.h5"], capture_output=True, text=True
+    )
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == "datagen: error: --n must be at least 1, got -1"
