@@ -200,6 +200,7 @@ class SolverService:
     async def __init__(self, repo: str, options: dict | None = None) -> None:
         self.repository = ModelRepository(repo)
         self.options = ServingOptions(**(options or {}))
+        self.auth_token = self.options.resolved_auth_token()
         self.metrics = Metrics()
         from pdeserve.serving import oip  # here, not at the top: see serving/oip.py
 
@@ -230,7 +231,7 @@ class SolverService:
         return await self._load(f"{name}:{version}")
 
     def _authorize(self, grpc_context) -> None:
-        token = self.options.auth_token
+        token = self.auth_token
         if not token:
             return
         metadata = dict(grpc_context.invocation_metadata() or [])
@@ -503,7 +504,7 @@ def build_app(
 
 def app_builder(args: dict[str, str]) -> serve.Application:
     """Application builder for Serve config files and KubeRay's ``serveConfigV2``
-    (``import_path: pdeserve.serving.app:app_builder``, ``args: {repo: /models, auth_token: ...}``);
+    (``import_path: pdeserve.serving.app:app_builder``, ``args: {repo: /models, auth_token_env: ...}``);
     every ``ServingOptions`` field may be given, as a string."""
     fields = ServingOptions.__dataclass_fields__
     unknown = sorted(set(args) - {"repo", *fields})

@@ -53,11 +53,6 @@ def _add_serving_subcommands(sub: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--metrics-port", type=int, default=8080, help="Prometheus metrics of a local Ray")
     _add_serving_options(serve)
-    serve.add_argument(
-        "--auth-token-env",
-        metavar="VAR",
-        help="require the token in this environment variable as 'authorization' metadata",
-    )
     serve.set_defaults(func=_serve)
 
     config = sub.add_parser(
@@ -114,6 +109,12 @@ def _add_serving_subcommands(sub: argparse._SubParsersAction) -> None:
         help="also run the classical solver on the server and report the surrogate's error",
     )
     solve.add_argument("--timeout", type=float, default=60.0, help="deadline in seconds")
+    solve.add_argument(
+        "--token-env",
+        metavar="VAR",
+        default="PDESERVE_AUTH_TOKEN",
+        help="send the token this environment variable holds, when set, as 'authorization' metadata",
+    )
     solve.set_defaults(func=_solve)
 
 
@@ -129,28 +130,30 @@ def _add_serving_options(parser: argparse.ArgumentParser) -> None:
         default=256,
         help="requests waiting beyond the replica's 64 in flight; more get UNAVAILABLE at once",
     )
+    parser.add_argument(
+        "--auth-token-env",
+        metavar="VAR",
+        default="",
+        help="require the token this environment variable holds (on the replicas' nodes) "
+        "as 'authorization' metadata",
+    )
 
 
-def _serving_options(args: argparse.Namespace, auth_token: str = "") -> ServingOptions:
+def _serving_options(args: argparse.Namespace) -> ServingOptions:
     return ServingOptions(
         max_request_bytes=int(args.max_request_mb * 2**20),
-        auth_token=auth_token,
+        auth_token_env=args.auth_token_env,
         max_batch_size=args.max_batch_size,
         max_queued_requests=args.max_queued_requests,
     )
 
 
 def _serve(args: argparse.Namespace) -> None:
-    import os
-
     from pdeserve.serving.server import serve_forever
 
-    token = ""
-    if args.auth_token_env:
-        token = os.environ.get(args.auth_token_env, "")
-        if not token:
-            raise ValueError(f"--auth-token-env {args.auth_token_env}: that environment variable is empty")
-    options = _serving_options(args, token)
+    options = _serving_options(args)
+    if args.address == "local":  # the replicas inherit this environment: refuse a missing token now
+        options.resolved_auth_token()
     serve_forever(
         args.repo,
         grpc_port=args.grpc_port,

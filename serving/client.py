@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -185,7 +186,8 @@ def solve_command(args: argparse.Namespace) -> None:
     path = Path(args.input)
     if not path.is_file():
         raise FileNotFoundError(f"no such input file: {path}")
-    with SolverClient(args.target, timeout=args.timeout) as client:
+    token = os.environ.get(args.token_env, "").strip() or None
+    with SolverClient(args.target, timeout=args.timeout, token=token) as client:
         info = client.get_model(args.model, args.version)
         inputs, truth = _read_inputs(path, info)
         response = client.solve_response(args.model, inputs, args.version, reference=args.reference)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -15,7 +17,11 @@ class ServingOptions:
         Largest ``SolveRequest`` accepted; larger ones get RESOURCE_EXHAUSTED.
     auth_token : str
         Shared secret expected in the ``authorization`` metadata (``Bearer TOKEN`` or ``TOKEN``);
-        empty turns authentication off.
+        empty turns authentication off unless ``auth_token_env`` names one.
+    auth_token_env : str
+        Name of an environment variable holding that secret on the replicas' nodes (e.g. set from a
+        Kubernetes Secret), read when a replica starts: a Serve config names the variable, never the
+        secret, since it is stored in plain text.
     max_batch_size : int
         Most requests stacked into one forward pass.
     batch_wait_s : float
@@ -30,7 +36,21 @@ class ServingOptions:
 
     max_request_bytes: int = 64 * 2**20
     auth_token: str = ""
+    auth_token_env: str = ""
     max_batch_size: int = 32
     batch_wait_s: float = 0.002
     max_ongoing_requests: int = 64
     max_queued_requests: int = 256
+
+    def resolved_auth_token(self, environ: Mapping[str, str] = os.environ) -> str:
+        """The token requests must carry ("" for none): ``auth_token``, else the variable
+        ``auth_token_env`` names, which must then be set and non-empty (a replica refuses to start
+        open when its operator asked for authentication)."""
+        if self.auth_token and self.auth_token_env:
+            raise ValueError("give auth_token or auth_token_env, not both")
+        if not self.auth_token_env:
+            return self.auth_token
+        token = environ.get(self.auth_token_env, "").strip()
+        if not token:
+            raise ValueError(f"auth_token_env: environment variable {self.auth_token_env} is unset or empty")
+        return token

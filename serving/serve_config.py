@@ -140,8 +140,11 @@ def helm_values() -> dict[tuple, str]:
     options = {
         (*app, "args", f.name): f".Values.serving.options.{f.name}"
         for f in fields(ServingOptions)
-        if f.name not in SECRET_OPTIONS
+        if f.name not in (*SECRET_OPTIONS, "auth_token_env")
     }
+    # Set with the chart's auth.existingSecret, whose key the Ray pods get under this variable.
+    options[(*app, "args", "auth_token_env")] = 'include "pdeserve.authTokenEnv" .'
+
     return {
         ("grpc_options", "port"): ".Values.service.grpcPort",
         ("http_options", "port"): ".Values.service.httpPort",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -31,7 +32,16 @@ def metrics_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def grpc_target(bundled_repo: Path, metrics_port: int) -> str:
+def node_token() -> tuple[str, str]:
+    """``(variable, token)``: an auth token in the environment of the session's Ray nodes, as a
+    Kubernetes Secret puts it there, for applications configured with ``auth_token_env``."""
+    variable, token = "PDESERVE_TEST_AUTH_TOKEN", "s3cret"
+    os.environ[variable] = token  # before Ray starts: its worker processes inherit this environment
+    return variable, token
+
+
+@pytest.fixture(scope="session")
+def grpc_target(bundled_repo: Path, metrics_port: int, node_token: tuple[str, str]) -> str:
     """``HOST:PORT`` of a real Ray Serve application serving the bundled repository over gRPC."""
     from pdeserve.serving import server
 

@@ -14,7 +14,7 @@ RELEASE, NAMESPACE = "demo", "solvers"
 
 def chart_values(case: str) -> dict:
     """The values of a rendering case: the chart's defaults, its CI values file, or overrides that turn
-    on the templates the two files leave off (claims, retraining, a ServiceMonitor)."""
+    on the templates the two files leave off (claims, retraining, a ServiceMonitor, authentication)."""
     cases = {
         "default": {},
         "gpu-autoscaling": yaml.safe_load(GPU_VALUES.read_text()),
@@ -24,6 +24,7 @@ def chart_values(case: str) -> dict:
             "monitoring": {"enabled": True, "kind": "ServiceMonitor"},
             "serviceAccount": {"create": True},
             "imagePullSecrets": [{"name": "registry"}],
+            "auth": {"existingSecret": "pdeserve-token", "secretKey": "token"},
         },
         "claim-job-gpu-retrain": {
             "modelStorage": {"type": "existingClaim", "existingClaim": "shared-models"},

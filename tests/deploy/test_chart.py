@@ -195,12 +195,15 @@ def test_serve_config_cli_prints_the_config_of_the_same_flags(monkeypatch, capsy
     from pdeserve.serving import cli, server
 
     flags = ["--max-batch-size", "8", "--max-queued-requests", "16", "--max-request-mb", "2"]
+    flags += ["--auth-token-env", "PDESERVE_TEST_TOKEN"]
+    monkeypatch.setenv("PDESERVE_TEST_TOKEN", "s3cret")
     assert cli.main(["serve-config", "--repo", "/data/models", "--max-replicas", "3", *flags]) == 0
     config = yaml.safe_load(capsys.readouterr().out)
     (application,) = config["applications"]
     args = application["args"]
     assert (args["repo"], args["max_batch_size"], args["max_queued_requests"]) == ("/data/models", 8, 16)
     assert args["max_request_bytes"] == 2 * 2**20
+    assert args["auth_token_env"] == "PDESERVE_TEST_TOKEN" and "s3cret" not in str(config)
     assert application["deployments"][0]["autoscaling_config"]["max_replicas"] == 3
 
     started = {}
@@ -270,8 +273,32 @@ def test_ray_pods_carry_the_serve_environment_of_pdeserve_serve(rendered):
     _, _, objects = rendered
     (rayservice,) = of_kind(objects, "RayService")
     for template in ray_pod_templates(rayservice).values():
-        env = {e["name"]: e["value"] for e in template["spec"]["containers"][0]["env"]}
+        env = {e["name"]: e.get("value") for e in template["spec"]["containers"][0]["env"]}
         assert SERVE_ENVIRONMENT.items() <= env.items()
+
+
+def test_auth_token_reaches_the_replicas_from_a_secret_and_never_the_serve_config(rendered):
+    from pdeserve.serving.options import ServingOptions
+
+    case, values, objects = rendered
+    (rayservice,) = of_kind(objects, "RayService")
+    args = dict(serve_config_of(objects)["applications"][0]["args"])
+    args.pop("repo")
+    options = ServingOptions(**args)
+    secret = values.get("auth", {}).get("existingSecret", "")
+    assert options.auth_token == "" and options.auth_token_env == ("PDESERVE_AUTH_TOKEN" if secret else "")
+    assert (case == "pvc-cronjob-servicemonitor") == bool(secret)
+    for template in ray_pod_templates(rayservice).values():
+        env = {e["name"]: e for e in template["spec"]["containers"][0]["env"]}
+        if secret:
+            reference = env["PDESERVE_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
+            assert reference == {"name": "pdeserve-token", "key": "token"}
+            # The replica reads exactly that variable; with it unset it refuses to start open.
+            assert options.resolved_auth_token({"PDESERVE_AUTH_TOKEN": "t0ken"}) == "t0ken"
+            with pytest.raises(ValueError, match="PDESERVE_AUTH_TOKEN is unset or empty"):
+                options.resolved_auth_token({})
+        else:
+            assert "PDESERVE_AUTH_TOKEN" not in env and options.resolved_auth_token({}) == ""
 
 
 def test_monitors_select_what_exports_metrics(rendered):

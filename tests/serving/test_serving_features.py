@@ -101,8 +101,12 @@ def test_concurrent_clients_are_batched_answered_correctly_and_counted(
 
 
 @pytest.fixture(scope="module")
-def secure(serve_apps, bundled_repo):
-    options = ServingOptions(auth_token="s3cret", max_request_bytes=100_000)
+def secure(serve_apps, bundled_repo, node_token):
+    """Authentication as the Helm chart configures it: the Serve config names the variable that holds
+    the token on the Ray nodes, never the token."""
+    variable, token = node_token
+    assert token == "s3cret"
+    options = ServingOptions(auth_token_env=variable, max_request_bytes=100_000)
     yield serve_apps.deploy("secure", bundled_repo, options)
     serve_apps.delete("secure")
 
@@ -199,3 +203,15 @@ def test_server_still_answers_after_the_malformed_requests(grpc_target, field, b
             load_model(bundled_repo, MODEL).predict({"a": field})["u"],
             atol=1e-5,
         )
+
+
+def test_auth_token_resolution():
+    """A token given directly, or through the variable a Serve config names; never both, never an
+    empty variable (a replica asked for authentication refuses to start open)."""
+    assert ServingOptions().resolved_auth_token({"X": "t"}) == ""
+    assert ServingOptions(auth_token="t").resolved_auth_token({}) == "t"
+    assert ServingOptions(auth_token_env="X").resolved_auth_token({"X": " t \n"}) == "t"
+    with pytest.raises(ValueError, match="X is unset or empty"):
+        ServingOptions(auth_token_env="X").resolved_auth_token({"X": " "})
+    with pytest.raises(ValueError, match="not both"):
+        ServingOptions(auth_token="t", auth_token_env="X").resolved_auth_token({"X": "t"})

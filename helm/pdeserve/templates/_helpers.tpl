@@ -52,6 +52,11 @@ app.kubernetes.io/component: ray
 {{- end }}
 {{- end }}
 
+{{/* The variable holding the auth token in the Ray pods, or "" when authentication is off. */}}
+{{- define "pdeserve.authTokenEnv" -}}
+{{- if .Values.auth.existingSecret }}PDESERVE_AUTH_TOKEN{{ end }}
+{{- end }}
+
 {{/* The image; (dict "root" $ "gpu" true) gives the CUDA build. */}}
 {{- define "pdeserve.image" -}}
 {{- $image := .root.Values.image }}
@@ -202,6 +207,13 @@ spec:
         {{- range $name, $value := $values.rayEnvironment }}
         - name: {{ $name }}
           value: {{ $value | toString | quote }}
+        {{- end }}
+        {{- with include "pdeserve.authTokenEnv" $root }}
+        - name: {{ . }}
+          valueFrom:
+            secretKeyRef:
+              name: {{ $values.auth.existingSecret }}
+              key: {{ $values.auth.secretKey }}
         {{- end }}
       ports:
         - name: serve-grpc
