@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import platform
 import socket
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +31,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def timings(call: Callable[[], object], calls: int, warmup: int = 5) -> np.ndarray:
-    """Milliseconds of ``calls`` sequential calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        call()
-    samples = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        call()
-        samples.append((time.perf_counter() - started) * 1e3)
-    return np.asarray(samples)
 
 
 def summary(ms: np.ndarray) -> dict[str, float]:

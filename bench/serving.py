@@ -1,13 +1,15 @@
 """Serving latency and throughput: gRPC ``Solve`` through Ray Serve next to in-process ``predict``, one run.
 
-Latency: batch 1, sequential calls, p50 / p99 of ``Solve`` against ``load_model(...).predict`` of the same
-model in this process (target: Solve p50 <= 1.25x predict p50).
+Latency: batch 1, p50 / p99 of ``Solve`` against ``load_model(...).predict`` of the same model in this
+process, the two calls interleaved (one of each in turn) so that both see the same machine (target:
+Solve p50 <= 1.25x predict p50).
 Throughput: ``--clients`` concurrent clients sending batch-1 ``Solve`` calls (the server stacks them with
-``@serve.batch``) against the best in-process ``predict`` throughput over batch sizes 1..32 (target:
-served >= 0.8x the best in-process).
+``@serve.batch``) against in-process ``predict`` at its best batch size (picked from 1..32), in
+alternating rounds of ``--seconds`` each; the ratio of the summed rates (target: served >= 0.8x the best
+in-process).
 
-Usage: ``python bench/serving.py [--repo models] [--model darcy-fno] [--calls 100] [--clients 16]
-[--seconds 20] [--out FILE]`` (``make bench``). Prints tables and writes JSON (default
+Usage: ``python bench/serving.py [--repo models] [--model darcy-fno] [--calls 200] [--clients 16]
+[--seconds 10] [--rounds 3] [--out FILE]`` (``make bench``). Prints tables and writes JSON (default
 ``bench/results/serving.json``).
 """
 
@@ -20,7 +22,7 @@ import time
 
 import numpy as np
 import torch
-from common import free_port, summary, timings, write_results
+from common import free_port, summary, write_results
 
 from pdeserve.datagen.darcy import DarcyParameters, darcy_sample
 from pdeserve.operators import load_model
@@ -28,14 +30,15 @@ from pdeserve.serving import server
 from pdeserve.serving.client import SolverClient
 
 
-def batched_throughput(surrogate, fields: np.ndarray, batches: list[int], calls: int) -> dict[int, float]:
-    """In-process solutions per second of ``predict`` at each batch size."""
-    result = {}
-    for batch in batches:
-        x = fields[:batch]
-        ms = timings(lambda x=x: surrogate.predict({"a": x}), calls, warmup=2)
-        result[batch] = batch * calls / (ms.sum() / 1e3)
-    return result
+def batched_throughput(surrogate, fields: np.ndarray, batch: int, seconds: float) -> float:
+    """In-process solutions per second of ``predict`` at ``batch`` for about ``seconds``."""
+    x = fields[:batch]
+    surrogate.predict({"a": x})  # warm-up
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        surrogate.predict({"a": x})
+        done += batch
+    return done / (time.perf_counter() - started)
 
 
 def served_throughput(target: str, model: str, fields: np.ndarray, clients: int, seconds: float) -> float:
@@ -63,9 +66,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", default="models")
     parser.add_argument("--model", default="darcy-fno")
-    parser.add_argument("--calls", type=int, default=100)
+    parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=20.0, help="duration of the concurrent load")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each throughput round")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating throughput rounds")
     parser.add_argument("--out", default="bench/results/serving.json")
     args = parser.parse_args()
 
@@ -74,26 +78,38 @@ def main() -> None:
     rng = np.random.default_rng(0)
     fields = np.stack([darcy_sample(DarcyParameters(), side, rng)["a"] for _ in range(32)]).astype(np.float32)
     a = fields[0]
-    local = summary(timings(lambda: surrogate.predict({"a": a}), args.calls))
-    in_process = batched_throughput(surrogate, fields, [1, 2, 4, 8, 16, 32], calls=10)
-    best_batch = max(in_process, key=in_process.get)
+    sweep = {b: batched_throughput(surrogate, fields, b, seconds=2.0) for b in (1, 2, 4, 8, 16, 32)}
+    best_batch = max(sweep, key=sweep.get)
 
     port = free_port()
     started = time.perf_counter()
     server.start(args.repo, grpc_port=port, http_port=free_port())
     startup_s = time.perf_counter() - started
+    local_ms: list[float] = []
+    remote_ms: list[float] = []
+    replica_ms: list[float] = []  # time inside the replica's predict, as the server reports it
+    in_process: list[float] = []
+    served: list[float] = []
+    target = f"127.0.0.1:{port}"
     try:
-        replica_ms: list[float] = []  # time inside the replica's predict, as the server reports it
-
-        def solve() -> None:
-            replica_ms.append(client.solve_response(args.model, {"a": a}).inference_ms)
-
-        with SolverClient(f"127.0.0.1:{port}") as client:
-            remote = summary(timings(solve, args.calls))
-        served = served_throughput(f"127.0.0.1:{port}", args.model, fields, args.clients, args.seconds)
+        with SolverClient(target) as client:
+            for _ in range(5):  # warm-up of both paths
+                surrogate.predict({"a": a})
+                client.solve_response(args.model, {"a": a})
+            for _ in range(args.calls):
+                tick = time.perf_counter()
+                surrogate.predict({"a": a})
+                local_ms.append((time.perf_counter() - tick) * 1e3)
+                tick = time.perf_counter()
+                replica_ms.append(client.solve_response(args.model, {"a": a}).inference_ms)
+                remote_ms.append((time.perf_counter() - tick) * 1e3)
+        for _ in range(args.rounds):
+            in_process.append(batched_throughput(surrogate, fields, best_batch, args.seconds))
+            served.append(served_throughput(target, args.model, fields, args.clients, args.seconds))
     finally:
         server.stop()
 
+    local, remote = summary(np.asarray(local_ms)), summary(np.asarray(remote_ms))
     result = {
         "device": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads in-process",
         "model": args.model,
@@ -102,12 +118,14 @@ def main() -> None:
         "serve_startup_s": startup_s,
         "predict": local,
         "grpc_solve": remote,
-        "replica_predict": summary(np.asarray(replica_ms[-args.calls :])),
+        "replica_predict": summary(np.asarray(replica_ms)),
         "p50_ratio_solve_over_predict": remote["p50_ms"] / local["p50_ms"],
-        "in_process_solutions_per_s": in_process,
+        "in_process_sweep_solutions_per_s": sweep,
+        "best_batch": best_batch,
+        "in_process_solutions_per_s_by_round": in_process,
         "served_clients": args.clients,
-        "served_solutions_per_s": served,
-        "throughput_ratio_served_over_best_in_process": served / in_process[best_batch],
+        "served_solutions_per_s_by_round": served,
+        "throughput_ratio_served_over_best_in_process": sum(served) / sum(in_process),
     }
     print(f"{'latency, batch 1':<30}{'p50 ms':>10}{'p99 ms':>10}")
     print(f"{'in-process predict':<30}{local['p50_ms']:>10.2f}{local['p99_ms']:>10.2f}")
@@ -116,11 +134,12 @@ def main() -> None:
     print(f"{'  of which predict in replica':<30}{inside['p50_ms']:>10.2f}{inside['p99_ms']:>10.2f}")
     ratio = result["p50_ratio_solve_over_predict"]
     print(f"p50 ratio Solve/predict: {ratio:.2f} (target <= 1.25); serve start-up {startup_s:.1f} s")
-    rates = ", ".join(f"{b}: {r:.0f}" for b, r in in_process.items())
-    print(f"in-process solutions/s by batch size: {rates}")
+    rates = ", ".join(f"{b}: {r:.0f}" for b, r in sweep.items())
+    print(f"in-process solutions/s by batch size (2 s each): {rates}")
+    rounds = "; ".join(f"{p:.0f} vs {q:.0f}" for p, q in zip(in_process, served, strict=True))
     print(
-        f"{args.clients} concurrent clients through Ray Serve: {served:.0f} solutions/s; ratio to the best "
-        f"in-process ({in_process[best_batch]:.0f} at batch {best_batch}): "
+        f"in-process at batch {best_batch} vs {args.clients} concurrent clients through Ray Serve, "
+        f"solutions/s by round: {rounds}; ratio served / in-process: "
         f"{result['throughput_ratio_served_over_best_in_process']:.2f} (target >= 0.8)"
     )
     write_results(args.out, result)
