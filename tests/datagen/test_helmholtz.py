@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from pdeserve.datagen import cli
 from pdeserve.datagen.dataset import load_dataset
 from pdeserve.datagen.families import get_family
 from pdeserve.datagen.grids import UnitSquareGrid
@@ -21,6 +20,7 @@ from pdeserve.datagen.helmholtz import (
     solve_helmholtz,
 )
 from pdeserve.datagen.random_fields import NeumannGaussianField
+from pdeserve.serving.cli import datagen_main
 
 
 def manufactured(grid: UnitSquareGrid, omega: float):
@@ -189,7 +189,7 @@ def test_cli_generates_a_file_that_opens_in_xarray_and_regenerates_through_the_r
     out = tmp_path / "helmholtz.h5"
     # omega = 200 needs only 17 cells per side, so the 33-node output grid is also the solve grid.
     args = ["helmholtz", "--n", "3", "--resolution", "33", "--out", str(out), "--seed", "2"]
-    assert cli.main([*args, "--omega", "200", "--dtype", "float64", "--quiet"]) == 0
+    assert datagen_main([*args, "--omega", "200", "--dtype", "float64", "--quiet"]) == 0
     family = get_family("helmholtz")
     with xr.open_dataset(out, engine="h5netcdf") as ds:
         assert dict(ds.sizes) == {"sample": 3, "x": 33, "y": 33}
@@ -245,7 +245,7 @@ def test_solve_grids_that_cannot_work_are_refused_before_any_solve(kwargs, resol
 def test_cli_refuses_a_negative_frequency_with_one_line_and_no_file(tmp_path, capsys):
     out = tmp_path / "x.h5"
     args = ["helmholtz", "--n", "2", "--resolution", "17", "--out", str(out), "--omega", "-1", "--quiet"]
-    assert cli.main(args) == 1
+    assert datagen_main(args) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "omega must be positive" in err[0]
     assert not out.exists() and not (tmp_path / "x.h5.partial").exists()
