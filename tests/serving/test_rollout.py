@@ -50,7 +50,7 @@ def client(serve_apps, trained):
     target = serve_apps.deploy(APP, trained[1])
     with SolverClient(target, timeout=60, application=APP) as c:
         yield c
-    # Not waiting: a deleted direct-ingress replica stays up for Serve's 30 s draining period.
+    # Not waiting: a deleted direct-ingress replica stays up for Serve's draining period.
     serve.delete(APP, _blocking=False)
 
 
