@@ -20,7 +20,7 @@ from pdeserve.datagen.burgers import BurgersParameters
 from pdeserve.datagen.darcy import DarcyParameters
 from pdeserve.datagen.dataset import GenerationRequest, LoadedDataset, load_dataset, write_dataset
 from pdeserve.datagen.families import get_family
-from pdeserve.operators.registry import ARCHITECTURES
+from pdeserve.operators.registry import ARCHITECTURES, get_architecture
 from pdeserve.operators.settings import TrainingSettings
 from pdeserve.operators.training import train
 
@@ -31,12 +31,6 @@ RECIPES = {
     "mgno": {"learning_rate": 5e-4, "scheduler": "onecycle", "batch_size": 8},
     "galerkin": {"learning_rate": 1e-3, "scheduler": "onecycle", "batch_size": 8},
 }
-# Per-dimension departures from a recipe. The Galerkin paper's max lr 1e-3 comes with a 1e4-fold OneCycle
-# warm-up over thousands of steps and gradient clipping (0.99), which train() does not do. Within a short
-# budget (a few hundred steps) 1e-3 blows up the query projections (the only ones without a LayerNorm) of
-# the 6-layer 2D encoder, and the model stays at the mean field on Darcy (0.258 vs the mean's 0.251);
-# 3e-4 trains (0.074 in the same 300 steps). In 1D 1e-3 trains well (0.0059 vs 0.0101 at 3e-4 on Burgers).
-GRID_RECIPES = {("galerkin", 2): {"learning_rate": 3e-4}}
 
 
 def datasets(folder: Path, args: argparse.Namespace) -> dict[str, LoadedDataset]:
@@ -59,8 +53,9 @@ def datasets(folder: Path, args: argparse.Namespace) -> dict[str, LoadedDataset]
 
 
 def run(data: LoadedDataset, model: str, budget: float, device: str) -> dict[str, float] | str:
+    recipe = dict(RECIPES.get(model, RECIPES["fno"]))
     ndim = next(iter(data.inputs.values())).ndim - 1  # arrays are (sample, *grid)
-    recipe = {**RECIPES.get(model, RECIPES["fno"]), **GRID_RECIPES.get((model, ndim), {})}
+    recipe["learning_rate"] = get_architecture(model).learning_rate(ndim, recipe["learning_rate"])
     try:
         probe, _ = train(data, model, {}, TrainingSettings(epochs=1, device=device, **recipe), progress=False)
     except ValueError as exc:  # the model does not fit this grid (e.g. MgNO in 1D)

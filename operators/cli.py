@@ -86,7 +86,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     for flag, field, kind, text in (
         ("--epochs", "epochs", int, "passes over the training split"),
         ("--batch-size", "batch_size", int, "samples per optimisation step"),
-        ("--lr", "learning_rate", float, "Adam learning rate"),
+        ("--lr", "learning_rate", float, "Adam (peak) learning rate; default: the model's for the grid"),
         ("--weight-decay", "weight_decay", float, "Adam weight decay"),
         ("--step-size", "step_size", int, "epochs between drops of the step schedule"),
         ("--gamma", "gamma", float, "factor of each drop of the step schedule"),
@@ -96,6 +96,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         ("--seed", "seed", int, "seeds initialisation and shuffling"),
     ):
         train.add_argument(flag, dest=field, type=kind, default=getattr(defaults, field), help=text)
+    train.set_defaults(learning_rate=None)  # resolved from the registry once the data's grid is known
     for flag, field, choices, text in (
         ("--scheduler", "scheduler", SCHEDULERS, "learning-rate schedule"),
         ("--loss", "loss", LOSSES, "relative L2 or relative H1 training loss"),
@@ -248,17 +249,21 @@ def _train(args: argparse.Namespace) -> None:
     from pdeserve.datagen.dataset import load_dataset
     from pdeserve.operators.distributed import Distributed
     from pdeserve.operators.pairs import TimeMap
+    from pdeserve.operators.registry import get_architecture
     from pdeserve.operators.repository import ModelRepository, check_name
     from pdeserve.operators.retrain import train_lineage
     from pdeserve.operators.settings import TrainingSettings
     from pdeserve.operators.training import publish, train
 
     check_name(args.name)
+    data = load_dataset(args.data)
+    if args.learning_rate is None:
+        ndim = next(iter(data.inputs.values())).ndim - 1  # fields are (sample, *grid)
+        args.learning_rate = get_architecture(args.model).learning_rate(ndim, TrainingSettings.learning_rate)
     settings = TrainingSettings(
         **{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainingSettings)}
     )
     time_map = TimeMap(args.input_steps, args.output_steps)
-    data = load_dataset(args.data)
     folder = ModelRepository(args.repo).training_folder(args.name)
     if folder.exists() and not args.resume:
         shutil.rmtree(folder)  # a fresh run: the state of an older one must not leak in

@@ -48,16 +48,22 @@ RECIPE = {"epochs": 12, "batch_size": 4, "learning_rate": 3e-3, "test_fraction":
 
 
 @pytest.fixture(scope="module")
-def datasets(tmp_path_factory):
+def dataset_files(tmp_path_factory):
+    """A small 2D (Darcy) and 1D (Burgers) dataset file, by grid dimension."""
     folder = tmp_path_factory.mktemp("zoo")
     darcy = GenerationRequest(get_family("darcy"), DarcyParameters(), 40, 32, seed=1)
     burgers = GenerationRequest(
         get_family("burgers"), BurgersParameters(solve_resolution=256), 40, 64, seed=1
     )
     return {
-        2: load_dataset(write_dataset(darcy, folder / "darcy.h5", progress=False)),
-        1: load_dataset(write_dataset(burgers, folder / "burgers.h5", progress=False)),
+        2: write_dataset(darcy, folder / "darcy.h5", progress=False),
+        1: write_dataset(burgers, folder / "burgers.h5", progress=False),
     }
+
+
+@pytest.fixture(scope="module")
+def datasets(dataset_files):
+    return {ndim: load_dataset(path) for ndim, path in dataset_files.items()}
 
 
 def _fits(name: str, ndim: int) -> bool:
@@ -112,3 +118,27 @@ def test_mgno_refuses_a_grid_it_cannot_coarsen_and_names_the_nearest_sides(small
         train(small_darcy, "mgno", {"levels": 4}, TrainingSettings(epochs=1), progress=False)
     with pytest.raises(ValueError, match="MgNO supports 2D grids only, not 1D"):
         get_architecture("mgno").default_arguments(1, "periodic")
+
+
+@pytest.mark.parametrize(
+    ("name", "ndim", "flags", "expected"),
+    [
+        ("galerkin", 2, [], 3e-4),  # the registry's 2D rate: 1e-3 leaves the model at the mean field
+        ("galerkin", 1, [], 1e-3),
+        ("fno", 2, [], 1e-3),
+        ("galerkin", 2, ["--lr", "5e-4"], 5e-4),  # an explicit --lr wins
+    ],
+)
+def test_train_cli_takes_the_models_learning_rate_for_the_grid(
+    name, ndim, flags, expected, dataset_files, tmp_path
+):
+    from pdeserve.serving.cli import main
+
+    tiny = TINY[name] if ndim == 2 else TINY_1D[name]
+    command = ["train", "--data", str(dataset_files[ndim]), "--model", name, "--repo", str(tmp_path)]
+    command += ["--name", "m", "--epochs", "1", "--quiet", "--device", "cpu", *flags]
+    for key, value in tiny.items():
+        command += ["--arg", f"{key}={json.dumps(value)}"]
+    assert main(command) == 0
+    config = json.loads((tmp_path / "m" / "1" / "config.json").read_text())
+    assert config["training"]["learning_rate"] == pytest.approx(expected)
