@@ -32,6 +32,7 @@ SERVE_CONFIG_EXAMPLES = """examples:
 SOLVE_EXAMPLES = """examples:
   pdeserve solve --target 127.0.0.1:9000 --model darcy-fno --input a.npy --out u.npy
   pdeserve solve --target 127.0.0.1:9000 --model darcy-fno --input data/darcy64.h5 --reference
+  pdeserve solve --model ns-fno --input w0.npy --steps 20 --out trajectory.npy   # Rollout stream
 """
 
 
@@ -108,7 +109,16 @@ def _add_serving_subcommands(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also run the classical solver on the server and report the surrogate's error",
     )
-    solve.add_argument("--timeout", type=float, default=60.0, help="deadline in seconds")
+    solve.add_argument(
+        "--steps",
+        type=int,
+        help="roll a time-dependent model forward this many states (the Rollout stream), printing each "
+        "as it arrives; --out stacks them on a leading step axis",
+    )
+    solve.add_argument("--timeout", type=float, default=60.0, help="deadline in seconds (whole stream)")
+    solve.add_argument(
+        "--application", default="", help="Ray Serve application to route to, when a cluster runs several"
+    )
     solve.add_argument(
         "--token-env",
         metavar="VAR",

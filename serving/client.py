@@ -176,7 +176,35 @@ def _read_inputs(path: Path, info: pb.ModelInfo) -> tuple[dict[str, np.ndarray],
     from pdeserve.datagen.dataset import load_dataset
 
     data = load_dataset(path)
-    return {n: data.inputs[n] for n in names if n in data.inputs}, data.outputs
+    missing = [n for n in names if n not in data.inputs]
+    if missing:
+        raise ValueError(
+            f"model {info.name} reads {names}; {path.name} has inputs {sorted(data.inputs)}: "
+            "pass the model's inputs in an .npz"
+        )
+    return {n: data.inputs[n] for n in names}, data.outputs
+
+
+def _write_outputs(out: Path, outputs: Mapping[str, np.ndarray]) -> None:
+    if out.suffix == ".npy" and len(outputs) == 1:
+        np.save(out, next(iter(outputs.values())))
+    else:
+        np.savez(out.with_suffix(".npz"), **outputs)
+    print(f"  wrote {out}")
+
+
+def _rollout_command(args: argparse.Namespace, client: SolverClient, inputs: dict[str, np.ndarray]) -> None:
+    """``pdeserve solve --steps N``: stream the states, one line each; ``--out`` stacks them on a
+    leading step axis."""
+    states: dict[str, list[np.ndarray]] = {}
+    for state in client.rollout(args.model, inputs, args.steps, args.version):
+        when = f" t={state.time:g}" if state.time is not None else ""
+        shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in state.outputs.items())
+        print(f"step {state.step}{when}: {shapes}", flush=True)
+        for name, array in state.outputs.items():
+            states.setdefault(name, []).append(array)
+    if args.out:
+        _write_outputs(Path(args.out), {name: np.stack(arrays) for name, arrays in states.items()})
 
 
 def solve_command(args: argparse.Namespace) -> None:
@@ -186,10 +214,15 @@ def solve_command(args: argparse.Namespace) -> None:
     path = Path(args.input)
     if not path.is_file():
         raise FileNotFoundError(f"no such input file: {path}")
+    if args.steps is not None and args.reference:
+        raise ValueError("--reference checks a single Solve; it does not apply to --steps")
     token = os.environ.get(args.token_env, "").strip() or None
-    with SolverClient(args.target, timeout=args.timeout, token=token) as client:
+    with SolverClient(args.target, timeout=args.timeout, token=token, application=args.application) as client:
         info = client.get_model(args.model, args.version)
         inputs, truth = _read_inputs(path, info)
+        if args.steps is not None:
+            _rollout_command(args, client, inputs)
+            return
         response = client.solve_response(args.model, inputs, args.version, reference=args.reference)
     outputs = {name: from_tensor(t, name) for name, t in response.outputs.items()}
     shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in outputs.items())
@@ -205,9 +238,4 @@ def solve_command(args: argparse.Namespace) -> None:
                 f"{relative_l2(pred[:, None], true[:, None]):.4f}"
             )
     if args.out:
-        out = Path(args.out)
-        if out.suffix == ".npy" and len(outputs) == 1:
-            np.save(out, next(iter(outputs.values())))
-        else:
-            np.savez(out.with_suffix(".npz"), **outputs)
-        print(f"  wrote {out}")
+        _write_outputs(Path(args.out), outputs)

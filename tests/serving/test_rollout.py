@@ -108,3 +108,19 @@ def test_bad_rollouts_get_precise_statuses(client, trained, grpc_target):
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "not time-dependent" in message
     # The stream after the errors still works.
     assert [s.step for s in client.rollout("ns-1", {"w0": w0}, 2)] == [0, 1]
+
+
+def test_solve_cli_streams_a_rollout_and_stacks_it(client, trained, grpc_target, tmp_path, capsys):
+    from pdeserve.serving.cli import main
+
+    w0 = trained[0].inputs["w0"][:2]
+    np.save(tmp_path / "w0.npy", w0)
+    expected = [s.outputs["w"] for s in client.rollout("ns-1", {"w0": w0}, 3)]
+    command = ["solve", "--target", grpc_target, "--application", APP, "--model", "ns-1"]
+    command += ["--input", str(tmp_path / "w0.npy"), "--steps", "3", "--out", str(tmp_path / "w.npy")]
+    assert main(command) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:3] == [f"step {i} t={RECORD_EVERY * (i + 1):g}: w (2, 32, 32)" for i in range(3)]
+    np.testing.assert_allclose(np.load(tmp_path / "w.npy"), np.stack(expected), atol=1e-6, rtol=0)
+    assert main([*command[:-2], "--reference"]) == 1
+    assert "does not apply to --steps" in capsys.readouterr().err
