@@ -54,8 +54,7 @@ def datasets(folder: Path, args: argparse.Namespace) -> dict[str, LoadedDataset]
 
 def run(data: LoadedDataset, model: str, budget: float, device: str) -> dict[str, float] | str:
     recipe = dict(RECIPES.get(model, RECIPES["fno"]))
-    ndim = next(iter(data.inputs.values())).ndim - 1  # arrays are (sample, *grid)
-    recipe["learning_rate"] = get_architecture(model).learning_rate(ndim, recipe["learning_rate"])
+    recipe["learning_rate"] = get_architecture(model).learning_rate(data.grid_ndim, recipe["learning_rate"])
     try:
         probe, _ = train(data, model, {}, TrainingSettings(epochs=1, device=device, **recipe), progress=False)
     except ValueError as exc:  # the model does not fit this grid (e.g. MgNO in 1D)

@@ -258,8 +258,8 @@ def _train(args: argparse.Namespace) -> None:
     check_name(args.name)
     data = load_dataset(args.data)
     if args.learning_rate is None:
-        ndim = next(iter(data.inputs.values())).ndim - 1  # fields are (sample, *grid)
-        args.learning_rate = get_architecture(args.model).learning_rate(ndim, TrainingSettings.learning_rate)
+        architecture = get_architecture(args.model)
+        args.learning_rate = architecture.learning_rate(data.grid_ndim, TrainingSettings.learning_rate)
     settings = TrainingSettings(
         **{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainingSettings)}
     )
