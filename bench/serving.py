@@ -7,10 +7,12 @@ Throughput: ``--clients`` concurrent clients sending batch-1 ``Solve`` calls (th
 ``@serve.batch``) against in-process ``predict`` at its best batch size (picked from 1..32), in
 alternating rounds of ``--seconds`` each; the ratio of the summed rates (target: served >= 0.8x the best
 in-process).
+The replica reserves ``--replica-cpus`` CPUs, by default as many as the in-process baseline's torch
+threads, so that both sides compute with the same cores.
 
 Usage: ``python bench/serving.py [--repo models] [--model darcy-fno] [--calls 200] [--clients 16]
-[--seconds 10] [--rounds 3] [--out FILE]`` (``make bench``). Prints tables and writes JSON (default
-``bench/results/serving.json``).
+[--seconds 10] [--rounds 3] [--replica-cpus N] [--out FILE]`` (``make bench``). Prints tables and
+writes JSON (default ``bench/results/serving.json``).
 """
 
 from __future__ import annotations
@@ -70,6 +72,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each throughput round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating throughput rounds")
+    parser.add_argument(
+        "--replica-cpus",
+        type=float,
+        default=torch.get_num_threads(),
+        help="CPUs (torch threads) of the replica (default: the in-process baseline's threads)",
+    )
     parser.add_argument("--out", default="bench/results/serving.json")
     args = parser.parse_args()
 
@@ -83,7 +91,7 @@ def main() -> None:
 
     port = free_port()
     started = time.perf_counter()
-    server.start(args.repo, grpc_port=port, http_port=free_port())
+    server.start(args.repo, grpc_port=port, http_port=free_port(), replica_cpus=args.replica_cpus)
     startup_s = time.perf_counter() - started
     local_ms: list[float] = []
     remote_ms: list[float] = []
@@ -112,6 +120,7 @@ def main() -> None:
     local, remote = summary(np.asarray(local_ms)), summary(np.asarray(remote_ms))
     result = {
         "device": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads in-process",
+        "replica_cpus": args.replica_cpus,
         "model": args.model,
         "resolution": side,
         "calls": args.calls,

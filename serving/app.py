@@ -8,9 +8,10 @@ replica answers the Open Inference Protocol v2 (``/inference.GRPCInferenceServic
 ``Rollout`` (a generator method: Serve's gRPC proxy streams what it yields).
 
 Concurrent ``Solve`` calls for the same model and grid are stacked into one forward pass by
-``@serve.batch``; models load through ``@serve.multiplexed`` (each replica keeps the most recently used
-ones), and a request that names no version is resolved against the repository on every call, so a
-newly published version is served without a restart.
+``@serve.batch``, admitted by a ``BatchGate`` so that the requests arriving during a pass form the next
+batch together (serving/batching.py); models load through ``@serve.multiplexed`` (each replica keeps
+the most recently used ones), and a request that names no version is resolved against the repository
+on every call, so a newly published version is served without a restart.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from pdeserve.operators.pairs import reference_outputs
 from pdeserve.operators.repository import ModelNotFoundError, ModelRepository
 from pdeserve.operators.surrogate import InvalidInputError, Surrogate, load_surrogate
 from pdeserve.protos.v1 import solver_pb2 as pb
+from pdeserve.serving.batching import BatchGate
 from pdeserve.serving.options import ServingOptions
 from pdeserve.serving.tensors import from_tensor, to_tensor
 
@@ -207,6 +209,7 @@ class SolverService:
         self.oip = oip
         self._infer.set_max_batch_size(self.options.max_batch_size)
         self._infer.set_batch_wait_timeout_s(self.options.batch_wait_s)
+        self._gate = BatchGate()
         self._ready = 0
         for name in self.repository.names():
             try:
@@ -239,7 +242,7 @@ class SolverService:
         if not hmac.compare_digest(given.encode(), token.encode()):
             raise RequestError(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token in 'authorization'")
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)  # set from ServingOptions in __init__
     async def _infer(self, items: list[tuple[Surrogate, np.ndarray]]) -> list[np.ndarray]:
         """Stack requests for the same model and grid into one forward pass each."""
         groups: dict[tuple, list[int]] = {}
@@ -256,6 +259,10 @@ class SolverService:
             for j, i in enumerate(members):
                 results[i] = out[offsets[j] : offsets[j + 1]]
         return results
+
+    async def _forward(self, surrogate: Surrogate, x: np.ndarray) -> np.ndarray:
+        """One request's forward pass, stacked with the others that enter the batcher with it."""
+        return await self._gate.run(lambda: self._infer((surrogate, x)))
 
     async def _answer(
         self,
@@ -311,7 +318,7 @@ class SolverService:
         surrogate = await self._lookup(request, model, version, model_field)
         inputs = decode(surrogate)
         stacked, batched = surrogate.validate(inputs)
-        out = await self._infer((surrogate, stacked))
+        out = await self._forward(surrogate, stacked)
         return surrogate, inputs, _split(surrogate.output_names, out, batched)
 
     async def Solve(self, request: pb.SolveRequest, grpc_context) -> pb.SolveResponse:
@@ -355,7 +362,7 @@ class SolverService:
             window, batched = surrogate.validate(_decode(request))
             step = 0
             while step < request.steps:
-                out = await self._infer((surrogate, window))
+                out = await self._forward(surrogate, window)
                 for j in range(min(out.shape[1], request.steps - step)):
                     message = pb.RolloutStep(model=surrogate.name, version=surrogate.version, step=step)
                     if interval is not None:

@@ -21,6 +21,7 @@ DEFAULT_PORT = 9000
 SERVE_EXAMPLES = """examples:
   pdeserve serve --repo models
   pdeserve serve --repo models --grpc-port 9000 --address auto   # join a running Ray cluster
+  pdeserve serve --repo models --replica-cpus 4   # the replica's torch computes on 4 cores
 """
 
 SERVE_CONFIG_EXAMPLES = """examples:
@@ -54,6 +55,7 @@ def _add_serving_subcommands(sub: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--metrics-port", type=int, default=8080, help="Prometheus metrics of a local Ray")
     _add_serving_options(serve)
+    _add_replica_cpus(serve)
     serve.set_defaults(func=_serve)
 
     config = sub.add_parser(
@@ -78,7 +80,7 @@ def _add_serving_subcommands(sub: argparse._SubParsersAction) -> None:
         default=scaling.target_ongoing_requests,
         help="requests in flight per replica the autoscaler aims for",
     )
-    config.add_argument("--replica-cpus", type=float, default=scaling.num_cpus, help="CPUs per replica")
+    _add_replica_cpus(config)
     config.add_argument("--replica-gpus", type=float, default=scaling.num_gpus, help="GPUs per replica")
     config.add_argument(
         "--helm",
@@ -149,6 +151,15 @@ def _add_serving_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_replica_cpus(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--replica-cpus",
+        type=float,
+        default=ReplicaScaling.num_cpus,
+        help="CPUs each replica reserves; its torch runs that many threads",
+    )
+
+
 def _serving_options(args: argparse.Namespace) -> ServingOptions:
     return ServingOptions(
         max_request_bytes=int(args.max_request_mb * 2**20),
@@ -170,6 +181,7 @@ def _serve(args: argparse.Namespace) -> None:
         address=args.address,
         metrics_port=args.metrics_port,
         options=options,
+        replica_cpus=args.replica_cpus,
     )
 
 
