@@ -100,6 +100,10 @@ def main() -> None:
     served: list[float] = []
     target = f"127.0.0.1:{port}"
     try:
+        # Throughput first: the replica then has run large batches too, as the in-process sweep has.
+        for _ in range(args.rounds):
+            in_process.append(batched_throughput(surrogate, fields, best_batch, args.seconds))
+            served.append(served_throughput(target, args.model, fields, args.clients, args.seconds))
         with SolverClient(target) as client:
             for _ in range(5):  # warm-up of both paths
                 surrogate.predict({"a": a})
@@ -111,9 +115,6 @@ def main() -> None:
                 tick = time.perf_counter()
                 replica_ms.append(client.solve_response(args.model, {"a": a}).inference_ms)
                 remote_ms.append((time.perf_counter() - tick) * 1e3)
-        for _ in range(args.rounds):
-            in_process.append(batched_throughput(surrogate, fields, best_batch, args.seconds))
-            served.append(served_throughput(target, args.model, fields, args.clients, args.seconds))
     finally:
         server.stop()
 

@@ -90,6 +90,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         ("--weight-decay", "weight_decay", float, "Adam weight decay"),
         ("--step-size", "step_size", int, "epochs between drops of the step schedule"),
         ("--gamma", "gamma", float, "factor of each drop of the step schedule"),
+        ("--onecycle-div", "onecycle_div", float, "one-cycle schedule: start at lr / this"),
+        ("--grad-clip", "grad_clip", float, "clip the gradient norm to this (0: off)"),
         ("--test-fraction", "test_fraction", float, "held-out fraction (the last samples of the file)"),
         ("--val-fraction", "val_fraction", float, "validation fraction (just before the test samples)"),
         ("--patience", "patience", int, "stop after this many epochs without a better validation error"),

@@ -86,7 +86,10 @@ def make_scheduler(
     """The learning-rate schedule and whether it steps every batch (one-cycle) or every epoch."""
     if settings.scheduler == "onecycle":
         total = settings.epochs * steps_per_epoch
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, settings.learning_rate, total_steps=total), True
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, settings.learning_rate, total_steps=total, div_factor=settings.onecycle_div
+        )
+        return schedule, True
     if settings.scheduler == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, settings.step_size, settings.gamma), False
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs), False
@@ -264,6 +267,9 @@ def train(
             loss = loss_fn(surrogate.output_normalizer.inverse_transform(out.float()), y_train_t[idx])
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            if settings.grad_clip:
+                scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
+                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
             scaler.step(optimizer)
             scaler.update()
             if per_batch:

@@ -114,6 +114,30 @@ def test_onecycle_warms_up_then_anneals_and_h1_loss_trains(tiny_darcy):
     assert all(b < a for a, b in itertools.pairwise(losses)), losses
 
 
+def test_onecycle_starts_at_its_divided_rate_and_clipping_bounds_the_steps(tiny_darcy):
+    from pdeserve.operators.training import make_scheduler
+
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    make_scheduler(TrainingSettings(scheduler="onecycle", onecycle_div=1e4), optimizer, steps_per_epoch=10)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-7)
+    # Adam is blind to the gradients' scale until they fall below its epsilon: clipped to a norm of
+    # 1e-12 (and no weight decay, which Adam adds after clipping), the weights move a tiny fraction of
+    # what the unclipped run moves them.
+    start, _ = train(tiny_darcy, "fno", TINY_FNO, _settings(epochs=1, learning_rate=0.0), progress=False)
+    moved = {}
+    for clip in (0.0, 1e-12):
+        trained, _ = train(
+            tiny_darcy, "fno", TINY_FNO, _settings(epochs=1, grad_clip=clip, weight_decay=0.0), progress=False
+        )
+        before, after = start.model.state_dict(), trained.model.state_dict()
+        moved[clip] = max(
+            float((after[k] - before[k]).abs().max())
+            for k in before
+            if isinstance(before[k], torch.Tensor) and before[k].is_floating_point()
+        )
+    assert moved[0.0] > 1e-3 and moved[1e-12] < 1e-2 * moved[0.0], moved
+
+
 def test_h1_loss_weighs_gradients_and_l2_does_not():
     from pdeserve.operators.training import make_loss
 
@@ -133,6 +157,8 @@ def test_bad_settings_are_refused():
         TrainingSettings(scheduler="linear")
     with pytest.raises(ValueError, match="loss must be one of l2, h1"):
         TrainingSettings(loss="l1")
+    with pytest.raises(ValueError, match="onecycle div must be at least 1 and grad clip not negative"):
+        TrainingSettings(grad_clip=-1.0)
 
 
 @pytest.fixture(scope="module")
