@@ -8,7 +8,8 @@ Throughput: ``--clients`` concurrent clients sending batch-1 ``Solve`` calls (th
 alternating rounds of ``--seconds`` each; the ratio of the summed rates (target: served >= 0.8x the best
 in-process).
 The replica reserves ``--replica-cpus`` CPUs, by default as many as the in-process baseline's torch
-threads, so that both sides compute with the same cores.
+threads, so that both sides compute with the same cores, and this process sets the replica's malloc
+thresholds (serving/allocator.py).
 
 Usage: ``python bench/serving.py [--repo models] [--model darcy-fno] [--calls 200] [--clients 16]
 [--seconds 10] [--rounds 3] [--replica-cpus N] [--out FILE]`` (``make bench``). Prints tables and
@@ -29,6 +30,7 @@ from common import free_port, summary, write_results
 from pdeserve.datagen.darcy import DarcyParameters, darcy_sample
 from pdeserve.operators import load_model
 from pdeserve.serving import server
+from pdeserve.serving.allocator import retain_freed_memory
 from pdeserve.serving.client import SolverClient
 
 
@@ -81,6 +83,7 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/serving.json")
     args = parser.parse_args()
 
+    retain_freed_memory()  # the replica's allocator settings, so that both sides allocate alike
     surrogate = load_model(args.repo, args.model)
     side = surrogate.config["training_resolution"][0]
     rng = np.random.default_rng(0)
