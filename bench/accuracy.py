@@ -21,16 +21,7 @@ from pdeserve.datagen.darcy import DarcyParameters
 from pdeserve.datagen.dataset import GenerationRequest, LoadedDataset, load_dataset, write_dataset
 from pdeserve.datagen.families import get_family
 from pdeserve.operators.registry import ARCHITECTURES, get_architecture
-from pdeserve.operators.settings import TrainingSettings
 from pdeserve.operators.training import train
-
-# Each model's optimisation recipe from its paper (REFERENCE.md), at the batch sizes of the papers.
-RECIPES = {
-    "fno": {"learning_rate": 1e-3, "scheduler": "cosine", "batch_size": 20},
-    "tfno": {"learning_rate": 1e-3, "scheduler": "cosine", "batch_size": 20},
-    "mgno": {"learning_rate": 5e-4, "scheduler": "onecycle", "batch_size": 8},
-    "galerkin": {"learning_rate": 1e-3, "scheduler": "onecycle", "batch_size": 8},
-}
 
 
 def datasets(folder: Path, args: argparse.Namespace) -> dict[str, LoadedDataset]:
@@ -53,17 +44,18 @@ def datasets(folder: Path, args: argparse.Namespace) -> dict[str, LoadedDataset]
 
 
 def run(data: LoadedDataset, model: str, budget: float, device: str) -> dict[str, float] | str:
-    recipe = dict(RECIPES.get(model, RECIPES["fno"]))
-    recipe["learning_rate"] = get_architecture(model).learning_rate(data.grid_ndim, recipe["learning_rate"])
+    architecture = get_architecture(model)  # trains with its paper's recipe (the registry's)
     try:
-        probe, _ = train(data, model, {}, TrainingSettings(epochs=1, device=device, **recipe), progress=False)
+        probe, _ = train(
+            data, model, {}, architecture.training_settings(epochs=1, device=device), progress=False
+        )
     except ValueError as exc:  # the model does not fit this grid (e.g. MgNO in 1D)
         return str(exc)
     epoch_seconds = sum(h["seconds"] for h in probe.config["history"])
     epochs = max(1, int(budget / epoch_seconds))
     started = time.perf_counter()
     surrogate, metrics = train(
-        data, model, {}, TrainingSettings(epochs=epochs, device=device, **recipe), progress=False
+        data, model, {}, architecture.training_settings(epochs=epochs, device=device), progress=False
     )
     return {
         "test_relative_l2": metrics["test_relative_l2"],

@@ -63,6 +63,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     from pdeserve.operators.settings import LOSSES, SCHEDULERS, TrainingSettings
 
     defaults = TrainingSettings()
+    recipe_fields = {key for architecture in ARCHITECTURES.values() for key in architecture.recipe}
     train = sub.add_parser(
         "train",
         help="train a neural operator and publish it to a model repository",
@@ -86,7 +87,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     for flag, field, kind, text in (
         ("--epochs", "epochs", int, "passes over the training split"),
         ("--batch-size", "batch_size", int, "samples per optimisation step"),
-        ("--lr", "learning_rate", float, "Adam (peak) learning rate; default: the model's for the grid"),
+        ("--lr", "learning_rate", float, "Adam (peak) learning rate"),
         ("--weight-decay", "weight_decay", float, "Adam weight decay"),
         ("--step-size", "step_size", int, "epochs between drops of the step schedule"),
         ("--gamma", "gamma", float, "factor of each drop of the step schedule"),
@@ -97,15 +98,19 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         ("--patience", "patience", int, "stop after this many epochs without a better validation error"),
         ("--seed", "seed", int, "seeds initialisation and shuffling"),
     ):
+        if field in recipe_fields:  # None: the model's recipe decides, then TrainingSettings' default
+            text += f" (default: the model's recipe, else {getattr(defaults, field)})"
         train.add_argument(flag, dest=field, type=kind, default=getattr(defaults, field), help=text)
-    train.set_defaults(learning_rate=None)  # resolved from the registry once the data's grid is known
     for flag, field, choices, text in (
         ("--scheduler", "scheduler", SCHEDULERS, "learning-rate schedule"),
         ("--loss", "loss", LOSSES, "relative L2 or relative H1 training loss"),
         ("--device", "device", ("auto", "cpu", "cuda"), "auto: CUDA if present"),
         ("--amp", "amp", ("auto", "on", "off"), "mixed precision (auto: on with CUDA)"),
     ):
+        if field in recipe_fields:
+            text += f" (default: the model's recipe, else {getattr(defaults, field)})"
         train.add_argument(flag, dest=field, choices=choices, default=getattr(defaults, field), help=text)
+    train.set_defaults(**dict.fromkeys(recipe_fields))
     train.add_argument(
         "--input-steps", type=int, default=1, help="trajectory data: states given to the operator"
     )
@@ -259,11 +264,9 @@ def _train(args: argparse.Namespace) -> None:
 
     check_name(args.name)
     data = load_dataset(args.data)
-    if args.learning_rate is None:
-        architecture = get_architecture(args.model)
-        args.learning_rate = architecture.learning_rate(data.grid_ndim, TrainingSettings.learning_rate)
-    settings = TrainingSettings(
-        **{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainingSettings)}
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainingSettings)}
+    settings = get_architecture(args.model).training_settings(
+        **{k: v for k, v in given.items() if v is not None}
     )
     time_map = TimeMap(args.input_steps, args.output_steps)
     folder = ModelRepository(args.repo).training_folder(args.name)

@@ -120,16 +120,24 @@ def test_mgno_refuses_a_grid_it_cannot_coarsen_and_names_the_nearest_sides(small
         get_architecture("mgno").default_arguments(1, "periodic")
 
 
+GALERKIN_RECIPE = {"learning_rate": 1e-3, "scheduler": "onecycle", "onecycle_div": 1e4, "grad_clip": 0.99}
+
+
 @pytest.mark.parametrize(
     ("name", "ndim", "flags", "expected"),
     [
-        ("galerkin", 2, [], 3e-4),  # the registry's 2D rate: 1e-3 leaves the model at the mean field
-        ("galerkin", 1, [], 1e-3),
-        ("fno", 2, [], 1e-3),
-        ("galerkin", 2, ["--lr", "5e-4"], 5e-4),  # an explicit --lr wins
+        ("galerkin", 2, [], GALERKIN_RECIPE),  # its paper's recipe from the registry
+        ("galerkin", 1, [], GALERKIN_RECIPE),
+        ("fno", 2, [], {"learning_rate": 1e-3, "scheduler": "cosine", "grad_clip": 0.0, "batch_size": 20}),
+        (
+            "galerkin",
+            2,
+            ["--lr", "5e-4", "--grad-clip", "0"],  # explicit flags win, the recipe fills the rest
+            {**GALERKIN_RECIPE, "learning_rate": 5e-4, "grad_clip": 0.0},
+        ),
     ],
 )
-def test_train_cli_takes_the_models_learning_rate_for_the_grid(
+def test_train_cli_trains_with_the_models_recipe_unless_told_otherwise(
     name, ndim, flags, expected, dataset_files, tmp_path
 ):
     from pdeserve.serving.cli import main
@@ -141,4 +149,4 @@ def test_train_cli_takes_the_models_learning_rate_for_the_grid(
         command += ["--arg", f"{key}={json.dumps(value)}"]
     assert main(command) == 0
     config = json.loads((tmp_path / "m" / "1" / "config.json").read_text())
-    assert config["training"]["learning_rate"] == pytest.approx(expected)
+    assert {key: config["training"][key] for key in expected} == pytest.approx(expected)
