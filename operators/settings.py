@@ -82,7 +82,7 @@ class TrainingSettings:
             raise ValueError(
                 f"validation fraction must be in [0, 1 - test fraction), got {self.val_fraction}"
             )
-        if self.onecycle_div < 1.0 or self.grad_clip < 0.0:
+        if not (self.onecycle_div >= 1.0 and self.grad_clip >= 0.0):  # NaN fails too
             raise ValueError(
                 f"onecycle div must be at least 1 and grad clip not negative, got {self.onecycle_div} "
                 f"and {self.grad_clip}"

@@ -11,7 +11,6 @@ for its in-process baseline as the replica does, so both sides allocate alike).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 
 logger = logging.getLogger("pdeserve")
@@ -19,16 +18,15 @@ logger = logging.getLogger("pdeserve")
 # From glibc's <malloc.h>.
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD_BYTES = 32 * 2**20  # glibc's largest (HEAP_MAX_SIZE / 2 on 64-bit)
+MMAP_THRESHOLD_BYTES = 32 * 2**20  # the most glibc's own adjustment raises it to on 64-bit
 TRIM_THRESHOLD_BYTES = 512 * 2**20
 
 
 def retain_freed_memory() -> bool:
     """Set glibc's mmap and trim thresholds for this process; False (and nothing changed) where the C
     library is not glibc."""
-    name = ctypes.util.find_library("c")
     try:
-        mallopt = ctypes.CDLL(name).mallopt if name else None
+        mallopt = ctypes.CDLL(None).mallopt  # the C library this process runs on
     except (OSError, AttributeError):
         mallopt = None
     if mallopt is None:

@@ -204,8 +204,9 @@ class SolverService:
 
     async def __init__(self, repo: str, options: dict | None = None) -> None:
         retain_freed_memory()  # batched forward passes reuse their memory (serving/allocator.py)
-        # Every torch call of the replica (loads and forward passes) runs on this one thread: each thread
-        # that runs torch gets its own OpenMP team, and two teams on the same cores took a batch-1
+        # Every surrogate's torch calls (loads and forward passes) run on this one thread (reference
+        # solves, which may take long, keep their own threads): each thread that runs torch gets its own
+        # OpenMP team, and two teams on the same cores took a batch-1
         # forward pass of the bundled FNO from 9-13 ms to 17-23 ms here. A model load therefore waits
         # for the forward pass in progress, and the next pass for the load.
         self._torch_thread = ThreadPoolExecutor(1, thread_name_prefix="pdeserve-torch")
@@ -273,7 +274,10 @@ class SolverService:
         return results
 
     async def _forward(self, surrogate: Surrogate, x: np.ndarray) -> np.ndarray:
-        """One request's forward pass, stacked with the others that enter the batcher with it."""
+        """One request's forward pass, stacked with the others that enter the batcher with it. With a
+        batch wait, the batcher gathers by itself (the gate would hold back whom it waits for)."""
+        if self.options.batch_wait_s:
+            return await self._infer((surrogate, x))
         return await self._gate.run(lambda: self._infer((surrogate, x)))
 
     async def _answer(

@@ -25,9 +25,10 @@ class ServingOptions:
     max_batch_size : int
         Most requests stacked into one forward pass.
     batch_wait_s : float
-        Longest a request waits for others to join its batch. 0 adds no wait: a batch is then every
-        request that arrived while the previous forward pass ran, which fills batches under load as
-        well as a wait does (16 clients, bench/serving.py) and costs batch-1 latency nothing.
+        0 (the default): a lone request starts at once and a batch is every request that arrived while
+        the previous forward pass ran (serving/batching.py), which fills batches under load and costs
+        batch-1 latency nothing. Above 0: ``@serve.batch``'s own behaviour, each batch waiting up to
+        this long for company after its first request.
     max_ongoing_requests : int
         Requests a replica works on at once (Ray Serve's ``max_ongoing_requests``); at least
         ``max_batch_size``, or batches can never fill.

@@ -36,6 +36,7 @@ def start(
     metrics_port: int | None = 8080,
     options: ServingOptions | None = None,
     replica_cpus: float = ReplicaScaling.num_cpus,
+    host: str = "0.0.0.0",
 ) -> None:
     """Start (or join) Ray, start Serve and deploy the application; returns once it is running.
 
@@ -53,6 +54,9 @@ def start(
         Batching, request-size limit and authentication.
     replica_cpus : float
         CPUs the replica reserves; its torch runs that many threads (at least one).
+    host : str
+        Address the ports listen on (HAProxy serves the gRPC port on the HTTP proxy's host): every
+        interface by default, as a container or a remote simulation needs.
     """
     import ray
     from ray import serve
@@ -75,7 +79,7 @@ def start(
             log_to_driver=False,
             **({"_metrics_export_port": metrics_port} if address == "local" and metrics_port else {}),
         )
-    serve.start(**serve_options(grpc_port, http_port))
+    serve.start(**serve_options(grpc_port, http_port, host))
     serve.run(build_app(repo, options, replica_cpus), name=APP_NAME, blocking=False)
 
 
