@@ -206,9 +206,9 @@ class SolverService:
         retain_freed_memory()  # batched forward passes reuse their memory (serving/allocator.py)
         # Every surrogate's torch calls (loads and forward passes) run on this one thread (reference
         # solves, which may take long, keep their own threads): each thread that runs torch gets its own
-        # OpenMP team, and two teams on the same cores took a batch-1
-        # forward pass of the bundled FNO from 9-13 ms to 17-23 ms here. A model load therefore waits
-        # for the forward pass in progress, and the next pass for the load.
+        # OpenMP team, and two teams on the same cores took a batch-1 forward pass of the bundled FNO
+        # from 9-13 ms to 17-23 ms here. A model load therefore waits for the forward pass in progress,
+        # and the next pass for the load.
         self._torch_thread = ThreadPoolExecutor(1, thread_name_prefix="pdeserve-torch")
         self.repository = ModelRepository(repo)
         self.options = ServingOptions(**(options or {}))
