@@ -279,11 +279,6 @@ class LoadedDataset:
     def n_samples(self) -> int:
         return next(iter(self.inputs.values())).shape[0]
 
-    @property
-    def grid_ndim(self) -> int:
-        """Dimensions of the spatial grid (1 for Burgers, 2 for the others)."""
-        return next(iter(self.inputs.values())).ndim - 1
-
     def fingerprint(self) -> str:
         """sha256 over the names, dtypes, shapes and bytes of every field: the data's content identity."""
         digest = hashlib.sha256()
