@@ -219,7 +219,7 @@ class SolverService:
         self.oip = oip
         self._infer.set_max_batch_size(self.options.max_batch_size)
         self._infer.set_batch_wait_timeout_s(self.options.batch_wait_s)
-        self._gate = BatchGate()
+        self._gate = BatchGate(self.options.batch_hold_fraction)
         self._ready = 0
         for name in self.repository.names():
             try:

@@ -7,6 +7,14 @@ here, bench/serving.py); a wait long enough to gather them adds that wait to eve
 ``BatchGate`` restores opportunistic batching: while any request is inside the batcher, newcomers wait
 at the gate, and when the last one leaves, all of them enter at once and form one batch (up to the
 batcher's ``max_batch_size``). An idle server still starts a lone request at once.
+
+Closed-loop clients (each sends its next request when the last is answered) split into cohorts that
+never merge again: a straggler that missed a batch runs alone while the others wait, then they run while
+it waits (16 clients ran batches of 1 and 15, or 8 and 9, in turn here). So when a batch leaves, the gate
+stays shut for a short hold, until the requests already waiting plus as many as that batch had are
+there (its clients coming back with their next requests), for at most ``hold_fraction`` of the time the
+batch spent inside. A lone client fills its own quota of one at once and never waits; a hold costs at
+most that fraction of a pass.
 """
 
 from __future__ import annotations
@@ -22,17 +30,30 @@ class BatchGate:
     """Lets requests into a batcher one batch at a time (see the module docstring).
 
     Single event loop only (a replica's): the counters are plain attributes.
+
+    Parameters
+    ----------
+    hold_fraction : float
+        Longest hold after a batch leaves, as a fraction of the time it spent inside; 0 admits the
+        waiting requests at once.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, hold_fraction: float = 0.1) -> None:
+        self.hold_fraction = hold_fraction
         self.inside = 0  # requests admitted to the batcher and not yet answered
         self._waiting: list[asyncio.Future[None]] = []
+        self._group = 0  # requests admitted together last time
+        self._group_admitted_at = 0.0
+        self._hold: asyncio.TimerHandle | None = None  # set while the gate holds for a fuller batch
+        self._hold_target = 0  # waiting requests that end the hold early
 
     async def run(self, call: Callable[[], Awaitable[T]]) -> T:
         """Await ``call()`` (which submits one request to the batcher) once the gate admits it."""
-        if self.inside:
+        if self.inside or self._hold:
             admitted = asyncio.get_running_loop().create_future()
             self._waiting.append(admitted)
+            if self._hold and self._live_waiting() >= self._hold_target:
+                self._admit()
             try:
                 await admitted
             except asyncio.CancelledError:
@@ -41,18 +62,40 @@ class BatchGate:
                     self._leave()
                 raise
         else:
-            self.inside += 1
+            self._start_group(1)
         try:
             return await call()
         finally:
             self._leave()
 
+    def _live_waiting(self) -> int:
+        return sum(not admitted.done() for admitted in self._waiting)  # a caller that gave up is done
+
+    def _start_group(self, size: int) -> None:
+        self.inside += size
+        self._group = size
+        self._group_admitted_at = asyncio.get_running_loop().time()
+
     def _leave(self) -> None:
         self.inside -= 1
-        if self.inside or not self._waiting:
+        if self.inside:
             return
+        if self.hold_fraction <= 0:
+            self._admit()
+            return
+        loop = asyncio.get_running_loop()
+        self._hold_target = self._live_waiting() + self._group
+        hold_s = self.hold_fraction * (loop.time() - self._group_admitted_at)
+        self._hold = loop.call_later(hold_s, self._admit)
+
+    def _admit(self) -> None:
+        """End any hold and admit every caller still waiting, as one group."""
+        if self._hold:
+            self._hold.cancel()
+            self._hold = None
         waiting, self._waiting = self._waiting, []
-        for admitted in waiting:
-            if not admitted.done():  # a caller that gave up while waiting has a cancelled future
-                admitted.set_result(None)
-                self.inside += 1
+        live = [admitted for admitted in waiting if not admitted.done()]
+        for admitted in live:
+            admitted.set_result(None)
+        if live:
+            self._start_group(len(live))

@@ -29,6 +29,11 @@ class ServingOptions:
         the previous forward pass ran (serving/batching.py), which fills batches under load and costs
         batch-1 latency nothing. Above 0: ``@serve.batch``'s own behaviour, each batch waiting up to
         this long for company after its first request.
+    batch_hold_fraction : float
+        With ``batch_wait_s`` 0: when fewer requests wait for the next batch than the batch just
+        answered had, they wait for as many to gather (the answered clients coming back) for at most
+        this fraction of that batch's time in the batcher; 0 never holds them. Keeps closed-loop
+        clients in one batch instead of two that alternate (serving/batching.py).
     max_ongoing_requests : int
         Requests a replica works on at once (Ray Serve's ``max_ongoing_requests``); at least
         ``max_batch_size``, or batches can never fill.
@@ -42,8 +47,15 @@ class ServingOptions:
     auth_token_env: str = ""
     max_batch_size: int = 32
     batch_wait_s: float = 0.0
+    batch_hold_fraction: float = 0.1
     max_ongoing_requests: int = 64
     max_queued_requests: int = 256
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.batch_hold_fraction <= 1:
+            raise ValueError(f"batch_hold_fraction must be in [0, 1], got {self.batch_hold_fraction}")
+        if not self.batch_wait_s >= 0:
+            raise ValueError(f"batch_wait_s must be >= 0, got {self.batch_wait_s}")
 
     def resolved_auth_token(self, environ: Mapping[str, str] = os.environ) -> str:
         """The token requests must carry ("" for none): ``auth_token``, else the variable

@@ -1,4 +1,5 @@
-"""BatchGate: requests that arrive while a batch is in flight enter the batcher together, and no caller
+"""BatchGate: requests that arrive while a batch is in flight enter the batcher together, a batch that
+leaves holds the gate briefly for its clients' next requests (never a lone client's), and no caller
 (finished, failed or cancelled) can leave the gate shut. The live batching test is in
 test_serving_features.py."""
 
@@ -44,7 +45,7 @@ async def _settle() -> None:
 
 def test_an_idle_gate_admits_at_once_and_newcomers_enter_together_when_the_batch_leaves() -> None:
     async def scenario() -> None:
-        gate = BatchGate()
+        gate = BatchGate(hold_fraction=0)
         batcher = Batcher(gate)
         first = asyncio.create_task(batcher.call(0))
         await _settle()
@@ -66,7 +67,7 @@ def test_an_idle_gate_admits_at_once_and_newcomers_enter_together_when_the_batch
 
 def test_a_failed_or_cancelled_caller_never_leaves_the_gate_shut() -> None:
     async def scenario() -> None:
-        gate = BatchGate()
+        gate = BatchGate(hold_fraction=0)
         batcher = Batcher(gate)
         # Request 2 is admitted when request 0 leaves and cancelled before it can enter.
         admitted_then_cancelled: asyncio.Task | None = None
@@ -91,5 +92,72 @@ def test_a_failed_or_cancelled_caller_never_leaves_the_gate_shut() -> None:
         assert batcher.entered == [0, 3]
         # The gate is open: a new request enters at once.
         assert await batcher.call(4) == 4
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_that_leaves_holds_the_gate_until_its_clients_are_back() -> None:
+    async def scenario() -> None:
+        gate = BatchGate(hold_fraction=0)
+        batcher = Batcher(gate)
+        first = asyncio.create_task(batcher.call(0))
+        await _settle()
+        pair = [asyncio.create_task(batcher.call(i)) for i in (1, 2)]
+        await _settle()
+        batcher.release.set()
+        batcher.release = asyncio.Event()
+        await first
+        await _settle()
+        assert gate.inside == 2  # requests 1 and 2 are inside as one batch
+        gate.hold_fraction = 1.0  # from now on, hold up to the time a batch spent inside (>= 0.2 s)
+        waiting = asyncio.create_task(batcher.call(3))
+        await asyncio.sleep(0.2)
+        batcher.release.set()
+        batcher.release = asyncio.Event()
+        assert await asyncio.gather(*pair) == [1, 2]
+        # One is waiting and the batch of two that left may come back: held until there are three.
+        back = [asyncio.create_task(batcher.call(4))]
+        await _settle()
+        assert batcher.entered == [0, 1, 2] and gate.inside == 0
+        back.append(asyncio.create_task(batcher.call(5)))
+        await _settle()
+        assert sorted(batcher.entered[3:]) == [3, 4, 5] and gate.inside == 3  # one batch of three
+        batcher.release.set()
+        assert await asyncio.gather(waiting, *back) == [3, 4, 5]
+
+    asyncio.run(scenario())
+
+
+def test_the_hold_ends_after_its_fraction_of_the_batch_time_and_a_lone_client_never_waits() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        gate = BatchGate(hold_fraction=0.25)
+        batcher = Batcher(gate)
+        # A lone client: each request fills the quota of its own last batch (one) by itself, so it
+        # enters at once although that batch spent 0.1 s inside (a hold of up to 25 ms).
+        for i in range(3):
+            task = asyncio.create_task(batcher.call(i))
+            await _settle()
+            assert batcher.entered[-1] == i
+            await asyncio.sleep(0.1)
+            batcher.release.set()
+            batcher.release = asyncio.Event()
+            assert await task == i
+        first = asyncio.create_task(batcher.call(10))
+        await _settle()
+        held = asyncio.create_task(batcher.call(11))
+        await asyncio.sleep(0.4)
+        batcher.release.set()
+        batcher.release = asyncio.Event()
+        await first
+        left_at = loop.time()
+        await _settle()
+        assert batcher.entered[-1] == 10  # held: its quota is two and nobody else comes
+        while batcher.entered[-1] != 11:
+            await asyncio.sleep(0.005)
+        waited = loop.time() - left_at
+        assert 0.05 < waited < 0.35, waited  # a quarter of the >= 0.4 s the batch spent inside
+        batcher.release.set()
+        assert await held == 11
 
     asyncio.run(scenario())
