@@ -257,6 +257,9 @@ class SolverService:
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)  # set from ServingOptions in __init__
     async def _infer(self, items: list[tuple[Surrogate, np.ndarray]]) -> list[np.ndarray]:
+        return await self._passes(items)
+
+    async def _passes(self, items: list[tuple[Surrogate, np.ndarray]]) -> list[np.ndarray]:
         """Stack requests for the same model and grid into one forward pass each."""
         groups: dict[tuple, list[int]] = {}
         for i, (surrogate, x) in enumerate(items):
@@ -274,11 +277,16 @@ class SolverService:
         return results
 
     async def _forward(self, surrogate: Surrogate, x: np.ndarray) -> np.ndarray:
-        """One request's forward pass, stacked with the others that enter the batcher with it. With a
-        batch wait, the batcher gathers by itself (the gate would hold back whom it waits for)."""
+        """One request's forward pass, stacked with the others that enter the batcher with it. A request
+        the gate admits alone skips the batcher's queue (0.4 ms here); with a batch wait, the batcher
+        gathers by itself (the gate would hold back whom it waits for)."""
         if self.options.batch_wait_s:
             return await self._infer((surrogate, x))
-        return await self._gate.run(lambda: self._infer((surrogate, x)))
+
+        async def admitted(alone: bool) -> np.ndarray:
+            return (await self._passes([(surrogate, x)]))[0] if alone else await self._infer((surrogate, x))
+
+        return await self._gate.run(admitted)
 
     async def _answer(
         self,

@@ -6,7 +6,8 @@ forward pass becomes a batch of its own and queues for the pass after it (16 cli
 here, bench/serving.py); a wait long enough to gather them adds that wait to every batch-1 request.
 ``BatchGate`` restores opportunistic batching: while any request is inside the batcher, newcomers wait
 at the gate, and when the last one leaves, all of them enter at once and form one batch (up to the
-batcher's ``max_batch_size``). An idle server still starts a lone request at once.
+batcher's ``max_batch_size``). An idle server still starts a lone request at once, and tells its caller
+that it is alone, since nobody can join its batch: the caller may skip the batcher's queue.
 
 Closed-loop clients (each sends its next request when the last is answered) split into cohorts that
 never merge again: a straggler that missed a batch runs alone while the others wait, then they run while
@@ -47,8 +48,9 @@ class BatchGate:
         self._hold: asyncio.TimerHandle | None = None  # set while the gate holds for a fuller batch
         self._hold_target = 0  # waiting requests that end the hold early
 
-    async def run(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Await ``call()`` (which submits one request to the batcher) once the gate admits it."""
+    async def run(self, call: Callable[[bool], Awaitable[T]]) -> T:
+        """Await ``call(alone)`` (which submits one request to the batcher) once the gate admits it;
+        ``alone`` is true when it entered as a group of one."""
         if self.inside or self._hold:
             admitted = asyncio.get_running_loop().create_future()
             self._waiting.append(admitted)
@@ -64,7 +66,7 @@ class BatchGate:
         else:
             self._start_group(1)
         try:
-            return await call()
+            return await call(self._group == 1 and self.inside == 1)
         finally:
             self._leave()
 

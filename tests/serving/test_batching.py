@@ -13,19 +13,22 @@ from pdeserve.serving.batching import BatchGate
 
 
 class Batcher:
-    """A stand-in for ``@serve.batch``: records which requests were inside together; each call
-    finishes when the test releases it."""
+    """A stand-in for ``@serve.batch``: records which requests were inside together and which the gate
+    admitted alone; each call finishes when the test releases it."""
 
     def __init__(self, gate: BatchGate) -> None:
         self.gate = gate
         self.entered: list[int] = []
+        self.alone: list[int] = []
         self.release = asyncio.Event()
 
     async def call(self, i: int, fail: bool = False, then=None) -> int:
         """Request ``i``; ``then()`` runs as soon as it leaves the gate, before any other task runs."""
 
-        async def inside() -> int:
+        async def inside(alone: bool) -> int:
             self.entered.append(i)
+            if alone:
+                self.alone.append(i)
             await self.release.wait()
             if fail:
                 raise RuntimeError(f"request {i} failed")
@@ -58,6 +61,7 @@ def test_an_idle_gate_admits_at_once_and_newcomers_enter_together_when_the_batch
         assert await first == 0
         await _settle()
         assert batcher.entered == [0, 1, 2, 3, 4, 5] and gate.inside == 5  # all five entered at once
+        assert batcher.alone == [0]
         batcher.release.set()
         assert await asyncio.gather(*later) == [1, 2, 3, 4, 5]
         assert gate.inside == 0
@@ -122,6 +126,7 @@ def test_a_batch_that_leaves_holds_the_gate_until_its_clients_are_back() -> None
         back.append(asyncio.create_task(batcher.call(5)))
         await _settle()
         assert sorted(batcher.entered[3:]) == [3, 4, 5] and gate.inside == 3  # one batch of three
+        assert batcher.alone == [0]
         batcher.release.set()
         assert await asyncio.gather(waiting, *back) == [3, 4, 5]
 
@@ -159,5 +164,6 @@ def test_the_hold_ends_after_its_fraction_of_the_batch_time_and_a_lone_client_ne
         assert 0.05 < waited < 0.35, waited  # a quarter of the >= 0.4 s the batch spent inside
         batcher.release.set()
         assert await held == 11
+        assert batcher.alone == [0, 1, 2, 10, 11]  # the held one came alone: a group of one
 
     asyncio.run(scenario())
