@@ -7,13 +7,14 @@ Throughput: ``--clients`` concurrent clients sending batch-1 ``Solve`` calls (th
 ``@serve.batch``) against in-process ``predict`` at its best batch size (picked from 1..32), in
 alternating rounds of ``--seconds`` each; the ratio of the summed rates (target: served >= 0.8x the best
 in-process).
-The replica reserves ``--replica-cpus`` CPUs, by default as many as the in-process baseline's torch
-threads, so that both sides compute with the same cores, and this process sets the replica's malloc
-thresholds (serving/allocator.py).
+``--replicas`` replicas each reserve ``--replica-cpus`` CPUs, by default together as many as the
+in-process baseline's torch threads, so that both sides compute with the same cores (one replica of 2
+CPUs, or ``--replicas 2`` of one CPU and one torch thread each), and this process sets the replicas'
+malloc thresholds (serving/allocator.py).
 
-Usage: ``python bench/serving.py [--repo models] [--model darcy-fno] [--calls 200] [--clients 16]
-[--seconds 10] [--rounds 3] [--replica-cpus N] [--out FILE]`` (``make bench``). Prints tables and
-writes JSON (default ``bench/results/serving.json``).
+Usage: ``python bench/serving.py [--repo models] [--model darcy-fno] [--calls 200] [--block 10]
+[--clients 16] [--seconds 10] [--rounds 3] [--replicas 1] [--replica-cpus N] [--out FILE]``
+(``make bench``). Prints tables and writes JSON (default ``bench/results/serving.json``).
 """
 
 from __future__ import annotations
@@ -75,14 +76,16 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each throughput round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating throughput rounds")
+    parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument(
         "--replica-cpus",
         type=float,
-        default=torch.get_num_threads(),
-        help="CPUs (torch threads) of the replica (default: the in-process baseline's threads)",
+        help="CPUs (torch threads) of each replica (default: the in-process baseline's threads / replicas)",
     )
     parser.add_argument("--out", default="bench/results/serving.json")
     args = parser.parse_args()
+    if args.replica_cpus is None:
+        args.replica_cpus = torch.get_num_threads() / args.replicas
 
     retain_freed_memory()  # the replica's allocator settings, so that both sides allocate alike
     surrogate = load_model(args.repo, args.model)
@@ -95,7 +98,13 @@ def main() -> None:
 
     port = free_port()
     started = time.perf_counter()
-    server.start(args.repo, grpc_port=port, http_port=free_port(), replica_cpus=args.replica_cpus)
+    server.start(
+        args.repo,
+        grpc_port=port,
+        http_port=free_port(),
+        replica_cpus=args.replica_cpus,
+        replicas=args.replicas,
+    )
     startup_s = time.perf_counter() - started
     local_ms: list[float] = []
     remote_ms: list[float] = []
@@ -133,6 +142,7 @@ def main() -> None:
     local, remote = summary(np.asarray(local_ms)), summary(np.asarray(remote_ms))
     result = {
         "device": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads in-process",
+        "replicas": args.replicas,
         "replica_cpus": args.replica_cpus,
         "model": args.model,
         "resolution": side,
@@ -160,7 +170,8 @@ def main() -> None:
     print(f"in-process solutions/s by batch size (2 s each): {rates}")
     rounds = "; ".join(f"{p:.0f} vs {q:.0f}" for p, q in zip(in_process, served, strict=True))
     print(
-        f"in-process at batch {best_batch} vs {args.clients} concurrent clients through Ray Serve, "
+        f"in-process at batch {best_batch} vs {args.clients} concurrent clients through Ray Serve "
+        f"({args.replicas} x {args.replica_cpus:g} CPU), "
         f"solutions/s by round: {rounds}; ratio served / in-process: "
         f"{result['throughput_ratio_served_over_best_in_process']:.2f} (target >= 0.8)"
     )

@@ -520,12 +520,17 @@ class SolverService:
 
 
 def build_app(
-    repo: str | Path, options: ServingOptions | None = None, replica_cpus: float = 1.0
+    repo: str | Path,
+    options: ServingOptions | None = None,
+    replica_cpus: float = 1.0,
+    replicas: int | None = None,
 ) -> serve.Application:
-    """The Serve application for the model repository ``repo`` (each replica reserving
-    ``replica_cpus`` of Ray's CPUs; Ray gives a replica's torch that many threads, at least one)."""
+    """The Serve application for the model repository ``repo``: ``replicas`` replicas (None: Serve's
+    one, or what a Serve config's ``autoscaling_config`` says), each reserving ``replica_cpus`` of Ray's
+    CPUs (Ray gives a replica's torch that many threads, at least one)."""
     options = options or ServingOptions()
     deployment = SolverService.options(
+        **({"num_replicas": replicas} if replicas is not None else {}),
         ray_actor_options={"num_cpus": replica_cpus},
         max_ongoing_requests=options.max_ongoing_requests,
         max_queued_requests=options.max_queued_requests,

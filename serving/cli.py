@@ -56,6 +56,13 @@ def _add_serving_subcommands(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--metrics-port", type=int, default=8080, help="Prometheus metrics of a local Ray")
     _add_serving_options(serve)
     _add_replica_cpus(serve)
+    serve.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="replicas of the service; on CPUs, N replicas of --replica-cpus 1 serve more solutions/s "
+        "than one replica of N CPUs, which answers a lone request sooner",
+    )
     serve.set_defaults(func=_serve)
 
     config = sub.add_parser(
@@ -172,6 +179,8 @@ def _serving_options(args: argparse.Namespace) -> ServingOptions:
 def _serve(args: argparse.Namespace) -> None:
     from pdeserve.serving.server import serve_forever
 
+    if args.replicas < 1:
+        raise ValueError(f"--replicas must be at least 1, got {args.replicas}")
     options = _serving_options(args)
     if args.address == "local":  # the replicas inherit this environment: refuse a missing token now
         options.resolved_auth_token()
@@ -182,6 +191,7 @@ def _serve(args: argparse.Namespace) -> None:
         metrics_port=args.metrics_port,
         options=options,
         replica_cpus=args.replica_cpus,
+        replicas=args.replicas,
     )
 
 

@@ -36,6 +36,7 @@ def start(
     metrics_port: int | None = 8080,
     options: ServingOptions | None = None,
     replica_cpus: float = ReplicaScaling.num_cpus,
+    replicas: int = 1,
     host: str = "0.0.0.0",
 ) -> None:
     """Start (or join) Ray, start Serve and deploy the application; returns once it is running.
@@ -53,7 +54,12 @@ def start(
     options : ServingOptions, optional
         Batching, request-size limit and authentication.
     replica_cpus : float
-        CPUs the replica reserves; its torch runs that many threads (at least one).
+        CPUs each replica reserves; its torch runs that many threads (at least one).
+    replicas : int
+        Replicas of the application. On CPUs, replicas of one CPU each serve more solutions per second
+        than one replica with all the cores (each runs its own Python request path, and a single torch
+        thread loses nothing to synchronising threads); one replica with more threads answers a lone
+        request sooner (bench/serving.py).
     host : str
         Address the ports listen on (HAProxy serves the gRPC port on the HTTP proxy's host): every
         interface by default, as a container or a remote simulation needs.
@@ -80,7 +86,7 @@ def start(
             **({"_metrics_export_port": metrics_port} if address == "local" and metrics_port else {}),
         )
     serve.start(**serve_options(grpc_port, http_port, host))
-    serve.run(build_app(repo, options, replica_cpus), name=APP_NAME, blocking=False)
+    serve.run(build_app(repo, options, replica_cpus, replicas), name=APP_NAME, blocking=False)
 
 
 def stop(address: str = "local") -> None:
@@ -101,6 +107,7 @@ def serve_forever(
     metrics_port: int | None = 8080,
     options: ServingOptions | None = None,
     replica_cpus: float = ReplicaScaling.num_cpus,
+    replicas: int = 1,
 ) -> None:
     """``pdeserve serve``: start, print how to call the service, run until Ctrl-C or SIGTERM."""
     started = time.perf_counter()
@@ -111,6 +118,7 @@ def serve_forever(
         metrics_port=metrics_port,
         options=options,
         replica_cpus=replica_cpus,
+        replicas=replicas,
     )
     names = ", ".join(ModelRepository(repo).names())
     seconds = time.perf_counter() - started

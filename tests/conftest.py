@@ -62,13 +62,14 @@ class ServeApps:
     def __init__(self, target: str) -> None:
         self.target = target
 
-    def deploy(self, name: str, repo, options=None, replica_cpus: float = 0.25) -> str:
+    def deploy(self, name: str, repo, options=None, replica_cpus: float = 0.25, replicas: int = 1) -> str:
         """Deploy ``repo`` as application ``name`` (returns once it runs); returns the gRPC target."""
         from ray import serve
 
         from pdeserve.serving.app import build_app
 
-        serve.run(build_app(repo, options, replica_cpus=replica_cpus), name=name, route_prefix=f"/{name}")
+        application = build_app(repo, options, replica_cpus=replica_cpus, replicas=replicas)
+        serve.run(application, name=name, route_prefix=f"/{name}")
         return self.target
 
     def delete(self, name: str) -> None:
@@ -84,13 +85,13 @@ def serve_apps(grpc_target: str) -> ServeApps:
 
 @pytest.fixture
 def deploy_app(serve_apps: ServeApps):
-    """``deploy_app(name, repo, options=None, replica_cpus=0.25) -> target``; deleted after the test, so
-    requests without ``application`` metadata reach the main application again."""
+    """``deploy_app(name, repo, options=None, replica_cpus=0.25, replicas=1) -> target``; deleted after
+    the test, so requests without ``application`` metadata reach the main application again."""
     names: list[str] = []
 
-    def deploy(name: str, repo, options=None, replica_cpus: float = 0.25) -> str:
+    def deploy(name: str, repo, options=None, replica_cpus: float = 0.25, replicas: int = 1) -> str:
         names.append(name)
-        return serve_apps.deploy(name, repo, options, replica_cpus)
+        return serve_apps.deploy(name, repo, options, replica_cpus, replicas)
 
     yield deploy
     for name in names:

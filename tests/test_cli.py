@@ -55,6 +55,7 @@ def test_datagen_list_names_the_families_and_options():
         ),
         (["eval", "--repo", "nowhere", "--name", "m", "--data", "x.h5"], 1, "unknown model 'm'"),
         (["serve", "--repo", "nowhere"], 1, "no published models"),
+        (["serve", "--repo", "nowhere", "--replicas", "0"], 1, "--replicas must be at least 1, got 0"),
         (["solve", "--model", "m", "--input", "missing.npy"], 1, "no such input file"),
     ],
 )

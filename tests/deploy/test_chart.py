@@ -186,6 +186,10 @@ def test_default_chart_serves_what_pdeserve_serve_runs(monkeypatch):
     args = dict(config["applications"][0]["args"])
     assert args.pop("repo") == "/models"
     assert ServingOptions(**args) == started["options"]
+    assert (
+        started["replicas"]
+        == config["applications"][0]["deployments"][0]["autoscaling_config"]["max_replicas"]
+    )
     assert server.serve_options(9000, 8000, host="0.0.0.0") == {
         k: config[k] for k in ("http_options", "grpc_options")
     }

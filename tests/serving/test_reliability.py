@@ -117,3 +117,15 @@ def test_killed_replica_is_replaced_while_clients_keep_calling(deploy_app, bundl
         f"replica kill: {len(failed)} of {len(after)} requests failed ({sorted(set(failed))}); "
         f"first success {recovered[0] - killed_at:.1f} s after the kill"
     )
+
+
+def test_replicas_option_runs_that_many_replicas_behind_one_port(deploy_app, bundled_repo, fields):
+    target = deploy_app("pair", bundled_repo, replica_cpus=0.25, replicas=2)
+    assert len(_replica_actors("pair")) == 2
+
+    def call(i: int) -> tuple[int, int]:
+        with SolverClient(target, application="pair") as c:
+            return c.solve(MODEL, {"a": fields[i % len(fields)]})["u"].shape
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(call, range(16))) == [(64, 64)] * 16
