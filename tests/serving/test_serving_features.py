@@ -208,6 +208,16 @@ def test_server_still_answers_after_the_malformed_requests(grpc_target, field, b
         )
 
 
+def test_batching_options_out_of_range_are_refused_with_their_name():
+    from pdeserve.serving.app import app_builder
+
+    for bad in ({"batch_hold_fraction": 1.5}, {"batch_hold_fraction": float("nan")}, {"batch_wait_s": -1.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ServingOptions(**bad)
+    with pytest.raises(ValueError, match="batch_hold_fraction must be in"):
+        app_builder({"repo": "models", "batch_hold_fraction": "2"})
+
+
 def test_auth_token_resolution():
     """A token given directly, or through the variable a Serve config names; never both, never an
     empty variable (a replica asked for authentication refuses to start open)."""
