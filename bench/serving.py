@@ -84,6 +84,8 @@ def main() -> None:
     )
     parser.add_argument("--out", default="bench/results/serving.json")
     args = parser.parse_args()
+    if min(args.calls, args.block, args.clients, args.rounds, args.replicas) < 1:
+        parser.error("--calls, --block, --clients, --rounds and --replicas must be at least 1")
     if args.replica_cpus is None:
         args.replica_cpus = torch.get_num_threads() / args.replicas
 
@@ -125,14 +127,15 @@ def main() -> None:
             # spin for several ms after its last parallel region (libgomp's default), stealing the
             # cores from the other process's next call; call-by-call alternation charged that spin to
             # whichever side came second (Solve p50 20.7 vs 14.0 ms here, predict unchanged).
-            for _ in range(-(-args.calls // args.block)):
+            for done in range(0, args.calls, args.block):
+                block = min(args.block, args.calls - done)
                 surrogate.predict({"a": a})
-                for _ in range(args.block):
+                for _ in range(block):
                     tick = time.perf_counter()
                     surrogate.predict({"a": a})
                     local_ms.append((time.perf_counter() - tick) * 1e3)
                 client.solve_response(args.model, {"a": a})
-                for _ in range(args.block):
+                for _ in range(block):
                     tick = time.perf_counter()
                     replica_ms.append(client.solve_response(args.model, {"a": a}).inference_ms)
                     remote_ms.append((time.perf_counter() - tick) * 1e3)

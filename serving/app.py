@@ -257,6 +257,7 @@ class SolverService:
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)  # set from ServingOptions in __init__
     async def _infer(self, items: list[tuple[Surrogate, np.ndarray]]) -> list[np.ndarray]:
+        """``@serve.batch``'s entry: the requests it gathered, through ``_passes``."""
         return await self._passes(items)
 
     async def _passes(self, items: list[tuple[Surrogate, np.ndarray]]) -> list[np.ndarray]:
@@ -283,10 +284,13 @@ class SolverService:
         if self.options.batch_wait_s:
             return await self._infer((surrogate, x))
 
-        async def admitted(alone: bool) -> np.ndarray:
-            return (await self._passes([(surrogate, x)]))[0] if alone else await self._infer((surrogate, x))
+        async def enter(alone: bool) -> np.ndarray:
+            if alone:
+                (out,) = await self._passes([(surrogate, x)])
+                return out
+            return await self._infer((surrogate, x))
 
-        return await self._gate.run(admitted)
+        return await self._gate.run(enter)
 
     async def _answer(
         self,
@@ -528,6 +532,8 @@ def build_app(
     """The Serve application for the model repository ``repo``: ``replicas`` replicas (None: Serve's
     one, or what a Serve config's ``autoscaling_config`` says), each reserving ``replica_cpus`` of Ray's
     CPUs (Ray gives a replica's torch that many threads, at least one)."""
+    if replicas is not None and replicas < 1:
+        raise ValueError(f"replicas must be at least 1, got {replicas}")
     options = options or ServingOptions()
     deployment = SolverService.options(
         **({"num_replicas": replicas} if replicas is not None else {}),

@@ -6,16 +6,17 @@ forward pass becomes a batch of its own and queues for the pass after it (16 cli
 here, bench/serving.py); a wait long enough to gather them adds that wait to every batch-1 request.
 ``BatchGate`` restores opportunistic batching: while any request is inside the batcher, newcomers wait
 at the gate, and when the last one leaves, all of them enter at once and form one batch (up to the
-batcher's ``max_batch_size``). An idle server still starts a lone request at once, and tells its caller
+batcher's ``max_batch_size``). A request to an idle gate starts at once, and the gate tells its caller
 that it is alone, since nobody can join its batch: the caller may skip the batcher's queue.
 
 Closed-loop clients (each sends its next request when the last is answered) split into cohorts that
 never merge again: a straggler that missed a batch runs alone while the others wait, then they run while
 it waits (16 clients ran batches of 1 and 15, or 8 and 9, in turn here). So when a batch leaves, the gate
-stays shut for a short hold, until the requests already waiting plus as many as that batch had are
-there (its clients coming back with their next requests), for at most ``hold_fraction`` of the time the
-batch spent inside. A lone client fills its own quota of one at once and never waits; a hold costs at
-most that fraction of a pass.
+stays shut for a short hold, until as many new requests as that batch had have arrived (its clients
+coming back with their next requests), for at most ``hold_fraction`` of the time the batch spent inside
+and never more than ``MAX_HOLD_S``. A lone client fills its own quota of one at once and never waits.
+Other newcomers during a hold wait up to its end: the hold pays off for closed-loop clients, and costs
+open-loop traffic at most that fraction of a pass.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 T = TypeVar("T")
+# Returning clients take a few ms; a batch that spent long inside (queued behind a model load, say)
+# must not hold the next one for a tenth of that.
+MAX_HOLD_S = 0.05
 
 
 class BatchGate:
@@ -35,27 +39,31 @@ class BatchGate:
     Parameters
     ----------
     hold_fraction : float
-        Longest hold after a batch leaves, as a fraction of the time it spent inside; 0 admits the
-        waiting requests at once.
+        Longest hold after a batch leaves, as a fraction of the time it spent inside (at most
+        ``MAX_HOLD_S``), in [0, 1]; 0 admits the waiting requests at once.
     """
 
     def __init__(self, hold_fraction: float = 0.1) -> None:
+        if not 0 <= hold_fraction <= 1:
+            raise ValueError(f"hold_fraction must be in [0, 1], got {hold_fraction}")
         self.hold_fraction = hold_fraction
         self.inside = 0  # requests admitted to the batcher and not yet answered
         self._waiting: list[asyncio.Future[None]] = []
         self._group = 0  # requests admitted together last time
         self._group_admitted_at = 0.0
         self._hold: asyncio.TimerHandle | None = None  # set while the gate holds for a fuller batch
-        self._hold_target = 0  # waiting requests that end the hold early
+        self._awaited = 0  # arrivals that end the hold early
 
     async def run(self, call: Callable[[bool], Awaitable[T]]) -> T:
         """Await ``call(alone)`` (which submits one request to the batcher) once the gate admits it;
-        ``alone`` is true when it entered as a group of one."""
-        if self.inside or self._hold:
+        ``alone`` is true when no other admitted request is inside."""
+        if self.inside or self._hold is not None:
             admitted = asyncio.get_running_loop().create_future()
             self._waiting.append(admitted)
-            if self._hold and self._live_waiting() >= self._hold_target:
-                self._admit()
+            if self._hold is not None:
+                self._awaited -= 1
+                if self._awaited <= 0:
+                    self._admit()
             try:
                 await admitted
             except asyncio.CancelledError:
@@ -66,12 +74,11 @@ class BatchGate:
         else:
             self._start_group(1)
         try:
-            return await call(self._group == 1 and self.inside == 1)
+            # Alone in the gate's count; a batch whose callers were all cancelled may still be
+            # computing, but passes take turns on the replica's torch thread either way.
+            return await call(self.inside == 1)
         finally:
             self._leave()
-
-    def _live_waiting(self) -> int:
-        return sum(not admitted.done() for admitted in self._waiting)  # a caller that gave up is done
 
     def _start_group(self, size: int) -> None:
         self.inside += size
@@ -82,21 +89,21 @@ class BatchGate:
         self.inside -= 1
         if self.inside:
             return
-        if self.hold_fraction <= 0:
+        if self.hold_fraction == 0:
             self._admit()
             return
         loop = asyncio.get_running_loop()
-        self._hold_target = self._live_waiting() + self._group
-        hold_s = self.hold_fraction * (loop.time() - self._group_admitted_at)
+        self._awaited = self._group
+        hold_s = min(self.hold_fraction * (loop.time() - self._group_admitted_at), MAX_HOLD_S)
         self._hold = loop.call_later(hold_s, self._admit)
 
     def _admit(self) -> None:
         """End any hold and admit every caller still waiting, as one group."""
-        if self._hold:
+        if self._hold is not None:
             self._hold.cancel()
             self._hold = None
         waiting, self._waiting = self._waiting, []
-        live = [admitted for admitted in waiting if not admitted.done()]
+        live = [admitted for admitted in waiting if not admitted.done()]  # cancelled callers are done
         for admitted in live:
             admitted.set_result(None)
         if live:

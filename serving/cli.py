@@ -144,6 +144,13 @@ def _add_serving_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-batch-size", type=int, default=32, help="most requests per forward pass")
     parser.add_argument(
+        "--batch-hold-fraction",
+        type=float,
+        default=ServingOptions.batch_hold_fraction,
+        help="after a batch, wait up to this fraction of its time for its clients' next requests "
+        "(0: never; keeps closed-loop clients in one batch)",
+    )
+    parser.add_argument(
         "--max-queued-requests",
         type=int,
         default=256,
@@ -172,6 +179,7 @@ def _serving_options(args: argparse.Namespace) -> ServingOptions:
         max_request_bytes=int(args.max_request_mb * 2**20),
         auth_token_env=args.auth_token_env,
         max_batch_size=args.max_batch_size,
+        batch_hold_fraction=args.batch_hold_fraction,
         max_queued_requests=args.max_queued_requests,
     )
 
@@ -179,7 +187,7 @@ def _serving_options(args: argparse.Namespace) -> ServingOptions:
 def _serve(args: argparse.Namespace) -> None:
     from pdeserve.serving.server import serve_forever
 
-    if args.replicas < 1:
+    if args.replicas < 1:  # before Ray starts
         raise ValueError(f"--replicas must be at least 1, got {args.replicas}")
     options = _serving_options(args)
     if args.address == "local":  # the replicas inherit this environment: refuse a missing token now

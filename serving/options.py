@@ -30,10 +30,10 @@ class ServingOptions:
         batch-1 latency nothing. Above 0: ``@serve.batch``'s own behaviour, each batch waiting up to
         this long for company after its first request.
     batch_hold_fraction : float
-        With ``batch_wait_s`` 0: when a batch has been answered, the next one waits until the requests
-        already waiting plus as many as that batch had are there (its clients coming back), for at most
-        this fraction of that batch's time in the batcher; 0 never holds. Keeps closed-loop clients in
-        one batch instead of cohorts that take turns (serving/batching.py); a lone client never waits.
+        With ``batch_wait_s`` 0: when a batch has been answered, the next one waits until as many new
+        requests as that batch had have arrived (its clients coming back), for at most this fraction of
+        that batch's time in the batcher (and 50 ms); 0 never holds. Keeps closed-loop clients in one
+        batch instead of cohorts that take turns (serving/batching.py); a lone client never waits.
     max_ongoing_requests : int
         Requests a replica works on at once (Ray Serve's ``max_ongoing_requests``); at least
         ``max_batch_size``, or batches can never fill.

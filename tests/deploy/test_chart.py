@@ -199,6 +199,7 @@ def test_serve_config_cli_prints_the_config_of_the_same_flags(monkeypatch, capsy
     from pdeserve.serving import cli, server
 
     flags = ["--max-batch-size", "8", "--max-queued-requests", "16", "--max-request-mb", "2"]
+    flags += ["--batch-hold-fraction", "0.25"]
     flags += ["--auth-token-env", "PDESERVE_TEST_TOKEN"]
     monkeypatch.setenv("PDESERVE_TEST_TOKEN", "s3cret")
     assert cli.main(["serve-config", "--repo", "/data/models", "--max-replicas", "3", *flags]) == 0
@@ -206,7 +207,7 @@ def test_serve_config_cli_prints_the_config_of_the_same_flags(monkeypatch, capsy
     (application,) = config["applications"]
     args = application["args"]
     assert (args["repo"], args["max_batch_size"], args["max_queued_requests"]) == ("/data/models", 8, 16)
-    assert args["max_request_bytes"] == 2 * 2**20
+    assert args["max_request_bytes"] == 2 * 2**20 and args["batch_hold_fraction"] == 0.25
     assert args["auth_token_env"] == "PDESERVE_TEST_TOKEN" and "s3cret" not in str(config)
     assert application["deployments"][0]["autoscaling_config"]["max_replicas"] == 3
 

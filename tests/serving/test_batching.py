@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from pdeserve.serving.batching import BatchGate
+from pdeserve.serving.batching import MAX_HOLD_S, BatchGate
 
 
 class Batcher:
@@ -133,7 +133,55 @@ def test_a_batch_that_leaves_holds_the_gate_until_its_clients_are_back() -> None
     asyncio.run(scenario())
 
 
-def test_the_hold_ends_after_its_fraction_of_the_batch_time_and_a_lone_client_never_waits() -> None:
+async def _two_inside(gate: BatchGate, batcher: Batcher) -> list[asyncio.Task]:
+    """Requests 1 and 2 inside as one batch (request 0 went through alone first)."""
+    first = asyncio.create_task(batcher.call(0))
+    await _settle()
+    pair = [asyncio.create_task(batcher.call(i)) for i in (1, 2)]
+    await _settle()
+    batcher.release.set()
+    batcher.release = asyncio.Event()
+    await first
+    await _settle()
+    assert gate.inside == 2
+    return pair
+
+
+def test_a_caller_that_gives_up_during_a_hold_neither_prolongs_it_nor_keeps_the_gate_shut() -> None:
+    async def scenario() -> None:
+        gate = BatchGate(hold_fraction=0)
+        batcher = Batcher(gate)
+        pair = await _two_inside(gate, batcher)
+        gate.hold_fraction = 1.0
+        gave_up = asyncio.create_task(batcher.call(3))
+        await asyncio.sleep(0.1)
+        batcher.release.set()
+        batcher.release = asyncio.Event()
+        await asyncio.gather(*pair)
+        gave_up.cancel()
+        await _settle()
+        back = [asyncio.create_task(batcher.call(i)) for i in (4, 5)]
+        await _settle()
+        assert sorted(batcher.entered[3:]) == [4, 5] and gate.inside == 2  # the pair's two are back
+        batcher.release.set()
+        assert await asyncio.gather(*back) == [4, 5]
+        # A hold that ends with nobody but a cancelled caller waiting leaves the gate open.
+        batcher.release = asyncio.Event()
+        lone = asyncio.create_task(batcher.call(6))
+        await _settle()
+        waiter = asyncio.create_task(batcher.call(7))
+        await asyncio.sleep(0.1)
+        batcher.release.set()
+        assert await lone == 6
+        waiter.cancel()
+        await asyncio.sleep(MAX_HOLD_S + 0.05)
+        assert gate.inside == 0
+        assert await batcher.call(8) == 8 and batcher.alone[-1] == 8
+
+    asyncio.run(scenario())
+
+
+def test_the_hold_ends_after_its_fraction_of_the_batch_time_capped_and_a_lone_client_never_waits() -> None:
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
         gate = BatchGate(hold_fraction=0.25)
@@ -151,7 +199,7 @@ def test_the_hold_ends_after_its_fraction_of_the_batch_time_and_a_lone_client_ne
         first = asyncio.create_task(batcher.call(10))
         await _settle()
         held = asyncio.create_task(batcher.call(11))
-        await asyncio.sleep(0.4)
+        await asyncio.sleep(0.16)
         batcher.release.set()
         batcher.release = asyncio.Event()
         await first
@@ -161,9 +209,27 @@ def test_the_hold_ends_after_its_fraction_of_the_batch_time_and_a_lone_client_ne
         while batcher.entered[-1] != 11:
             await asyncio.sleep(0.005)
         waited = loop.time() - left_at
-        assert 0.05 < waited < 0.35, waited  # a quarter of the >= 0.4 s the batch spent inside
+        assert 0.035 < waited < MAX_HOLD_S, waited  # a quarter of the >= 0.16 s the batch spent inside
         batcher.release.set()
         assert await held == 11
         assert batcher.alone == [0, 1, 2, 10, 11]  # the held one came alone: a group of one
+        # However long a batch spent inside, the hold ends after MAX_HOLD_S.
+        gate.hold_fraction = 1.0
+        batcher.release = asyncio.Event()
+        long = asyncio.create_task(batcher.call(12))
+        await _settle()
+        held = asyncio.create_task(batcher.call(13))
+        await asyncio.sleep(0.3)
+        batcher.release.set()
+        batcher.release = asyncio.Event()
+        await long
+        left_at = loop.time()
+        await _settle()
+        assert batcher.entered[-1] == 12  # held: a hold of up to 0.3 s without the cap
+        while batcher.entered[-1] != 13:
+            await asyncio.sleep(0.005)
+        assert MAX_HOLD_S * 0.8 < loop.time() - left_at < MAX_HOLD_S + 0.04
+        batcher.release.set()
+        assert await held == 13
 
     asyncio.run(scenario())
