@@ -181,9 +181,31 @@ def test_a_caller_that_gives_up_during_a_hold_neither_prolongs_it_nor_keeps_the_
     asyncio.run(scenario())
 
 
+async def _held_for(batcher: Batcher, first: int, second: int, inside_s: float) -> float:
+    """Request ``first`` spends ``inside_s`` inside while ``second`` waits and nobody else comes; how
+    long ``second`` is held after ``first`` leaves."""
+    loop = asyncio.get_running_loop()
+    batcher.release = asyncio.Event()
+    leaving = asyncio.create_task(batcher.call(first))
+    await _settle()
+    held = asyncio.create_task(batcher.call(second))
+    await asyncio.sleep(inside_s)
+    batcher.release.set()
+    batcher.release = asyncio.Event()
+    await leaving
+    left_at = loop.time()
+    await _settle()
+    assert batcher.entered[-1] == first  # held: it came before the leave, so it is no returning client
+    while batcher.entered[-1] != second:
+        await asyncio.sleep(0.005)
+    waited = loop.time() - left_at
+    batcher.release.set()
+    assert await held == second
+    return waited
+
+
 def test_the_hold_ends_after_its_fraction_of_the_batch_time_capped_and_a_lone_client_never_waits() -> None:
     async def scenario() -> None:
-        loop = asyncio.get_running_loop()
         gate = BatchGate(hold_fraction=0.25)
         batcher = Batcher(gate)
         # A lone client: each request fills the quota of its own last batch (one) by itself, so it
@@ -196,40 +218,12 @@ def test_the_hold_ends_after_its_fraction_of_the_batch_time_capped_and_a_lone_cl
             batcher.release.set()
             batcher.release = asyncio.Event()
             assert await task == i
-        first = asyncio.create_task(batcher.call(10))
-        await _settle()
-        held = asyncio.create_task(batcher.call(11))
-        await asyncio.sleep(0.16)
-        batcher.release.set()
-        batcher.release = asyncio.Event()
-        await first
-        left_at = loop.time()
-        await _settle()
-        assert batcher.entered[-1] == 10  # held: its quota is two and nobody else comes
-        while batcher.entered[-1] != 11:
-            await asyncio.sleep(0.005)
-        waited = loop.time() - left_at
+        waited = await _held_for(batcher, 10, 11, inside_s=0.16)
         assert 0.035 < waited < MAX_HOLD_S, waited  # a quarter of the >= 0.16 s the batch spent inside
-        batcher.release.set()
-        assert await held == 11
         assert batcher.alone == [0, 1, 2, 10, 11]  # the held one came alone: a group of one
         # However long a batch spent inside, the hold ends after MAX_HOLD_S.
         gate.hold_fraction = 1.0
-        batcher.release = asyncio.Event()
-        long = asyncio.create_task(batcher.call(12))
-        await _settle()
-        held = asyncio.create_task(batcher.call(13))
-        await asyncio.sleep(0.3)
-        batcher.release.set()
-        batcher.release = asyncio.Event()
-        await long
-        left_at = loop.time()
-        await _settle()
-        assert batcher.entered[-1] == 12  # held: a hold of up to 0.3 s without the cap
-        while batcher.entered[-1] != 13:
-            await asyncio.sleep(0.005)
-        assert MAX_HOLD_S * 0.8 < loop.time() - left_at < MAX_HOLD_S + 0.04
-        batcher.release.set()
-        assert await held == 13
+        waited = await _held_for(batcher, 12, 13, inside_s=0.3)
+        assert MAX_HOLD_S * 0.8 < waited < MAX_HOLD_S + 0.04, waited
 
     asyncio.run(scenario())
