@@ -100,19 +100,25 @@ def test_a_failed_or_cancelled_caller_never_leaves_the_gate_shut() -> None:
     asyncio.run(scenario())
 
 
+async def _two_inside(gate: BatchGate, batcher: Batcher) -> list[asyncio.Task]:
+    """Requests 1 and 2 inside as one batch (request 0 went through alone first)."""
+    first = asyncio.create_task(batcher.call(0))
+    await _settle()
+    pair = [asyncio.create_task(batcher.call(i)) for i in (1, 2)]
+    await _settle()
+    batcher.release.set()
+    batcher.release = asyncio.Event()
+    await first
+    await _settle()
+    assert gate.inside == 2
+    return pair
+
+
 def test_a_batch_that_leaves_holds_the_gate_until_its_clients_are_back() -> None:
     async def scenario() -> None:
         gate = BatchGate(hold_fraction=0)
         batcher = Batcher(gate)
-        first = asyncio.create_task(batcher.call(0))
-        await _settle()
-        pair = [asyncio.create_task(batcher.call(i)) for i in (1, 2)]
-        await _settle()
-        batcher.release.set()
-        batcher.release = asyncio.Event()
-        await first
-        await _settle()
-        assert gate.inside == 2  # requests 1 and 2 are inside as one batch
+        pair = await _two_inside(gate, batcher)
         gate.hold_fraction = 1.0  # from now on, hold up to the time a batch spent inside (>= 0.2 s)
         waiting = asyncio.create_task(batcher.call(3))
         await asyncio.sleep(0.2)
@@ -131,20 +137,6 @@ def test_a_batch_that_leaves_holds_the_gate_until_its_clients_are_back() -> None
         assert await asyncio.gather(waiting, *back) == [3, 4, 5]
 
     asyncio.run(scenario())
-
-
-async def _two_inside(gate: BatchGate, batcher: Batcher) -> list[asyncio.Task]:
-    """Requests 1 and 2 inside as one batch (request 0 went through alone first)."""
-    first = asyncio.create_task(batcher.call(0))
-    await _settle()
-    pair = [asyncio.create_task(batcher.call(i)) for i in (1, 2)]
-    await _settle()
-    batcher.release.set()
-    batcher.release = asyncio.Event()
-    await first
-    await _settle()
-    assert gate.inside == 2
-    return pair
 
 
 def test_a_caller_that_gives_up_during_a_hold_neither_prolongs_it_nor_keeps_the_gate_shut() -> None:
