@@ -98,6 +98,12 @@ class PdeFamily:
                 help=self.option_help.get(field.name, field.name),
             )
 
+    def state_times(self, parameters: Any, resolution: int) -> np.ndarray:
+        """Times of a trajectory's states ``s_0, s(t_1), ..., s(t_N)``: the initial state at t = 0,
+        then the recorded times (a steady family has only ``[0.0]``)."""
+        recorded = self.coordinates(parameters, resolution).get("t", np.empty(0))
+        return np.concatenate([[0.0], recorded])
+
     def parameters_from(self, values: Mapping[str, Any]) -> Any:
         """Build (and validate) the parameter dataclass from a mapping holding at least its fields."""
         names = {f.name for f in dataclasses.fields(self.parameters)}

@@ -16,28 +16,7 @@ from typing import Any
 import numpy as np
 
 from pdeserve.datagen.dataset import LoadedDataset
-
-
-@dataclass(frozen=True)
-class TimeMap:
-    """Which states of a trajectory dataset are operator inputs and which are outputs.
-
-    Parameters
-    ----------
-    input_steps : int
-        States at the start of the sequence given to the operator (1: only the initial state).
-    output_steps : int or None
-        States right after them that the operator predicts (None: all the remaining ones).
-    """
-
-    input_steps: int = 1
-    output_steps: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.input_steps < 1 or (self.output_steps is not None and self.output_steps < 1):
-            raise ValueError(
-                f"input and output steps must be at least 1, got {self.input_steps} and {self.output_steps}"
-            )
+from pdeserve.operators.card import ModelCard, TimeMap
 
 
 @dataclass(frozen=True)
@@ -88,7 +67,7 @@ def operator_pairs(data: LoadedDataset, time_map: TimeMap | Mapping[str, Any] | 
     time_map = time_map or TimeMap()
     start, trajectory = family.inputs[0], family.outputs[0]
     states = np.concatenate([data.inputs[start.name][:, None], data.outputs[trajectory.name]], axis=1)
-    times = [0.0, *family.coordinates(data.parameters, states.shape[-1])["t"].tolist()]
+    times = family.state_times(data.parameters, states.shape[-1]).tolist()
     k = time_map.input_steps
     m = time_map.output_steps if time_map.output_steps is not None else len(times) - k
     if m < 1 or k + m > len(times):
@@ -116,27 +95,58 @@ def operator_pairs(data: LoadedDataset, time_map: TimeMap | Mapping[str, Any] | 
     )
 
 
-def reference_outputs(config: Mapping[str, Any], inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+@dataclass(frozen=True)
+class RolloutTimes:
+    """The time axis of a time-mapped model's rollout.
+
+    Parameters
+    ----------
+    field : str
+        The state field it steps (e.g. ``w``).
+    first : float
+        Time of the first predicted state, counting the first input state as t = 0.
+    interval : float or None
+        Time between predicted states (None when the recorded times are not evenly spaced).
+    """
+
+    field: str
+    first: float
+    interval: float | None
+
+
+def rollout_times(card: ModelCard) -> RolloutTimes:
+    """The rollout time axis of a time-mapped model (``ValueError`` for a steady one)."""
+    from pdeserve.datagen.families import get_family
+
+    if card.time_map is None:
+        raise ValueError("a steady model has no time axis")
+    family = get_family(card.pde)
+    times = family.state_times(family.parameters_from(card.pde_parameters), card.training_resolution[-1])
+    steps = np.diff(times)
+    interval = float(steps[0]) if np.allclose(steps, steps[0]) else None
+    return RolloutTimes(family.outputs[0].name, float(times[card.time_map.input_steps]), interval)
+
+
+def reference_outputs(card: ModelCard, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The classical solver's answer for one sample of a model's inputs, keyed by its output names.
 
     Parameters
     ----------
-    config : mapping
-        The model's recorded config (``pde``, ``pde_parameters``, ``inputs``, ``outputs``, ``time_map``).
+    card : ModelCard
+        The model's card (PDE, parameters, fields, time map).
     inputs : mapping of str to ndarray
         One sample of each input field, without a batch axis. A time-mapped model is solved from its
         first input, the state at t = 0, and the states at its output times are returned.
     """
     from pdeserve.datagen.families import get_family
 
-    family = get_family(config["pde"])
-    params = family.parameters_from(config["pde_parameters"])
-    time_map = config.get("time_map")
-    if not time_map:
+    family = get_family(card.pde)
+    params = family.parameters_from(card.pde_parameters)
+    if card.time_map is None:
         solved = family.reference(params, inputs)
-        return {f["name"]: solved[f["name"]] for f in config["outputs"]}
+        return {name: solved[name] for name in card.output_names}
     start, trajectory = family.inputs[0].name, family.outputs[0].name
-    initial = np.asarray(inputs[config["inputs"][0]["name"]])
+    initial = np.asarray(inputs[card.input_names[0]])
     states = np.concatenate([initial[None], family.reference(params, {start: initial})[trajectory]])
-    k = time_map["input_steps"]
-    return {f["name"]: states[k + j] for j, f in enumerate(config["outputs"])}
+    k = card.time_map.input_steps
+    return {name: states[k + j] for j, name in enumerate(card.output_names)}

@@ -6,12 +6,16 @@ immutable once published; the newest is what a request without a version gets. R
 an old version's files again as the next number (its lineage says ``rollback_of``), so "newest" stays
 the only rule and ``resolve`` the one place that applies it.
 
+Each version folder holds its weights and its model card (``config.json``, see ``operators/card.py``);
+this module is the only one that reads or writes the card file.
+
 Hidden folders beside the models hold work that is not a model: ``.training/NAME`` (per-epoch state of
 an unfinished run) and ``.data/NAME`` (datasets that ``pdeserve datagen retrain`` generated).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -21,7 +25,61 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
+from pdeserve.operators.card import (
+    LEGACY_FORMAT_VERSION,
+    Lineage,
+    ModelCard,
+    card_from_legacy,
+)
+from pdeserve.operators.errors import CheckpointError
+
+CARD_FILE = "config.json"
+LEGACY_METRICS_FILE = "metrics.json"
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def read_card(folder: Path) -> ModelCard:
+    """The model card of a version folder; ``CheckpointError`` when it is missing or malformed."""
+    path = folder / CARD_FILE
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise CheckpointError(f"{folder} has no {CARD_FILE}") from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
+    if isinstance(document, dict) and document.get("format_version") == LEGACY_FORMAT_VERSION:
+        return _legacy_card(folder, document)
+    return ModelCard.from_json(text, str(path))
+
+
+def _legacy_card(folder: Path, config: dict) -> ModelCard:
+    """A version written before cards: its config, its metrics file and the parameter count of the
+    network it describes (built on torch's meta device: no memory, no weights read)."""
+    import torch
+
+    from pdeserve.operators.registry import make_config
+
+    metrics_path = folder / LEGACY_METRICS_FILE
+    try:
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{metrics_path} is not valid JSON: {exc}") from None
+    card = card_from_legacy(config, metrics, str(folder / CARD_FILE))
+    try:
+        with torch.device("meta"):
+            network = make_config(card.architecture, card.arguments).build()
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{folder / CARD_FILE}: {exc}") from None
+    count = sum(p.numel() * (2 if p.is_complex() else 1) for p in network.parameters())
+    return card.replace(parameter_count=count)
+
+
+def write_card(folder: Path, card: ModelCard) -> None:
+    """Write ``card`` as the version folder's ``config.json``."""
+    (folder / CARD_FILE).write_text(card.to_json())
 
 
 class ModelNotFoundError(LookupError):
@@ -89,6 +147,11 @@ class ModelRepository:
             )
         return version, self.root / name / version
 
+    def card(self, name: str, version: str | int | None = None) -> tuple[str, ModelCard]:
+        """``(version, card)`` of ``name`` at ``version`` (None or "" = newest), without loading weights."""
+        version, folder = self.resolve(name, version)
+        return version, read_card(folder)
+
     def publish(self, name: str, write: Callable[[Path], None]) -> str:
         """Publish a new version of ``name``: ``write(folder)`` fills a staging folder that is then
         renamed to the next free version number. Returns the version."""
@@ -112,7 +175,7 @@ class ModelRepository:
 
     def rollback(self, name: str, to: str | int, command: Sequence[str] | None = None) -> str:
         """Make version ``to`` what requests without a version get: publish its files again as the
-        next version, with ``lineage.rollback_of = to`` (and the version it replaces) in its config.
+        next version, with ``lineage.rollback_of = to`` (and the version it replaces) in its card.
         Atomic like every publish; the weights are copied byte for byte, so their checksum still holds.
 
         Parameters
@@ -126,24 +189,24 @@ class ModelRepository:
 
         Returns the new version.
         """
-        from pdeserve.operators.checkpoint import CONFIG_FILE, read_config
-
         version, source = self.resolve(name, to)
         newest = self.versions(name)[-1]
         if version == newest:
             raise ValueError(f"{name} version {version} is already the newest: nothing to roll back")
-        config = read_config(source)  # refuses a damaged config before anything is published
-        config["lineage"] = {
-            **(config.get("lineage") or {}),
-            "mode": "rollback",
-            "rollback_of": version,
-            "replaces": newest,
-            "command": list(command or []),
-            "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
+        card = read_card(source)  # refuses a damaged card before anything is published
+        lineage = dataclasses.replace(
+            card.lineage or Lineage(mode="rollback"),
+            mode="rollback",
+            rollback_of=version,
+            replaces=newest,
+            command=tuple(command or ()),
+            published_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+        card = card.replace(lineage=lineage)
 
         def write(folder: Path) -> None:
             shutil.copytree(source, folder, dirs_exist_ok=True)
-            (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            (folder / LEGACY_METRICS_FILE).unlink(missing_ok=True)  # the card holds the metrics now
+            write_card(folder, card)
 
         return self.publish(name, write)

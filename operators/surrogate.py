@@ -5,32 +5,28 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from neuralop.data.transforms.normalizers import UnitGaussianNormalizer
 
-from pdeserve.operators.checkpoint import load_weights, read_config
+from pdeserve.operators.card import ChannelStats, ModelCard
+from pdeserve.operators.checkpoint import load_weights
+from pdeserve.operators.errors import CheckpointError, InvalidInputError
 from pdeserve.operators.registry import make_config
-from pdeserve.operators.repository import ModelRepository
+from pdeserve.operators.repository import ModelRepository, read_card
 from pdeserve.operators.resolution import ResolutionRule
 
 
-class InvalidInputError(ValueError):
-    """Inputs that do not fit the model (names, rank, shape, dtype, non-finite values)."""
-
-
-def channel_normalizer(stats: Mapping[str, list[float]], ndim: int) -> UnitGaussianNormalizer:
-    """A per-channel normaliser from recorded ``{"mean": [...], "std": [...]}``; resolution independent."""
-    shape = (1, len(stats["mean"])) + (1,) * ndim
-    mean = torch.tensor(stats["mean"], dtype=torch.float32).reshape(shape)
-    std = torch.tensor(stats["std"], dtype=torch.float32).reshape(shape)
+def channel_normalizer(stats: ChannelStats, ndim: int) -> UnitGaussianNormalizer:
+    """A per-channel normaliser from recorded statistics; resolution independent."""
+    shape = (1, len(stats.mean)) + (1,) * ndim
+    mean = torch.tensor(stats.mean, dtype=torch.float32).reshape(shape)
+    std = torch.tensor(stats.std, dtype=torch.float32).reshape(shape)
     return UnitGaussianNormalizer(mean=mean, std=std, dim=[0, *range(2, 2 + ndim)])
 
 
@@ -42,41 +38,35 @@ class Surrogate:
     ----------
     name, version : str
         Identity in the model repository.
-    config : dict
-        The checkpoint's JSON config (architecture, arguments, fields, normalisers, PDE, lineage).
-    metrics : dict
-        Training and evaluation metrics recorded at publish time.
+    card : ModelCard
+        What the version records: architecture, fields, normalisers, PDE, metrics, lineage.
     model : torch.nn.Module
         The network, in eval mode.
     """
 
     name: str
     version: str
-    config: dict[str, Any]
-    metrics: dict[str, float]
+    card: ModelCard
     model: torch.nn.Module
 
     def __post_init__(self) -> None:
-        ndim = len(self.config["dims"])
-        norms = self.config["normalizers"]
-        self.input_normalizer = channel_normalizer(norms["inputs"], ndim)
-        self.output_normalizer = channel_normalizer(norms["outputs"], ndim)
-        self.resolutions: ResolutionRule = make_config(
-            self.config["architecture"], self.config["arguments"]
-        ).resolutions()
+        card = self.card
+        self.input_normalizer = channel_normalizer(card.normalizers.inputs, card.ndim)
+        self.output_normalizer = channel_normalizer(card.normalizers.outputs, card.ndim)
+        self.resolutions: ResolutionRule = make_config(card.architecture, card.arguments).resolutions()
         self.device = torch.device("cpu")
 
     @property
     def input_names(self) -> list[str]:
-        return [f["name"] for f in self.config["inputs"]]
+        return self.card.input_names
 
     @property
     def output_names(self) -> list[str]:
-        return [f["name"] for f in self.config["outputs"]]
+        return self.card.output_names
 
     @property
     def ndim(self) -> int:
-        return len(self.config["dims"])
+        return self.card.ndim
 
     def to(self, device: str | torch.device) -> Surrogate:
         """Move the model and normalisers to ``device``."""
@@ -100,7 +90,7 @@ class Surrogate:
             if array.dtype not in (np.float32, np.float64):
                 raise InvalidInputError(f"input {field!r} must be float32 or float64, got {array.dtype}")
             if array.ndim not in (self.ndim, self.ndim + 1):
-                grid = ", ".join(self.config["dims"])
+                grid = ", ".join(self.card.dims)
                 raise InvalidInputError(
                     f"input {field!r} must have rank {self.ndim} ({grid}) or "
                     f"{self.ndim + 1} (batch, {grid}), got shape {tuple(array.shape)}"
@@ -140,13 +130,13 @@ class Surrogate:
 
 
 def load_surrogate(folder: Path, name: str, version: str) -> Surrogate:
-    """Rebuild a surrogate from a checkpoint folder (JSON config + verified safetensors)."""
-    config = read_config(folder)
-    model = make_config(config["architecture"], config["arguments"]).build()
-    load_weights(folder, config, model)
-    metrics_path = folder / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    return Surrogate(name=name, version=version, config=config, metrics=metrics, model=model.eval())
+    """Rebuild a surrogate from a version folder (model card + verified safetensors)."""
+    card = read_card(folder)
+    if card.weights is None:
+        raise CheckpointError(f"the model card of {name} v{version} names no weights file")
+    model = make_config(card.architecture, card.arguments).build()
+    load_weights(folder, card.weights, model)
+    return Surrogate(name=name, version=version, card=card, model=model.eval())
 
 
 def load_model(repo: str | os.PathLike, name: str, version: str | int | None = None) -> Surrogate:

@@ -6,6 +6,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+# Ports of a pdeserve server: one place for the CLI, the local server, Serve configs and the chart.
+DEFAULT_GRPC_PORT = 9000
+DEFAULT_HTTP_PORT = 8000
+DEFAULT_METRICS_PORT = 8080
+
 
 @dataclass(frozen=True)
 class ServingOptions:

@@ -1,0 +1,405 @@
+"""The model card: everything a published version records besides its weights, as one typed value.
+
+A version's ``config.json`` holds its card (``schema_version`` 2): architecture and arguments, fields,
+normaliser statistics, PDE and parameters, training grid, dataset summary, training settings and
+history, weights checksum, parameter count, metrics and lineage. Only the model repository reads and
+writes the file (``operators/repository.py``); everything else works with :class:`ModelCard`.
+
+Versions written before the card (``format_version`` 1: ``config.json`` plus ``metrics.json``, like
+the bundled ``models/darcy-fno/1``) are read through :func:`card_from_legacy`. This module imports
+neither torch nor numpy, so the CLI and the light client can use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pdeserve.operators.errors import CheckpointError
+from pdeserve.operators.settings import TrainingSettings
+
+SCHEMA_VERSION = 2
+LEGACY_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One input or output channel of a model.
+
+    Parameters
+    ----------
+    name : str
+        The name requests and responses use (``a``, ``u``, ``w@t=3``).
+    description : str
+        What the field is, for ``GetModel`` and ``--help``.
+    """
+
+    name: str
+    description: str
+
+
+@dataclass(frozen=True)
+class ChannelStats:
+    """Per-channel mean and standard deviation of a normaliser, fitted on the training split."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Normalizers:
+    """The input and output normalisers' statistics."""
+
+    inputs: ChannelStats
+    outputs: ChannelStats
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    """The data a model was fitted on, as one stacked dataset.
+
+    Parameters
+    ----------
+    fingerprint : str
+        ``LoadedDataset.fingerprint()`` of the (combined) training data.
+    n_samples, n_train, n_validation, n_test : int
+        Operator pairs in all and in each split.
+    """
+
+    fingerprint: str
+    n_samples: int
+    n_train: int
+    n_test: int
+    n_validation: int = 0
+
+
+@dataclass(frozen=True)
+class TimeMap:
+    """Which states of a trajectory dataset are operator inputs and which are outputs.
+
+    Parameters
+    ----------
+    input_steps : int
+        States at the start of the sequence given to the operator (1: only the initial state).
+    output_steps : int or None
+        States right after them that the operator predicts (None: all the remaining ones).
+    """
+
+    input_steps: int = 1
+    output_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.input_steps < 1 or (self.output_steps is not None and self.output_steps < 1):
+            raise ValueError(
+                f"input and output steps must be at least 1, got {self.input_steps} and {self.output_steps}"
+            )
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The weights file of a version (a bare file name in the version's folder) and its sha256."""
+
+    file: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One finished training epoch.
+
+    Parameters
+    ----------
+    epoch : int
+        1-based epoch number.
+    train_loss : float
+        Mean training loss over the epoch.
+    learning_rate : float
+        Learning rate at the end of the epoch.
+    seconds : float
+        Wall time of the epoch.
+    val_relative_l2 : float or None
+        Validation error, when there is a validation split.
+    """
+
+    epoch: int
+    train_loss: float
+    learning_rate: float
+    seconds: float
+    val_relative_l2: float | None = None
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """A dataset in a model's lineage.
+
+    Parameters
+    ----------
+    path : str
+        The HDF5 file: relative to the model repository when inside it, absolute otherwise.
+    fingerprint : str
+        ``LoadedDataset.fingerprint()`` of its content.
+    n_train, n_validation, n_test : int
+        How its samples were split, in this order (the test samples are the held-out set).
+    seed : int or None
+        The root seed it was generated with, when recorded.
+    """
+
+    path: str
+    fingerprint: str
+    n_train: int
+    n_validation: int
+    n_test: int
+    seed: int | None = None
+
+    @property
+    def n_samples(self) -> int:
+        return self.n_train + self.n_validation + self.n_test
+
+    def parts(self) -> tuple[slice, slice, slice]:
+        """Train, validation and test slices of the file's samples."""
+        a, b = self.n_train, self.n_train + self.n_validation
+        return slice(0, a), slice(a, b), slice(b, self.n_samples)
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Parent and candidate of a retrain on one dataset's held-out samples.
+
+    Parameters
+    ----------
+    path, fingerprint : str
+        The dataset (as in the lineage).
+    n_samples : int
+        Held-out samples.
+    parent, candidate : float
+        Mean relative L2 of each model on them.
+    new : bool
+        The set of the newly generated data (reported, not gated).
+    """
+
+    path: str
+    fingerprint: str
+    n_samples: int
+    parent: float
+    candidate: float
+    new: bool
+
+    @property
+    def change(self) -> float:
+        """Relative change of the error, ``(candidate - parent) / parent`` (positive = worse)."""
+        if self.parent > 0:
+            return (self.candidate - self.parent) / self.parent
+        return 0.0 if self.candidate == 0 else math.inf
+
+    def regressed(self, max_regression: float) -> bool:
+        """Whether this old set refuses the candidate."""
+        return not self.new and self.change > max_regression
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The regression gate a retrained version passed: the bound and both errors per held-out set."""
+
+    max_regression: float
+    held_out: tuple[HeldOut, ...]
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """How a version came about.
+
+    Parameters
+    ----------
+    mode : str
+        ``train``, ``fine-tune``, ``from-scratch`` or ``rollback``.
+    datasets : tuple of DatasetRecord
+        Every file the weights were fit on.
+    command : tuple of str
+        The command line that published the version.
+    parent : str or None
+        The version a retrain started from.
+    parent_weights_sha256 : str or None
+        That version's weights checksum.
+    gate : Gate or None
+        The regression gate of a retrain.
+    rollback_of, replaces : str or None
+        For a rollback: the version whose files it republishes, and the newest version it replaced.
+    published_at : str or None
+        ISO time of a rollback's publication.
+    """
+
+    mode: str
+    datasets: tuple[DatasetRecord, ...] = ()
+    command: tuple[str, ...] = ()
+    parent: str | None = None
+    parent_weights_sha256: str | None = None
+    gate: Gate | None = None
+    rollback_of: str | None = None
+    replaces: str | None = None
+    published_at: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a published version records besides its weights (``config.json``).
+
+    Parameters
+    ----------
+    architecture : str
+        Registry name (``fno``, ``tfno``, ``mgno``, ``galerkin``).
+    arguments : mapping
+        The architecture config's arguments (JSON values), enough to rebuild the network.
+    pde : str
+        The PDE family (``datagen`` registry name).
+    pde_parameters : mapping
+        The family's parameters the data were generated with.
+    dims : tuple of str
+        Grid dimension names (``("x", "y")``).
+    inputs, outputs : tuple of FieldSpec
+        The channels, in order.
+    training_resolution : tuple of int
+        The grid the model was trained on.
+    normalizers : Normalizers
+        Input and output normaliser statistics.
+    dataset : DatasetSummary
+        The (combined) training data.
+    training : TrainingSettings
+        The optimisation settings.
+    pdeserve_version : str
+        The pdeserve that trained it.
+    created_at : str
+        ISO time of training.
+    time_map : TimeMap or None
+        Input and output steps of a time-dependent model; None for a steady one.
+    weights : Weights or None
+        The weights file and checksum (set when the version is written).
+    parameter_count : int
+        Real parameters of the network (a complex one counts twice).
+    metrics : mapping of str to float
+        Training and evaluation metrics.
+    history : tuple of EpochRecord
+        The training epochs.
+    lineage : Lineage or None
+        How the version came about (None: published before lineage was recorded).
+    """
+
+    architecture: str
+    arguments: Mapping[str, Any]
+    pde: str
+    pde_parameters: Mapping[str, Any]
+    dims: tuple[str, ...]
+    inputs: tuple[FieldSpec, ...]
+    outputs: tuple[FieldSpec, ...]
+    training_resolution: tuple[int, ...]
+    normalizers: Normalizers
+    dataset: DatasetSummary
+    training: TrainingSettings
+    pdeserve_version: str
+    created_at: str
+    time_map: TimeMap | None = None
+    weights: Weights | None = None
+    parameter_count: int = 0
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    history: tuple[EpochRecord, ...] = ()
+    lineage: Lineage | None = None
+
+    @property
+    def input_names(self) -> list[str]:
+        return [f.name for f in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [f.name for f in self.outputs]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.dims)
+
+    def replace(self, **changes: Any) -> ModelCard:
+        """A copy with ``changes`` (the card is immutable)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        """The card as JSON text (``schema_version`` first)."""
+        body = {"schema_version": SCHEMA_VERSION, **dataclasses.asdict(self)}
+        return json.dumps(body, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "config.json") -> ModelCard:
+        """Parse a card; ``CheckpointError`` naming ``source`` for bad JSON, an unknown schema version
+        or fields that do not fit."""
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{source} is not valid JSON: {exc}") from None
+        if not isinstance(document, dict):
+            raise CheckpointError(f"{source} does not hold a model card (a JSON object)")
+        schema = document.pop("schema_version", None)
+        if schema != SCHEMA_VERSION:
+            raise CheckpointError(
+                f"{source} has schema_version {schema!r}; this pdeserve reads model cards of "
+                f"schema_version {SCHEMA_VERSION} (and format_version {LEGACY_FORMAT_VERSION})"
+            )
+        return decode(cls, document, source)
+
+
+def card_from_legacy(config: Mapping[str, Any], metrics: Mapping[str, float], source: str) -> ModelCard:
+    """The card of a version written before cards (``format_version`` 1): its ``config.json`` and
+    ``metrics.json``. The parameter count, which it did not record, is left 0 for the caller."""
+    document = {k: v for k, v in config.items() if k != "format_version"}
+    document["metrics"] = dict(metrics)
+    return decode(ModelCard, document, source)
+
+
+def decode(kind: Any, value: Any, where: str) -> Any:
+    """``value`` (parsed JSON) as the annotated type ``kind``: dataclasses from objects (unknown or
+    missing keys are errors), tuples from lists, ``X | None``; ``CheckpointError`` naming ``where``."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(kind)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [o for o in options if o is not type(None)]
+        return decode(inner, value, where)
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(value, dict):
+            raise CheckpointError(f"{where}: expected an object, got {type(value).__name__}")
+        hints = typing.get_type_hints(kind)
+        declared = {f.name: f for f in dataclasses.fields(kind)}
+        unknown = sorted(set(value) - set(declared))
+        missing = sorted(
+            n
+            for n, f in declared.items()
+            if n not in value
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        )
+        if unknown or missing:
+            raise CheckpointError(f"{where}: unknown fields {unknown}, missing fields {missing}")
+        arguments = {k: decode(hints[k], v, f"{where}.{k}") for k, v in value.items()}
+        try:
+            return kind(**arguments)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{where}: {exc}") from None
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise CheckpointError(f"{where}: expected a list, got {type(value).__name__}")
+        (item, _) = typing.get_args(kind)
+        return tuple(decode(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is not None and issubclass(origin, Mapping):
+        if not isinstance(value, dict):
+            raise CheckpointError(f"{where}: expected an object, got {type(value).__name__}")
+        return value
+    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if kind in (int, str, bool) and (
+        not isinstance(value, kind) or (kind is int and isinstance(value, bool))
+    ):
+        raise CheckpointError(f"{where}: expected {kind.__name__}, got {str(value)[:40]!r}")
+    return value
