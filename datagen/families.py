@@ -12,7 +12,7 @@ import argparse
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -39,6 +39,10 @@ class FieldInfo:
     dims: tuple[str, ...]
 
 
+Boundary = Literal["periodic", "dirichlet", "neumann"]
+"""Kind of boundary condition of a family, for code that adapts to it (e.g. operator padding)."""
+
+
 @dataclass(frozen=True)
 class PdeFamily:
     """A PDE family: its fields, grid, scheme and the functions that generate and solve it.
@@ -53,6 +57,8 @@ class PdeFamily:
         Spatial dimension names, in array-axis order.
     inputs, outputs : tuple of FieldInfo
         Operator input and output fields.
+    boundary : {"periodic", "dirichlet", "neumann"}
+        Kind of boundary condition, machine-readable; ``boundary_conditions`` states it in full.
     grid, boundary_conditions, scheme, solver : str
         Recorded in the dataset attributes.
     parameters : type
@@ -74,6 +80,7 @@ class PdeFamily:
     dims: tuple[str, ...]
     inputs: tuple[FieldInfo, ...]
     outputs: tuple[FieldInfo, ...]
+    boundary: Boundary
     grid: str
     boundary_conditions: str
     scheme: str
@@ -162,6 +169,7 @@ FAMILIES: dict[str, PdeFamily] = {
         dims=("x",),
         inputs=(FieldInfo("u0", "initial state, periodic Gaussian random field", ("x",)),),
         outputs=(FieldInfo("u", "state at the recorded times", ("t", "x")),),
+        boundary="periodic",
         grid="uniform periodic grid x_i = i / n on [0, 1)",
         boundary_conditions="periodic",
         scheme="Fourier pseudo-spectral, 2/3-rule dealiasing, ETDRK4 (Cox-Matthews, Kassam-Trefethen)",
@@ -188,6 +196,7 @@ FAMILIES: dict[str, PdeFamily] = {
         dims=("x", "y"),
         inputs=(FieldInfo("a", "diffusion coefficient, from a Gaussian random field", ("x", "y")),),
         outputs=(FieldInfo("u", "pressure solution of -div(a grad u) = f", ("x", "y")),),
+        boundary="dirichlet",
         grid="uniform node-centred grid on [0, 1]^2, boundary nodes included",
         boundary_conditions="dirichlet: u = 0 on all four sides",
         scheme="second-order 5-point finite differences, arithmetic-mean face coefficients",
@@ -213,6 +222,7 @@ FAMILIES: dict[str, PdeFamily] = {
         dims=("x", "y"),
         inputs=(FieldInfo("w0", "initial vorticity, periodic Gaussian random field", ("x", "y")),),
         outputs=(FieldInfo("w", "vorticity at the recorded times", ("t", "x", "y")),),
+        boundary="periodic",
         grid="uniform periodic grid x_i = i / n on [0, 1)^2",
         boundary_conditions="periodic",
         scheme="Fourier pseudo-spectral, isotropic 2/3-rule dealiasing, Crank-Nicolson viscosity, "
@@ -246,6 +256,7 @@ FAMILIES: dict[str, PdeFamily] = {
             ),
         ),
         outputs=(FieldInfo("u", "excitation field solving the Helmholtz problem", ("x", "y")),),
+        boundary="neumann",
         grid="uniform node-centred grid on [0, 1]^2, boundary nodes included",
         boundary_conditions="neumann: du/dn = 1 on the top edge where |x - source_center| <= "
         "source_width / 2, du/dn = 0 on the rest of the boundary",

@@ -250,3 +250,17 @@ def test_navier_stokes_cli_file_opens_in_xarray_with_time_and_space_dims(tmp_pat
         assert ds.attrs["viscosity"] == 1e-3 and ds.attrs["pde"] == "navier-stokes"
         # The mean vorticity of the torus is conserved (zero) by the scheme.
         np.testing.assert_allclose(ds["w"].mean(("x", "y")).values, 0, atol=1e-6)
+
+
+def test_each_family_states_its_boundary_kind_as_its_recorded_conditions_begin():
+    from pdeserve.datagen.families import FAMILIES
+
+    kinds = {name: family.boundary for name, family in FAMILIES.items()}
+    assert kinds == {
+        "burgers": "periodic",
+        "darcy": "dirichlet",
+        "navier-stokes": "periodic",
+        "helmholtz": "neumann",
+    }
+    for family in FAMILIES.values():
+        assert family.boundary_conditions.split(":")[0] == family.boundary
