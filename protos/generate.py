@@ -1,11 +1,13 @@
 """Regenerate the Python gRPC modules from the .proto sources.
 
-The .proto files are the source of truth: ``protos/pdeserve/v1/solver.proto`` (pdeserve's own API) and
-``protos/inference/grpc_service.proto`` (the Open Inference Protocol v2). protoc writes modules that
-import each other by the proto folder (``pdeserve.v1...``, ``inference...``); they are installed as
-``pdeserve.protos.v1...`` and ``pdeserve.protos.inference...``, so the import lines and module names are
-rewritten to the installed path. Ray Serve pickles request messages, so the modules must import under
-that package path in every Ray worker.
+The .proto files are the source of truth, in one tree under ``protos/src/`` whose folders mirror their
+proto packages: ``pdeserve/v1/solver.proto`` (pdeserve's own API) and ``inference/grpc_service.proto``
+(the Open Inference Protocol v2); they ship as package data for clients in other languages. The
+generated modules live in the subpackages ``protos/v1/`` and ``protos/inference/`` and nowhere else.
+protoc writes modules that import each other by the proto folder (``pdeserve.v1...``, ``inference...``);
+they are installed as ``pdeserve.protos.v1...`` and ``pdeserve.protos.inference...``, so the import lines
+and module names are rewritten to the installed path. Ray Serve pickles request messages, so the modules
+must import under that package path in every Ray worker.
 
 Usage: ``python -m pdeserve.protos.generate [--check]`` (``make protos``).
 """
@@ -19,7 +21,8 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# Proto source -> the subpackage of pdeserve.protos its generated modules live in.
+PROTO_ROOT = HERE / "src"
+# Proto source (relative to PROTO_ROOT) -> the subpackage of pdeserve.protos its generated modules live in.
 SOURCES = {"pdeserve/v1/solver.proto": "v1", "inference/grpc_service.proto": "inference"}
 
 
@@ -38,8 +41,14 @@ def generate(out_dir: Path) -> list[Path]:
     from grpc_tools import protoc  # build-time only: grpc_tools is a dev dependency
 
     with tempfile.TemporaryDirectory() as tmp:
-        args = ["protoc", f"-I{HERE}", f"--python_out={tmp}", f"--pyi_out={tmp}", f"--grpc_python_out={tmp}"]
-        if protoc.main([*args, *(str(HERE / s) for s in SOURCES)]) != 0:
+        args = [
+            "protoc",
+            f"-I{PROTO_ROOT}",
+            f"--python_out={tmp}",
+            f"--pyi_out={tmp}",
+            f"--grpc_python_out={tmp}",
+        ]
+        if protoc.main([*args, *(str(PROTO_ROOT / s) for s in SOURCES)]) != 0:
             raise RuntimeError("protoc failed")
         written = []
         for source, package in SOURCES.items():

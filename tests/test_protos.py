@@ -1,6 +1,9 @@
+import importlib.resources
 import pickle
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 from pdeserve.protos.v1 import solver_pb2 as pb
 
@@ -10,6 +13,20 @@ def test_generated_modules_match_the_proto_sources():
         [sys.executable, "-m", "pdeserve.protos.generate", "--check"], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_proto_sources_ship_in_one_tree_that_mirrors_their_packages():
+    # Clients in other languages (examples/cpp) compile the sources the installed package carries.
+    package = importlib.resources.files("pdeserve.protos")
+    root = Path(str(package / "src"))
+    sources = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.proto"))
+    assert sources == ["inference/grpc_service.proto", "pdeserve/v1/solver.proto"]
+    for source in sources:
+        [declared] = re.findall(r"^package ([\w.]+);", (root / source).read_text(), flags=re.M)
+        assert Path(source).parent.as_posix() == declared.replace(".", "/")
+    # Outside that tree the package holds only Python: generated modules, their stubs, the generator.
+    stray = [p for p in Path(str(package)).rglob("*.proto") if root not in p.parents]
+    assert stray == []
 
 
 def test_messages_pickle_under_their_installed_module_path():

@@ -74,7 +74,7 @@ class SolverServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetModel(self, request, context):
-        """One model's description: PDE, fields, supported resolutions, metrics, lineage.
+        """One model's description: PDE, fields, supported resolutions, metrics, training-dataset fingerprint.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -61,7 +61,7 @@ def build(source: Path, build_dir: Path) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="session")
 def solve_loop(request, tmp_path_factory) -> Path:
     """The built ``solve_loop`` binary. The build folder lives in pytest's cache when there is one, so
-    later sessions only rebuild what changed (a few seconds instead of ~20)."""
+    later sessions only rebuild what changed instead of building it all again."""
     missing = missing_toolchain()
     if missing:
         pytest.skip(f"C++ toolchain for examples/cpp missing: {', '.join(missing)} (Debian/Ubuntu: {APT})")
