@@ -61,6 +61,8 @@ class FNOConfig:
     def build(self) -> torch.nn.Module:
         from neuralop.models import FNO
 
+        from pdeserve.operators.spectral import ResolutionInvariantSpectralConv
+
         return FNO(
             n_modes=tuple(self.n_modes),
             in_channels=self.in_channels,
@@ -70,6 +72,7 @@ class FNOConfig:
             domain_padding=self.domain_padding or None,
             factorization=self.factorization,
             rank=self.rank,
+            conv_module=ResolutionInvariantSpectralConv,  # right on odd grid sides (operators/spectral.py)
         )
 
     def resolutions(self) -> ResolutionRule:

@@ -1,0 +1,48 @@
+"""A resolution-invariant spectral convolution for neuraloperator's FNO and TFNO.
+
+neuraloperator 2.0's ``SpectralConv`` centres the spectrum with ``fftshift`` before picking the kept
+modes and undoes it with ``fftshift`` again instead of ``ifftshift``. On an even side the two are the
+same; on an odd side the second shift lands one frequency off, so every Fourier layer mixes the wrong
+modes back in and an FNO trained at 64 answers garbage at 63, 65 or 127 points per side (every dimension
+but the last, which its real FFT does not shift). :class:`ResolutionInvariantSpectralConv` keeps the
+same parameters and weight layout (published checkpoints load unchanged) and selects the modes by
+rolling the spectrum, which is exact on every side.
+"""
+
+from __future__ import annotations
+
+import torch
+from neuralop.layers.spectral_convolution import SpectralConv
+
+
+class ResolutionInvariantSpectralConv(SpectralConv):
+    """neuraloperator's ``SpectralConv`` with a mode selection that is right on odd grid sides too.
+
+    Takes exactly ``SpectralConv``'s arguments. Configurations this class does not cover (complex data,
+    half precision, resolution scaling) run neuraloperator's own forward pass unchanged.
+    """
+
+    def forward(self, x: torch.Tensor, output_shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        if self.complex_data or self.fno_block_precision != "full" or self.resolution_scaling_factor:
+            return super().forward(x, output_shape)
+        dims = tuple(range(-self.order, 0))
+        sides = tuple(x.shape[2:])
+        spectrum = torch.fft.rfftn(x, norm=self.fft_norm, dim=dims)
+        weight_modes = self.weight.shape[-self.order :]
+        kept = [min(n, m) for n, m in zip(spectrum.shape[2:], weight_modes, strict=True)]
+        # Every dimension but the last holds negative frequencies at its end: roll the lowest
+        # kept // 2 of them to the front, so the kept modes (-k//2 .. k - k//2 - 1) are one block.
+        shifts = [k // 2 for k in kept[:-1]]
+        spectrum = torch.roll(spectrum, shifts, dims[:-1])
+        block = (slice(None), slice(None), *(slice(0, k) for k in kept))
+        # The weights are stored zero frequency in the middle (neuraloperator's layout): take the
+        # centred kept modes of each dimension but the last, and the first kept ones of the last.
+        channels = (slice(None),) if self.separable else (slice(None), slice(None))
+        pairs = zip(weight_modes[:-1], kept, strict=False)
+        centred = tuple(slice((m - k) // 2, (m + k) // 2) for m, k in pairs)
+        weight = self.weight[(*channels, *centred, slice(0, kept[-1]))]
+        out = spectrum.new_zeros(x.shape[0], self.out_channels, *spectrum.shape[2:])
+        out[block] = self._contract(spectrum[block], weight, separable=self.separable)
+        out = torch.roll(out, [-s for s in shifts], dims[:-1])
+        y = torch.fft.irfftn(out, s=output_shape or sides, dim=dims, norm=self.fft_norm)
+        return y if self.bias is None else y + self.bias
