@@ -21,6 +21,8 @@ from pdeserve.operators.registry import make_config
 from pdeserve.operators.repository import ModelRepository, read_card
 from pdeserve.operators.resolution import ResolutionRule
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 def channel_normalizer(stats: ChannelStats, ndim: int) -> UnitGaussianNormalizer:
     """A per-channel normaliser from recorded statistics; resolution independent."""
@@ -103,6 +105,11 @@ class Surrogate:
                 raise InvalidInputError(f"input {field!r} has grid {sides}: {problem}")
             if not np.all(np.isfinite(array)):
                 raise InvalidInputError(f"input {field!r} contains NaN or Inf values")
+            if np.abs(array).max() > FLOAT32_MAX:  # would become inf in the float32 model
+                raise InvalidInputError(
+                    f"input {field!r} holds values up to {np.abs(array).max():.3g}, beyond float32's "
+                    f"{FLOAT32_MAX:.3g}, which the model computes in"
+                )
             arrays.append(array)
         shapes = {a.shape for a in arrays}
         if len(shapes) > 1:
