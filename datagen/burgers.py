@@ -27,6 +27,7 @@ import numpy as np
 from scipy import fft
 
 from pdeserve.datagen.grids import check_time_grid, covering_steps, time_grid
+from pdeserve.datagen.random_fields import PeriodicGaussianField
 
 # max |u0| is bounded by this many pointwise standard deviations of the initial field.
 SPEED_BOUND_STDS = 8.0
@@ -54,76 +55,6 @@ def dealiased_modes(n: int) -> int:
     points all land at ``|k| > n / 3`` and are discarded.
     """
     return (n - 1) // 3 + 1
-
-
-@dataclass(frozen=True)
-class PeriodicGaussianField:
-    """``N(0, sigma^2 (-d^2/dx^2 + tau^2 I)^(-alpha))`` on the periodic unit interval, mean mode removed.
-
-    Karhunen-Loeve expansion in the orthonormal eigenfunctions ``sqrt 2 cos(2 pi k x)`` and
-    ``sqrt 2 sin(2 pi k x)`` of the periodic Laplacian (eigenvalue ``4 pi^2 k^2``), with coefficients
-    ``sqrt(lambda_k) = sigma (4 pi^2 k^2 + tau^2)^(-alpha / 2)``. The constant mode ``k = 0`` is left out,
-    as in the FNO authors' ``GRF1.m`` (it places the requested mean, 0 for Burgers, there): every
-    ``u0`` then has zero mean, which Burgers conserves, and a nonzero mean would only shift the solution
-    by a Galilean transformation. A field on ``n`` points uses the modes ``k = 1 .. n // 2`` (``GRF1``'s
-    ``N = s / 2``), evaluated exactly at the nodes; at the Nyquist mode only the cosine is nonzero there.
-
-    Parameters
-    ----------
-    sigma : float
-        Amplitude (25 in the Burgers benchmark, covariance ``625 (...)^(-2)``).
-    tau : float
-        Inverse length scale (5 in the benchmark).
-    alpha : float
-        Smoothness exponent (2 in the benchmark); must exceed 1/2 for finite variance in 1D.
-    """
-
-    sigma: float = 25.0
-    tau: float = 5.0
-    alpha: float = 2.0
-
-    def __post_init__(self) -> None:
-        if not self.sigma > 0:
-            raise ValueError(f"--sigma must be positive, got {self.sigma}")
-        if not self.tau > 0:
-            raise ValueError(f"--tau must be positive, got {self.tau}")
-        if not self.alpha > 0.5:
-            raise ValueError(
-                f"--alpha must exceed 0.5 for a field with finite variance in 1D, got {self.alpha}"
-            )
-
-    def sqrt_eigenvalues(self, n: int) -> np.ndarray:
-        """KL coefficients ``sqrt(lambda_k)`` for ``k = 0 .. n // 2``, the mean mode set to zero."""
-        k = np.arange(n // 2 + 1)
-        coef = self.sigma * (4.0 * np.pi**2 * k**2 + self.tau**2) ** (-self.alpha / 2.0)
-        coef[0] = 0.0
-        return coef
-
-    def mode_variances(self, n: int) -> np.ndarray:
-        """``E |rfft(u)_k|^2`` for ``k = 0 .. n // 2`` of a field on ``n`` points."""
-        var = (n * self.sqrt_eigenvalues(n)) ** 2
-        if n % 2 == 0:
-            var[-1] *= 2.0  # sqrt 2 cos(pi n x_i) = sqrt 2 (-1)^i: a real mode with all the energy
-        return var
-
-    def pointwise_std(self, n: int) -> float:
-        """Standard deviation of ``u(x)`` for a field on ``n`` points (the same at every node)."""
-        # Each mode k >= 1 contributes 2 lambda_k (cos^2 + sin^2 = 1; at the Nyquist mode cos^2 = 1).
-        return math.sqrt(2.0 * float(np.sum(self.sqrt_eigenvalues(n) ** 2)))
-
-    def spectrum(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """``rfft`` of one realisation on ``n`` points, shape ``(n // 2 + 1,)``."""
-        xi = rng.standard_normal((2, n // 2))
-        # sqrt 2 s_k (xi_c cos + xi_s sin) has rfft coefficient (n / sqrt 2) s_k (xi_c - i xi_s).
-        coef = np.zeros(n // 2 + 1, dtype=np.complex128)
-        coef[1:] = (n / math.sqrt(2.0)) * self.sqrt_eigenvalues(n)[1:] * (xi[0] - 1j * xi[1])
-        if n % 2 == 0:
-            coef[-1] = n * math.sqrt(2.0) * self.sqrt_eigenvalues(n)[-1] * xi[0, -1]
-        return coef
-
-    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """One realisation at the nodes ``x_i = i / n``, shape ``(n,)``."""
-        return fft.irfft(self.spectrum(n, rng), n)
 
 
 def etdrk4_coefficients(z: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import fft
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,15 @@ class UnitSquareGrid:
 def periodic_coordinates(n: int) -> np.ndarray:
     """Node coordinates ``x_i = i / n`` of the periodic grid on [0, 1), shape ``(n,)``."""
     return np.arange(n) / n
+
+
+def rfft2_wavenumbers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Integer wavenumbers ``(k_x, k_y)`` of the ``rfft2`` modes of an ``n x n`` periodic grid.
+
+    ``k_x`` has shape ``(n, 1)`` (``0 .. n/2 - 1, -n/2 .. -1``), ``k_y`` shape ``(1, n // 2 + 1)``; they
+    broadcast to the ``(n, n // 2 + 1)`` layout of ``rfft2`` over the last two axes ``(x, y)``.
+    """
+    return np.rint(fft.fftfreq(n, 1.0 / n))[:, None], np.arange(n // 2 + 1)[None, :].astype(np.float64)
 
 
 def covering_steps(interval: float, dt: float) -> int:

@@ -68,44 +68,12 @@ import scipy.sparse.linalg as spla
 from pdeserve.datagen.grids import UnitSquareGrid
 from pdeserve.datagen.random_fields import NeumannGaussianField
 
-# Largest solve grid: the sparse LU grows faster than the node count (an 801 x 801 grid took 9 s and
-# 1.4 GB here, a 401 x 401 grid 1.1 s).
+# Largest solve grid: the sparse LU's time and memory grow faster than the node count.
 MAX_SOLVE_RESOLUTION = 1025
 
 # Three-point Gauss-Legendre rule on [0, 1] (exact to degree 5), as the benchmark script uses.
 _GAUSS_POINTS = 0.5 + np.array([-0.5 * math.sqrt(0.6), 0.0, 0.5 * math.sqrt(0.6)])
 _GAUSS_WEIGHTS = np.array([5.0, 8.0, 5.0]) / 18.0
-
-
-def kl_mode_order(count: int) -> np.ndarray:
-    """The ``count`` leading Karhunen-Loeve modes of the benchmark's wave-speed field.
-
-    Parameters
-    ----------
-    count : int
-        Number of modes (100 in the benchmark).
-
-    Returns
-    -------
-    ndarray of int, shape (count, 2)
-        Mode indices ``(k1, k2) != (0, 0)``, ``k1, k2 >= 0``, sorted by ``k1^2 + k2^2`` (increasing, so
-        by decreasing eigenvalue), ties by ``k1`` then ``k2``, the benchmark script's order.
-    """
-    if count < 0:
-        raise ValueError(f"the number of modes must be non-negative, got {count}")
-    # Every mode with |k|^2 <= 2 count lies in this square, and there are more than count of them.
-    side = math.isqrt(2 * count) + 2
-    k1, k2 = np.meshgrid(np.arange(side), np.arange(side), indexing="ij")
-    k1, k2 = k1.ravel()[1:], k2.ravel()[1:]  # drops (0, 0), the first entry
-    order = np.lexsort((k2, k1, k1**2 + k2**2))
-    return np.stack([k1[order], k2[order]], axis=1)[:count]
-
-
-def _cosine_basis(x: np.ndarray, modes: int) -> np.ndarray:
-    """``sqrt(2 - [k = 0]) cos(pi k x)`` for ``k < modes``, shape ``(len(x), modes)``."""
-    norm = np.full(modes, math.sqrt(2.0))
-    norm[0] = 1.0
-    return norm * np.cos(np.pi * np.outer(x, np.arange(modes)))
 
 
 @dataclass(frozen=True)
@@ -239,13 +207,7 @@ class HelmholtzParameters:
         scale = self.tau ** (1.0 - self.alpha)
         if self.kl_modes == 0:
             return scale * field.sample(grid, rng)
-        modes = kl_mode_order(int(self.kl_modes))
-        size = int(modes.max()) + 1
-        weights = np.zeros((size, size))
-        sqrt_lambda = scale * field.sqrt_eigenvalues(size)[modes[:, 0], modes[:, 1]]
-        weights[modes[:, 0], modes[:, 1]] = sqrt_lambda * rng.standard_normal(len(modes))
-        basis = _cosine_basis(grid.coordinates, size)
-        return basis @ weights @ basis.T
+        return field.sample_leading(grid, rng, int(self.kl_modes), scale)
 
     def sample_speed(self, grid: UnitSquareGrid, rng: np.random.Generator) -> np.ndarray:
         """One wave speed ``c`` at the nodes of ``grid``, shape ``(n, n)`` (see ``sample_log_field``)."""

@@ -65,9 +65,15 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import fft
 
-from pdeserve.datagen.grids import check_time_grid, covering_steps, periodic_coordinates, time_grid
+from pdeserve.datagen.grids import (
+    check_time_grid,
+    covering_steps,
+    periodic_coordinates,
+    rfft2_wavenumbers,
+    time_grid,
+)
+from pdeserve.datagen.random_fields import TorusGaussianField
 
 if TYPE_CHECKING:
     import torch
@@ -82,15 +88,6 @@ BIOT_SAVART_L1 = 0.39
 _SPEEDS_PER_BOUND = 32
 
 
-def rfft2_wavenumbers(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Integer wavenumbers ``(k_x, k_y)`` of the ``rfft2`` modes of an ``n x n`` grid.
-
-    ``k_x`` has shape ``(n, 1)`` (``0 .. n/2 - 1, -n/2 .. -1``), ``k_y`` shape ``(1, n // 2 + 1)``; they
-    broadcast to the ``(n, n // 2 + 1)`` layout of ``rfft2`` over the last two axes ``(x, y)``.
-    """
-    return np.rint(fft.fftfreq(n, 1.0 / n))[:, None], np.arange(n // 2 + 1)[None, :].astype(np.float64)
-
-
 def dealias_mask(n: int) -> np.ndarray:
     """The modes the isotropic 2/3 rule keeps, ``|k| < n / 3``: bool, ``rfft2`` layout ``(n, n // 2 + 1)``."""
     kx, ky = rfft2_wavenumbers(n)
@@ -102,68 +99,6 @@ def forcing_field(n: int, amplitude: float = 0.1) -> np.ndarray:
     x = periodic_coordinates(n)
     phase = 2.0 * np.pi * (x[:, None] + x[None, :])
     return amplitude * (np.sin(phase) + np.cos(phase))
-
-
-@dataclass(frozen=True)
-class TorusGaussianField:
-    """``N(0, 2 sigma^2 (-Lap + tau^2 I)^(-alpha))`` on the unit torus, mean mode removed.
-
-    This is the FNO authors' ``GaussianRF`` as released with the benchmark (2020, torch <= 1.7 FFT API):
-    Fourier coefficients ``n^2 sqrt(2) sigma (4 pi^2 |k|^2 + tau^2)^(-alpha/2) (xi + i eta)``
-    with ``xi, eta ~ N(0, 1)`` for every ``k`` of the full ``n x n`` FFT grid (``k_x, k_y`` in
-    ``-n/2 .. n/2 - 1``), the ``k = 0`` one zeroed, and the real part of the inverse FFT kept. That makes
-    ``E |fft2(w)_k|^2 = 2 n^4 sigma^2 (4 pi^2 |k|^2 + tau^2)^(-alpha)`` (``mode_variances``); their default
-    ``sigma = tau^(alpha - 1)`` (``tau^((2 alpha - d) / 2)``, ``d = 2``) gives the benchmark's covariance
-    ``2 * 7^3 (-Lap + 49 I)^(-2.5)``, pointwise standard deviation 0.262. (The paper writes
-    ``7^(3/2) (-Lap + 49 I)^(-2.5)``; the later torch.fft port in neuraloperator draws unit-variance complex
-    normals and has half the variance above.) Here each realisation is white noise filtered in Fourier
-    space, ``irfft2(rfft2(xi) sqrt(mode_variances) / n)``: the same Gaussian law (every mode's coefficient
-    circular with that variance and Hermitian-paired, real with that variance at the self-conjugate modes).
-
-    Parameters
-    ----------
-    alpha : float
-        Smoothness exponent (2.5 in the benchmark); must exceed 1 for finite variance in 2D.
-    tau : float
-        Inverse length scale (7 in the benchmark).
-    sigma : float
-        Amplitude in the FNO code's convention (``7^1.5``, about 18.52, in the benchmark).
-    """
-
-    alpha: float = 2.5
-    tau: float = 7.0
-    sigma: float = 7.0**1.5
-
-    def __post_init__(self) -> None:
-        if not (self.alpha > 1.0 and math.isfinite(self.alpha)):
-            raise ValueError(
-                f"--alpha must exceed 1 for a field with finite variance in 2D, got {self.alpha}"
-            )
-        if not (self.tau > 0 and math.isfinite(self.tau)):
-            raise ValueError(f"--tau must be positive, got {self.tau}")
-        if not (self.sigma > 0 and math.isfinite(self.sigma)):
-            raise ValueError(f"--sigma must be positive, got {self.sigma}")
-
-    def _variances(self, k2: np.ndarray, n: int) -> np.ndarray:
-        var = 2.0 * float(n) ** 4 * self.sigma**2 * (4.0 * np.pi**2 * k2 + self.tau**2) ** (-self.alpha)
-        return np.where(k2 == 0, 0.0, var)
-
-    def mode_variances(self, n: int) -> np.ndarray:
-        """``E |rfft2(w)_k|^2`` on an ``n x n`` grid, shape ``(n, n // 2 + 1)``; zero at ``k = 0``."""
-        kx, ky = rfft2_wavenumbers(n)
-        return self._variances(kx**2 + ky**2, n)
-
-    def pointwise_std(self, n: int) -> float:
-        """Standard deviation of ``w(x)`` on an ``n x n`` grid (the same at every node)."""
-        k = np.rint(fft.fftfreq(n, 1.0 / n))
-        full = self._variances(k[:, None] ** 2 + k[None, :] ** 2, n)
-        return math.sqrt(float(full.sum())) / n**2  # Parseval: var w = sum_k E |W_k|^2 / n^4
-
-    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """One realisation at the nodes of the ``n x n`` grid, shape ``(n, n)``, from ``rng`` only."""
-        # rfft2 of unit white noise has E |.|^2 = n^2 per mode, real at the self-conjugate modes.
-        noise = fft.rfft2(rng.standard_normal((n, n)))
-        return fft.irfft2(noise * (np.sqrt(self.mode_variances(n)) / n), s=(n, n))
 
 
 def cnab2_amplification(y: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -210,8 +145,8 @@ class _StepCoefficients:
     """Multipliers of one step size ``h`` on the block of active modes ``|k_x|, |k_y| <= K``.
 
     The real tensors have shape ``(..., 2K + 1, 2K + 1, 2)``: each mode's value repeated for its real and
-    imaginary parts, to multiply ``torch.view_as_real`` of the spectra (several times faster on the CPU than
-    complex arithmetic with real-valued complex multipliers).
+    imaginary parts, to multiply ``torch.view_as_real`` of the spectra (faster on the CPU than complex
+    arithmetic with real-valued complex multipliers).
     """
 
     decay: torch.Tensor  # real: Crank-Nicolson's a = (1 - y / 2) / (1 + y / 2), y = nu kappa^2 h

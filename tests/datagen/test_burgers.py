@@ -4,7 +4,6 @@ from scipy.special import ive
 
 from pdeserve.datagen.burgers import (
     BurgersParameters,
-    PeriodicGaussianField,
     burgers_batch,
     burgers_sample,
     etdrk4_amplification,
@@ -13,6 +12,7 @@ from pdeserve.datagen.burgers import (
     solve_burgers,
 )
 from pdeserve.datagen.grids import periodic_coordinates
+from pdeserve.datagen.random_fields import PeriodicGaussianField
 
 
 def cole_hopf_sine(x: np.ndarray, t: float, nu: float, terms: int = 60) -> np.ndarray:
@@ -108,40 +108,6 @@ def test_dealiased_nonlinear_term_conserves_energy():
     u = solve_burgers(u0, 1e-12, 1e-4, np.array([0.02, 0.05]))[0]
     drift = (u**2).mean(axis=1) / (u0**2).mean() - 1
     assert np.abs(drift).max() < 1e-8, drift
-
-
-def test_field_is_the_claimed_karhunen_loeve_sum():
-    field, n = PeriodicGaussianField(), 8
-    u = field.sample(n, np.random.default_rng(4))
-    xi = np.random.default_rng(4).standard_normal((2, n // 2))
-    x, k = periodic_coordinates(n), np.arange(1, n // 2 + 1)[:, None]
-    s = 25.0 / (4 * np.pi**2 * k**2 + 25.0)  # the benchmark's sqrt-eigenvalues
-    explicit = np.sum(
-        s
-        * np.sqrt(2)
-        * (xi[0][:, None] * np.cos(2 * np.pi * k * x) + xi[1][:, None] * np.sin(2 * np.pi * k * x)),
-        axis=0,
-    )
-    np.testing.assert_allclose(u, explicit, atol=1e-14)
-
-
-def test_field_has_the_claimed_spectrum():
-    field, n, count = PeriodicGaussianField(), 64, 2000
-    rng = np.random.default_rng(0)
-    spectra = np.fft.rfft(np.stack([field.sample(n, rng) for _ in range(count)]), axis=1)
-    assert np.abs(spectra[:, 0]).max() < 1e-12  # no mean mode
-    expected = field.mode_variances(n)[1:]
-    observed = (np.abs(spectra[:, 1:]) ** 2).mean(axis=0)
-    # |u_k|^2 is exponential (chi^2 with 2 dof) for k < n/2 and chi^2 with 1 dof at Nyquist: relative
-    # standard error 1/sqrt(count) and sqrt(2/count). Allow 4.5 standard errors per mode.
-    se = np.full(n // 2, 1 / np.sqrt(count))
-    se[-1] = np.sqrt(2 / count)
-    ratio = observed / expected
-    assert np.all(np.abs(ratio - 1) < 4.5 * se), ratio
-    # Real and imaginary parts carry half the variance each, uncorrelated.
-    re, im = spectra[:, 1:-1].real, spectra[:, 1:-1].imag
-    assert np.all(np.abs((re**2).mean(0) / (expected[:-1] / 2) - 1) < 4.5 * np.sqrt(2 / count))
-    assert np.all(np.abs((re * im).mean(0)) / (expected[:-1] / 2) < 4.5 / np.sqrt(count))
 
 
 def test_sample_does_not_depend_on_its_batch():

@@ -10,17 +10,16 @@ from pdeserve.datagen.grids import periodic_coordinates
 from pdeserve.datagen.navier_stokes import (
     BIOT_SAVART_L1,
     NavierStokesParameters,
-    TorusGaussianField,
     cnab2_amplification,
     forcing_field,
     navier_stokes_batch,
     navier_stokes_reference,
     navier_stokes_sample,
     record_times,
-    rfft2_wavenumbers,
     solve_navier_stokes,
     stability_factor,
 )
+from pdeserve.datagen.random_fields import TorusGaussianField
 
 # A short, cheap configuration for the tests that go through navier_stokes_batch.
 SHORT = NavierStokesParameters(final_time=0.02, record_every=0.01, time_step=1e-3)
@@ -151,55 +150,6 @@ def test_mean_is_conserved_and_enstrophy_decays_without_forcing():
     assert np.all(np.diff(energy) < 0), np.diff(energy)
     # The flow did move: the dissipation is not all there is to it.
     assert np.abs(free[-1] - free[0]).max() > 0.1 * np.abs(w0).max()
-
-
-def fno_gaussian_rf_sample(n: int, rng: np.random.Generator, alpha=2.5, tau=7.0) -> np.ndarray:
-    """The FNO authors' GaussianRF recipe (2D, torch 1.7 version), re-expressed in numpy for comparison."""
-    sigma = tau ** (0.5 * (2 * alpha - 2))
-    k = np.fft.fftfreq(n, 1 / n)
-    k2 = k[:, None] ** 2 + k[None, :] ** 2
-    sqrt_eig = n**2 * np.sqrt(2.0) * sigma * (4 * np.pi**2 * k2 + tau**2) ** (-alpha / 2)
-    sqrt_eig[0, 0] = 0.0
-    coeff = sqrt_eig * (rng.standard_normal((n, n)) + 1j * rng.standard_normal((n, n)))
-    return np.fft.ifft2(coeff).real
-
-
-@pytest.mark.parametrize("sampler", ["pdeserve", "fno-recipe"])
-def test_initial_field_has_the_claimed_spectrum(sampler):
-    n, count = 16, 4000
-    field = TorusGaussianField()
-    rng = np.random.default_rng(3)
-    if sampler == "pdeserve":
-        samples = np.stack([field.sample(n, rng) for _ in range(count)])
-    else:
-        samples = np.stack([fno_gaussian_rf_sample(n, rng) for _ in range(count)])
-    power = np.mean(np.abs(np.fft.rfft2(samples)) ** 2, axis=0)
-    expected = field.mode_variances(n)
-    # The formula, written out: E |fft2(w)_k|^2 = 2 n^4 7^3 (4 pi^2 |k|^2 + 49)^(-2.5), zero mean mode.
-    kx, ky = rfft2_wavenumbers(n)
-    formula = 2 * n**4 * 7.0**3 * (4 * np.pi**2 * (kx**2 + ky**2) + 49.0) ** (-2.5)
-    formula[0, 0] = 0.0
-    np.testing.assert_allclose(expected, formula, rtol=1e-13)
-    assert power[0, 0] < 1e-20 * expected.max()
-    # |W_k|^2 / E|W_k|^2 is exponential (sd 1) on complex modes, chi-squared with one degree of freedom
-    # (sd sqrt 2) on the self-conjugate ones (k_x, k_y in {0, n/2}): allow 5 standard errors per mode.
-    self_conjugate = np.isin(np.abs(kx), [0, n // 2]) & np.isin(ky, [0, n // 2])
-    standard_error = np.where(self_conjugate, np.sqrt(2.0), 1.0) / np.sqrt(count)
-    modes = expected > 0
-    deviation = np.abs(power[modes] / expected[modes] - 1) / standard_error[modes]
-    assert deviation.max() < 5, deviation.max()
-    assert abs(np.mean(power[modes] / expected[modes]) - 1) < 3 / np.sqrt(count * modes.sum())
-    # Pointwise variance, over samples and nodes.
-    assert abs(samples.std() / field.pointwise_std(n) - 1) < 0.02
-    assert abs(field.pointwise_std(256) - 0.26196) < 1e-4
-
-
-def test_samples_are_reproducible_and_mean_free():
-    field = TorusGaussianField()
-    a = field.sample(32, np.random.default_rng(7))
-    np.testing.assert_array_equal(a, field.sample(32, np.random.default_rng(7)))
-    assert abs(a.mean()) < 1e-15
-    assert not np.allclose(a, field.sample(32, np.random.default_rng(8)))
 
 
 def test_amplification_factor_limits_and_stability_check():
