@@ -93,7 +93,7 @@ class HelmholtzParameters:
         prefactor: ``xi`` is ``NeumannGaussianField(alpha, tau)`` divided by ``tau^(alpha - 1)``.
     kl_modes : int
         Modes of the Karhunen-Loeve expansion of ``xi``, lowest ``|k|`` first (benchmark: 100, see
-        ``kl_mode_order``); 0 keeps every mode the solve grid resolves (``n`` per axis).
+        ``random_fields.kl_mode_order``); 0 keeps every mode the solve grid resolves (``n`` per axis).
     source_center, source_width : float
         ``du/dn = 1`` on the top edge (``y = 1``) where ``|x - source_center| <= source_width / 2``
         (benchmark: 0.5 and 0.3), ``du/dn = 0`` on the rest of the boundary.
