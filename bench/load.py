@@ -35,7 +35,7 @@ def _repository(folder: Path, bundled: Path) -> Path:
     """The bundled FNO plus a TFNO trained for a few epochs (a second, different model to mix in)."""
     repo = folder / "repo"
     shutil.copytree(bundled / "darcy-fno", repo / "darcy-fno")
-    cli = [sys.executable, "-m", "pdeserve.serving.cli"]
+    cli = [sys.executable, "-m", "pdeserve.cli"]
     data = folder / "darcy.h5"
     generate = ["datagen", "darcy", "--n", "120", "--resolution", "64", "--out", str(data)]
     train = ["train", "--data", str(data), "--model", "tfno", "--repo", str(repo), "--name", "darcy-tfno"]

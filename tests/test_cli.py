@@ -7,14 +7,29 @@ from pathlib import Path
 import pytest
 
 
-def pdeserve(*args: str) -> subprocess.CompletedProcess:
+def pdeserve(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pdeserve.serving.cli", *args], capture_output=True, text=True
+        [sys.executable, "-m", "pdeserve.cli", *args], capture_output=True, text=True, cwd=cwd
     )
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["datagen"], ["datagen", "darcy"], ["train"], ["eval"], ["serve"], ["solve"]]
+    "command",
+    [
+        [],
+        ["datagen"],
+        ["datagen", "darcy"],
+        ["datagen", "retrain"],
+        ["train"],
+        ["retrain"],
+        ["eval"],
+        ["models"],
+        ["models", "list"],
+        ["models", "rollback"],
+        ["serve"],
+        ["serve-config"],
+        ["solve"],
+    ],
 )
 def test_every_command_has_help_with_examples(command):
     done = pdeserve(*command, "--help")
@@ -60,9 +75,7 @@ def test_datagen_list_names_the_families_and_options():
     ],
 )
 def test_errors_are_one_line_and_non_zero(tmp_path, args, code, message):
-    done = subprocess.run(
-        [sys.executable, "-m", "pdeserve.serving.cli", *args], capture_output=True, text=True, cwd=tmp_path
-    )
+    done = pdeserve(*args, cwd=tmp_path)
     assert done.returncode == code
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], done.stderr
@@ -82,3 +95,46 @@ def test_datagen_script_equals_pdeserve_datagen():
     )
     assert refused.returncode == 1
     assert refused.stderr.strip() == "datagen: error: --n must be at least 1, got -1"
+
+
+def test_retrain_is_one_command_under_three_names():
+    """``pdeserve retrain``, ``pdeserve datagen retrain`` and ``datagen retrain`` take the same options."""
+    script = Path(sys.executable).with_name("datagen")
+    helps = [
+        pdeserve("retrain", "--help"),
+        pdeserve("datagen", "retrain", "--help"),
+        subprocess.run([script, "retrain", "--help"], capture_output=True, text=True),
+    ]
+    assert [done.returncode for done in helps] == [0, 0, 0]
+    options = [_options_of(done.stdout) for done in helps]
+    assert options[0] == options[1] == options[2]
+    assert {"--repo", "--model", "--max-regression", "--viscosity", "--contrast"} <= set(options[0])
+
+
+def _options_of(text: str) -> list[str]:
+    """The options a ``--help`` lists (the usage line aside), in order."""
+    body = text.split("\n\n", 1)[1]
+    return [line.split()[0].rstrip(",") for line in body.splitlines() if line.startswith("  --")]
+
+
+def test_help_imports_neither_torch_nor_ray():
+    """Building every command's parser stays light: torch and Ray load inside the commands."""
+    code = (
+        "import sys\n"
+        "from pdeserve.cli import build_parser\n"
+        "build_parser()\n"
+        "print(sorted({'torch', 'ray'} & {m.split('.')[0] for m in sys.modules}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_module_runs_the_installed_command():
+    """``python -m pdeserve.cli`` (what ``torchrun -m pdeserve.cli`` runs) is the ``pdeserve`` script."""
+    script = Path(sys.executable).with_name("pdeserve")
+    installed = subprocess.run([script, "--help"], capture_output=True, text=True)
+    module = pdeserve("--help")
+    assert installed.returncode == module.returncode == 0
+    assert module.stdout == installed.stdout
+    assert "retrain" in module.stdout

@@ -16,7 +16,7 @@ from pdeserve.datagen.families import get_family
 
 def datagen(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pdeserve.serving.cli", "datagen", *args], capture_output=True, text=True
+        [sys.executable, "-m", "pdeserve.cli", "datagen", *args], capture_output=True, text=True
     )
 
 
@@ -179,7 +179,7 @@ def test_sigkilled_run_resumes_and_produces_the_uninterrupted_file(tmp_path):
     assert datagen(*args, "--out", str(reference)).returncode == 0
 
     out, partial = tmp_path / "out.h5", tmp_path / "out.h5.partial"
-    command = [sys.executable, "-m", "pdeserve.serving.cli", "datagen", *args, "--out", str(out)]
+    command = [sys.executable, "-m", "pdeserve.cli", "datagen", *args, "--out", str(out)]
     process = subprocess.Popen(command)
     deadline = time.monotonic() + 120
     while _partial_samples(partial) < 2 and process.poll() is None and time.monotonic() < deadline:

@@ -19,7 +19,7 @@ from pdeserve.datagen.helmholtz import (
     solve_helmholtz,
 )
 from pdeserve.datagen.random_fields import NeumannGaussianField, kl_mode_order
-from pdeserve.serving.cli import datagen_main
+from pdeserve.cli import datagen_main
 
 
 def manufactured(grid: UnitSquareGrid, omega: float):

@@ -173,7 +173,8 @@ def test_chart_copy_of_the_serve_config_is_current():
 def test_default_chart_serves_what_pdeserve_serve_runs(monkeypatch):
     """One source of truth: the chart's serveConfigV2 with default values is the module's config, whose
     options are those `pdeserve serve` starts with and whose proxies are those it starts."""
-    from pdeserve.serving import cli, server
+    from pdeserve import cli
+    from pdeserve.serving import server
     from pdeserve.serving.options import ServingOptions
     from pdeserve.serving.serve_config import serve_config
 
@@ -196,7 +197,8 @@ def test_default_chart_serves_what_pdeserve_serve_runs(monkeypatch):
 
 
 def test_serve_config_cli_prints_the_config_of_the_same_flags(monkeypatch, capsys):
-    from pdeserve.serving import cli, server
+    from pdeserve import cli
+    from pdeserve.serving import server
 
     flags = ["--max-batch-size", "8", "--max-queued-requests", "16", "--max-request-mb", "2"]
     flags += ["--batch-hold-fraction", "0.25"]
@@ -220,7 +222,7 @@ def test_serve_config_cli_prints_the_config_of_the_same_flags(monkeypatch, capsy
 
 
 def test_serve_config_cli_refuses_bad_scaling(capsys):
-    from pdeserve.serving import cli
+    from pdeserve import cli
 
     assert cli.main(["serve-config", "--min-replicas", "4", "--max-replicas", "2"]) == 1
     err = capsys.readouterr().err
@@ -326,7 +328,7 @@ def test_monitors_select_what_exports_metrics(rendered):
 
 
 def test_retrain_command_parses_with_the_real_cli(rendered):
-    from pdeserve.serving.cli import build_parser
+    from pdeserve.cli import build_parser
 
     case, values, objects = rendered
     jobs = of_kind(objects, "Job") + [c["spec"]["jobTemplate"] for c in of_kind(objects, "CronJob")]
@@ -337,7 +339,7 @@ def test_retrain_command_parses_with_the_real_cli(rendered):
     pod = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     command = container["command"]
-    assert command[:3] == ["pdeserve", "datagen", "retrain"]
+    assert command[:2] == ["pdeserve", "retrain"]
     args = build_parser().parse_args(command[1:])
     assert (args.repo, args.model, args.n, args.epochs) == ("/models", "darcy-fno", 100, 10)
     # Retraining writes new versions: the same claim as the serving pods, mounted read-write.

@@ -121,7 +121,7 @@ def test_final_stages_run_as_the_non_root_user_the_chart_expects():
 
 
 def test_healthcheck_and_command_are_real_entry_points():
-    from pdeserve.serving.cli import build_parser
+    from pdeserve.cli import build_parser
 
     runtime = dict((i, a) for i, a in stages()["runtime"] if i in ("HEALTHCHECK", "CMD"))
     check = json.loads(runtime["HEALTHCHECK"].split("CMD", 1)[1])
@@ -167,6 +167,7 @@ def test_dockerignore_keeps_what_the_build_copies_and_drops_the_rest():
             "datagen",
             "operators",
             "serving",
+            "cli",
             "protos",
             "models",
         ]

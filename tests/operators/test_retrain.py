@@ -24,7 +24,7 @@ from pdeserve.operators.retrain import (
     retrain,
 )
 from pdeserve.operators.training import subset
-from pdeserve.serving.cli import main
+from pdeserve.cli import main
 
 NAME = "tiny"
 TINY_FNO = ["--arg", "n_modes=[6,6]", "--arg", "hidden_channels=12", "--arg", "n_layers=2"]

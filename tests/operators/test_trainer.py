@@ -38,7 +38,7 @@ def _settings(**kwargs):
 
 def _pdeserve(*args, env=None, **kwargs):
     return subprocess.Popen(
-        [sys.executable, "-m", "pdeserve.serving.cli", *args],
+        [sys.executable, "-m", "pdeserve.cli", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -280,7 +280,7 @@ def test_torchrun_trains_data_parallel_on_two_processes_and_publishes_once(tmp_p
             "--nproc_per_node",
             "2",
             "-m",
-            "pdeserve.serving.cli",
+            "pdeserve.cli",
             "train",
             "--data",
             str(data),

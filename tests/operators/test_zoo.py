@@ -140,7 +140,7 @@ GALERKIN_RECIPE = {"learning_rate": 1e-3, "scheduler": "onecycle", "onecycle_div
 def test_train_cli_trains_with_the_models_recipe_unless_told_otherwise(
     name, ndim, flags, expected, dataset_files, tmp_path
 ):
-    from pdeserve.serving.cli import main
+    from pdeserve.cli import main
 
     tiny = TINY[name] if ndim == 2 else TINY_1D[name]
     command = ["train", "--data", str(dataset_files[ndim]), "--model", name, "--repo", str(tmp_path)]

@@ -180,7 +180,7 @@ def test_solve_cli_writes_the_solution_and_reports_errors_in_one_line(
     grpc_target, local, coefficients, tmp_path
 ):
     np.save(tmp_path / "a.npy", coefficients[0])
-    cli = [sys.executable, "-m", "pdeserve.serving.cli", "solve", "--target", grpc_target]
+    cli = [sys.executable, "-m", "pdeserve.cli", "solve", "--target", grpc_target]
     done = subprocess.run(
         [
             *cli,

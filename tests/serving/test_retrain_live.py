@@ -13,7 +13,7 @@ import pytest
 from pdeserve.datagen.darcy import DarcyParameters, darcy_sample
 from pdeserve.operators import load_model
 from pdeserve.operators.retrain import EXIT_REFUSED
-from pdeserve.serving.cli import main
+from pdeserve.cli import main
 from pdeserve.serving.client import SolverClient, SolverError
 
 NAME = "darcy-live"

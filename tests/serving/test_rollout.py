@@ -22,7 +22,7 @@ pytestmark = pytest.mark.ray
 
 def pdeserve(*args: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "pdeserve.serving.cli", *args], capture_output=True, text=True
+        [sys.executable, "-m", "pdeserve.cli", *args], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
 
@@ -111,7 +111,7 @@ def test_bad_rollouts_get_precise_statuses(client, trained, grpc_target):
 
 
 def test_solve_cli_streams_a_rollout_and_stacks_it(client, trained, grpc_target, tmp_path, capsys):
-    from pdeserve.serving.cli import main
+    from pdeserve.cli import main
 
     w0 = trained[0].inputs["w0"][:2]
     np.save(tmp_path / "w0.npy", w0)

@@ -1,56 +1,14 @@
-"""``pdeserve datagen`` (also installed as ``datagen``): generate, list and inspect datasets.
-
-The small command-line helpers here (one-line errors, examples in ``--help``) are shared by every
-``pdeserve`` subcommand; datagen is the bottom of the import graph, so the others can import them.
-"""
+"""``pdeserve datagen`` (also installed as ``datagen``): generate, list and inspect datasets, and retrain."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from pdeserve.datagen.dataset import LoadedDataset
-
-EXPECTED_ERRORS = (ValueError, LookupError, OSError, RuntimeError)
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Examples kept as written; defaults shown after each option's help (not for flags and None)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, False):
-            return action.help
-        return super()._get_help_string(action)
-
-
-class CliParser(argparse.ArgumentParser):
-    """An ArgumentParser whose usage errors are one line and exit code 2."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("formatter_class", HelpFormatter)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def run_command(prog: str, func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
-    """Run a subcommand; expected failures print ``prog: error: ...`` on one line and return 1."""
-    try:
-        return func(args) or 0
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
-    except EXPECTED_ERRORS as exc:
-        message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
-        return 1
-
+from pdeserve.cli.parsing import Commands
+from pdeserve.cli.retrain import add_retrain_command
 
 if TYPE_CHECKING:
     from pdeserve.datagen.dataset import LoadedDataset
@@ -63,14 +21,14 @@ EXAMPLES = """examples:
 """
 
 
-def add_subcommands(parser: argparse.ArgumentParser) -> None:
-    """Fill ``parser`` (the ``datagen`` command) with one subcommand per PDE family plus list/inspect."""
+def add_datagen_commands(parser: argparse.ArgumentParser) -> None:
+    """Fill ``parser`` (``pdeserve datagen`` or the ``datagen`` script) with ``list``, ``inspect``, one
+    subcommand per PDE family, and ``retrain``."""
     from pdeserve.datagen.families import FAMILIES
 
-    sub = parser.add_subparsers(dest="datagen_command", metavar="{list,inspect," + ",".join(FAMILIES) + "}")
-    sub.required = True
-    sub.add_parser("list", help="list the PDE families and their options").set_defaults(func=_list)
-    inspect = sub.add_parser(
+    commands = Commands(parser, dest="datagen_command")
+    commands.add("list", help="list the PDE families and their options").set_defaults(func=_list)
+    inspect = commands.add(
         "inspect", help="print a dataset's shapes, value ranges and attributes; optionally plot samples"
     )
     inspect.add_argument("file", help="a pdeserve HDF5 dataset")
@@ -78,30 +36,31 @@ def add_subcommands(parser: argparse.ArgumentParser) -> None:
     inspect.add_argument("--samples", type=int, default=3, help="samples in the preview")
     inspect.set_defaults(func=_inspect)
     for family in FAMILIES.values():
-        p = sub.add_parser(
-            family.name,
-            help=family.description,
-            description=family.description,
-            epilog=EXAMPLES,
-            formatter_class=HelpFormatter,
+        generate = commands.add(
+            family.name, help=family.description, description=family.description, epilog=EXAMPLES
         )
-        p.add_argument("--n", type=int, required=True, help="number of samples")
-        p.add_argument(
+        generate.add_argument("--n", type=int, required=True, help="number of samples")
+        generate.add_argument(
             "--resolution", type=int, required=True, help="grid nodes per side of the stored fields"
         )
-        p.add_argument("--out", required=True, help="output HDF5 file")
-        p.add_argument("--seed", type=int, default=0, help="root random seed")
-        p.add_argument("--workers", type=int, default=1, help="solver processes (or Ray workers)")
-        p.add_argument(
+        generate.add_argument("--out", required=True, help="output HDF5 file")
+        generate.add_argument("--seed", type=int, default=0, help="root random seed")
+        generate.add_argument("--workers", type=int, default=1, help="solver processes (or Ray workers)")
+        generate.add_argument(
             "--ray-address",
             help="fan out over Ray: 'auto' or HOST:PORT joins a cluster, 'local' starts Ray here",
         )
-        p.add_argument("--chunk-size", type=int, default=32, help="samples per write (and resume point)")
-        p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="storage dtype")
-        p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-        p.add_argument("--quiet", action="store_true", help="no progress bar")
-        family.add_options(p)
-        p.set_defaults(func=_generate, family=family.name)
+        generate.add_argument(
+            "--chunk-size", type=int, default=32, help="samples per write (and resume point)"
+        )
+        generate.add_argument(
+            "--dtype", choices=("float32", "float64"), default="float32", help="storage dtype"
+        )
+        generate.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+        generate.add_argument("--quiet", action="store_true", help="no progress bar")
+        family.add_options(generate)
+        generate.set_defaults(func=_generate, family=family.name)
+    add_retrain_command(commands)
 
 
 def _list(args: argparse.Namespace) -> None:
