@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from pdeserve.cli import datagen_main
 from pdeserve.datagen.dataset import load_dataset
 from pdeserve.datagen.families import get_family
 from pdeserve.datagen.grids import UnitSquareGrid
@@ -19,7 +20,6 @@ from pdeserve.datagen.helmholtz import (
     solve_helmholtz,
 )
 from pdeserve.datagen.random_fields import NeumannGaussianField, kl_mode_order
-from pdeserve.cli import datagen_main
 
 
 def manufactured(grid: UnitSquareGrid, omega: float):

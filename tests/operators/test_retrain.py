@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
+from pdeserve.cli import main
 from pdeserve.datagen.dataset import LoadedDataset, load_dataset
 from pdeserve.operators import load_model
 from pdeserve.operators.evaluation import evaluate
@@ -24,7 +25,6 @@ from pdeserve.operators.retrain import (
     retrain,
 )
 from pdeserve.operators.training import subset
-from pdeserve.cli import main
 
 NAME = "tiny"
 TINY_FNO = ["--arg", "n_modes=[6,6]", "--arg", "hidden_channels=12", "--arg", "n_layers=2"]

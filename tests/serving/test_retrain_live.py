@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pdeserve.cli import main
 from pdeserve.datagen.darcy import DarcyParameters, darcy_sample
 from pdeserve.operators import load_model
 from pdeserve.operators.retrain import EXIT_REFUSED
-from pdeserve.cli import main
 from pdeserve.serving.client import SolverClient, SolverError
 
 NAME = "darcy-live"

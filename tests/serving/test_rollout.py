@@ -21,9 +21,7 @@ pytestmark = pytest.mark.ray
 
 
 def pdeserve(*args: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "pdeserve.cli", *args], capture_output=True, text=True
-    )
+    done = subprocess.run([sys.executable, "-m", "pdeserve.cli", *args], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 
 
