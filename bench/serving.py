@@ -1,12 +1,15 @@
 """Serving latency and throughput: gRPC ``Solve`` through Ray Serve next to in-process ``predict``, one run.
 
+Throughput (measured first, so that the replica has run large batches too, as the in-process sweep
+has): ``--clients`` concurrent clients sending batch-1 ``Solve`` calls (the server stacks them into
+batched forward passes) against in-process ``predict`` at its best batch size (picked from 1..32), in
+``--rounds`` alternating rounds of ``--seconds`` each; the ratio of the summed rates (target: served
+>= 0.8x the best in-process).
 Latency: batch 1, p50 / p99 of ``Solve`` against ``load_model(...).predict`` of the same model in this
-process, the two calls interleaved (one of each in turn) so that both see the same machine (target:
-Solve p50 <= 1.25x predict p50).
-Throughput: ``--clients`` concurrent clients sending batch-1 ``Solve`` calls (the server stacks them with
-``@serve.batch``) against in-process ``predict`` at its best batch size (picked from 1..32), in
-alternating rounds of ``--seconds`` each; the ratio of the summed rates (target: served >= 0.8x the best
-in-process).
+process, ``--calls`` of each in alternating blocks of ``--block`` calls (a block of one side, then a
+block of the other; each block opened by one uncounted call), so that both see the same machine and
+neither pays for the other's idle threads (target: Solve p50 <= 1.25x predict p50). The replica's own
+time, ``inference_ms`` (from the request's entry into the replica to its answer), is reported beside.
 ``--replicas`` replicas each reserve ``--replica-cpus`` CPUs, by default together as many as the
 in-process baseline's torch threads, so that both sides compute with the same cores (one replica of 2
 CPUs, or ``--replicas 2`` of one CPU and one torch thread each), and this process sets the replicas'
@@ -91,7 +94,7 @@ def main() -> None:
 
     retain_freed_memory()  # the replica's allocator settings, so that both sides allocate alike
     surrogate = load_model(args.repo, args.model)
-    side = surrogate.config["training_resolution"][0]
+    side = surrogate.card.training_resolution[0]
     rng = np.random.default_rng(0)
     fields = np.stack([darcy_sample(DarcyParameters(), side, rng)["a"] for _ in range(32)]).astype(np.float32)
     a = fields[0]
@@ -110,7 +113,7 @@ def main() -> None:
     startup_s = time.perf_counter() - started
     local_ms: list[float] = []
     remote_ms: list[float] = []
-    replica_ms: list[float] = []  # time inside the replica's predict, as the server reports it
+    replica_ms: list[float] = []  # inference_ms: from the request's entry into the replica to its answer
     in_process: list[float] = []
     served: list[float] = []
     target = f"127.0.0.1:{port}"
@@ -126,7 +129,7 @@ def main() -> None:
             # Alternating blocks, each opened by one uncounted call: a process's idle OpenMP threads
             # spin for several ms after its last parallel region (libgomp's default), stealing the
             # cores from the other process's next call; call-by-call alternation charged that spin to
-            # whichever side came second (Solve p50 20.7 vs 14.0 ms here, predict unchanged).
+            # whichever side came second.
             for done in range(0, args.calls, args.block):
                 block = min(args.block, args.calls - done)
                 surrogate.predict({"a": a})
@@ -166,7 +169,7 @@ def main() -> None:
     print(f"{'in-process predict':<30}{local['p50_ms']:>10.2f}{local['p99_ms']:>10.2f}")
     print(f"{'gRPC Solve (Ray Serve)':<30}{remote['p50_ms']:>10.2f}{remote['p99_ms']:>10.2f}")
     inside = result["replica_predict"]
-    print(f"{'  of which predict in replica':<30}{inside['p50_ms']:>10.2f}{inside['p99_ms']:>10.2f}")
+    print(f"{'  of which inside the replica':<30}{inside['p50_ms']:>10.2f}{inside['p99_ms']:>10.2f}")
     ratio = result["p50_ratio_solve_over_predict"]
     print(f"p50 ratio Solve/predict: {ratio:.2f} (target <= 1.25); serve start-up {startup_s:.1f} s")
     rates = ", ".join(f"{b}: {r:.0f}" for b, r in sweep.items())

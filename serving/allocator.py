@@ -3,9 +3,9 @@
 glibc serves blocks above its mmap threshold (128 KiB at first, raised on the fly up to 32 MiB) with
 fresh mappings and trims the heap whenever 128 KiB lie free at its top, so each forward pass of a
 batched operator unmaps its activations and the next one page-faults them back in. Fixing both
-thresholds high makes the heap keep them: in-process ``predict`` of the bundled FNO at batch 16 went
-from 61-97 to 110-123 solutions/s on this machine, batch-1 latency unchanged (bench/serving.py calls this
-for its in-process baseline as the replica does, so both sides allocate alike).
+thresholds high makes the heap keep them, which speeds up batched forward passes and leaves batch-1
+latency as it was (bench/serving.py calls this for its in-process baseline as the replica does, so both
+sides allocate alike).
 """
 
 from __future__ import annotations

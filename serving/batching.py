@@ -2,8 +2,8 @@
 
 Since ray-project/ray#53096 (concurrent batches), a ``@serve.batch`` queue forms its next batch as soon as the
 previous one is handed off, not when it finishes: with no wait, each request that arrives during a
-forward pass becomes a batch of its own and queues for the pass after it (16 clients got batches of 1-2
-here, bench/serving.py); a wait long enough to gather them adds that wait to every batch-1 request.
+forward pass becomes a batch of its own or nearly so and queues for the pass after it; a wait long
+enough to gather them adds that wait to every batch-1 request.
 ``BatchGate`` restores opportunistic batching: while any request is inside the batcher, newcomers wait
 at the gate, and when the last one leaves, all of them enter at once and form one batch (up to the
 batcher's ``max_batch_size``). A request to an idle gate starts at once, and the gate tells its caller
@@ -11,10 +11,10 @@ that it is alone, since nobody can join its batch: the caller may skip the batch
 
 Closed-loop clients (each sends its next request when the last is answered) split into cohorts that
 never merge again: a straggler that missed a batch runs alone while the others wait, then they run while
-it waits (16 clients ran batches of 1 and 15, or 8 and 9, in turn here). So when a batch leaves, the gate
-stays shut for a short hold, until as many new requests as that batch had have arrived (its clients
-coming back with their next requests), for at most ``hold_fraction`` of the time the batch spent inside
-and never more than ``MAX_HOLD_S``. A lone client fills its own quota of one at once and never waits.
+it waits, and the cohorts keep taking turns. So when a batch leaves, the gate stays shut for a short
+hold, until as many new requests as that batch had have arrived (its clients coming back with their
+next requests), for at most ``hold_fraction`` of the time the batch spent inside and never more than
+``MAX_HOLD_S``. A lone client fills its own quota of one at once and never waits.
 Other newcomers during a hold wait up to its end: the hold pays off for closed-loop clients, and costs
 open-loop traffic at most that fraction of a pass.
 """

@@ -1,4 +1,9 @@
-"""Python client for ``pdeserve.v1.Solver``: numpy in, numpy out."""
+"""Python client for ``pdeserve.v1.Solver``: numpy in, numpy out.
+
+Light: it needs numpy, grpcio and protobuf only (``pip install "pdeserve[client]"``), never torch or
+Ray, so simulation codes and notebooks can call a server without the serving stack. ``health()``
+also needs grpcio-health-checking.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,6 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pdeserve.protos.v1 import solver_pb2 as pb
 from pdeserve.protos.v1 import solver_pb2_grpc
@@ -158,6 +162,11 @@ class SolverClient:
 
     def health(self, service: str = "") -> str:
         """The health status name (``SERVING``, ``NOT_SERVING``, ...)."""
+        from grpc_health.v1 import (
+            health_pb2,
+            health_pb2_grpc,
+        )  # grpcio-health-checking, beyond the light client
+
         stub = health_pb2_grpc.HealthStub(self.channel)
         response = self._call(stub.Check, health_pb2.HealthCheckRequest(service=service))
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)

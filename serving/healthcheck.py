@@ -1,7 +1,7 @@
 """``python -m pdeserve.serving.healthcheck``: one ``grpc.health.v1.Health/Check`` call, exit 0 if SERVING.
 
-The container image's ``HEALTHCHECK`` runs it every 30 s, so it imports only grpc (no torch, no Ray,
-no numpy): a call costs a few tens of milliseconds of CPU.
+The container image's ``HEALTHCHECK`` runs it every 30 s, so it imports only grpc and pdeserve's
+settings module (no torch, no Ray, no numpy): a call costs little CPU.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from collections.abc import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-DEFAULT_TARGET = "127.0.0.1:9000"
+from pdeserve.serving.options import DEFAULT_GRPC_PORT
+
+DEFAULT_TARGET = f"127.0.0.1:{DEFAULT_GRPC_PORT}"
 
 
 def check(target: str = DEFAULT_TARGET, service: str = "", timeout: float = 5.0) -> str:

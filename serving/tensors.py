@@ -1,5 +1,7 @@
 """Conversion between numpy arrays and ``pdeserve.v1.Tensor`` (raw little-endian bytes + shape + dtype),
-and the checks any raw-bytes tensor on the wire needs (shared with the Open Inference Protocol)."""
+and the checks any raw-bytes tensor on the wire needs (shared with the Open Inference Protocol).
+
+The light client uses it too: it imports numpy and the generated messages only (no torch, no Ray)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pdeserve.operators.surrogate import InvalidInputError
+from pdeserve.operators.errors import InvalidInputError
 from pdeserve.protos.v1 import solver_pb2 as pb
 
 NUMPY_DTYPES: dict[int, np.dtype] = {pb.DTYPE_FLOAT32: np.dtype("<f4"), pb.DTYPE_FLOAT64: np.dtype("<f8")}

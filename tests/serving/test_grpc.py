@@ -146,7 +146,7 @@ def test_list_and_get_model_describe_the_bundled_model(client, local):
     assert [f.name for f in info.inputs] == ["a"] and [f.name for f in info.outputs] == ["u"]
     assert list(info.inputs[0].shape) == [64, 64]
     assert info.min_resolution == 12 and info.max_resolution >= 256
-    assert info.metrics["test_relative_l2"] == pytest.approx(local.metrics["test_relative_l2"])
+    assert info.metrics["test_relative_l2"] == pytest.approx(local.card.metrics["test_relative_l2"])
     assert info.parameter_count == local.parameter_count()
     with pytest.raises(SolverError) as excinfo:
         client.get_model("nope")

@@ -80,10 +80,9 @@ def test_retrain_is_served_without_restart_refusal_changes_nothing_rollback_work
         info = c.get_model(NAME)
         assert info.version == "3" and list(info.versions) == ["1", "2", "3"]
         v2 = c.get_model(NAME, version="2")
-        assert v2.dataset_fingerprint == load_model(repo, NAME, 2).config["dataset"]["fingerprint"]
-        assert v2.metrics["test_relative_l2"] == pytest.approx(
-            load_model(repo, NAME, 2).metrics["test_relative_l2"]
-        )
+        card = load_model(repo, NAME, 2).card
+        assert v2.dataset_fingerprint == card.dataset.fingerprint
+        assert v2.metrics["test_relative_l2"] == pytest.approx(card.metrics["test_relative_l2"])
         # Without a version: version 3 = version 1's weights; version 2 on request.
         newest = c.solve_response(NAME, {"a": field})
         assert newest.version == "3"

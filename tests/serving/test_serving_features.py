@@ -9,6 +9,7 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
+import tritonclient.grpc as triton
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
@@ -45,6 +46,17 @@ def _total(samples, name: str, **labels) -> float:
     return sum(v for (n, tags), v in samples.items() if n == name and set(labels.items()) <= tags)
 
 
+def _poll(port: int, arrived, timeout: float = 90) -> dict[tuple[str, frozenset], float]:
+    """Scrape until ``arrived(samples)`` holds or ``timeout`` seconds pass (Ray's metrics agent exports
+    on an interval); the last samples."""
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = _scrape(port)
+        if arrived(samples) or time.monotonic() > deadline:
+            return samples
+        time.sleep(2)
+
+
 def test_concurrent_clients_are_batched_answered_correctly_and_counted(
     deploy_app, grpc_target, metrics_port, bundled_repo, tmp_path
 ):
@@ -78,29 +90,72 @@ def test_concurrent_clients_are_batched_answered_correctly_and_counted(
     with SolverClient(grpc_target, application="metered") as c, pytest.raises(SolverError):
         c.solve(name, {"a": fields[0][:10]})  # one INVALID_ARGUMENT for the error counter
 
-    # Ray's metrics agent exports on an interval: poll until every count has arrived.
     def delta(after, metric, **labels):
         return _total(after, metric, model=name, **labels) - _total(before, metric, model=name, **labels)
 
-    deadline = time.monotonic() + 90
-    while True:
-        after = _scrape(metrics_port)
-        counts = (
+    def counts(after):
+        return (
             delta(after, "ray_pdeserve_requests_total", code="OK"),
             delta(after, "ray_pdeserve_requests_total", code="INVALID_ARGUMENT"),
             delta(after, "ray_pdeserve_batch_size_count"),
+            delta(after, "ray_pdeserve_forward_passes_total"),
         )
-        passes = delta(after, "ray_pdeserve_forward_passes_total")
-        if counts == (80, 1, passes) or time.monotonic() > deadline:
-            break
-        time.sleep(2)
-    assert counts == (80, 1, passes), (counts, passes)
-    # Requests arriving during a forward pass join the next one together (BatchGate): 6 passes for the
-    # 80 calls here (10 before the gate held for returning clients), where @serve.batch alone made 52
-    # (it forms a batch while the previous one runs).
+
+    after = _poll(metrics_port, lambda after: counts(after)[:3] == (80, 1, counts(after)[3]))
+    passes = counts(after)[3]
+    assert counts(after) == (80, 1, passes, passes)
+    # Requests arriving during a forward pass join the next one together (BatchGate); @serve.batch
+    # alone forms a batch while the previous one runs, close to one pass per call.
     assert passes <= 26
     assert _total(after, "ray_pdeserve_request_latency_ms_count", model=name) >= 81
     assert _total(after, "ray_pdeserve_model_load_seconds", model=name) > 0
+
+
+@pytest.fixture(scope="module")
+def damaged(serve_apps, bundled_repo, tmp_path_factory):
+    """An application whose repository holds, beside the bundled model, a copy whose weights file is
+    gone and a copy whose card names a PDE pdeserve does not know (it loads and solves, but its
+    classical reference cannot be computed)."""
+    repo = tmp_path_factory.mktemp("damaged")
+    for name in (MODEL, "darcy-unloadable", "darcy-unknown-pde"):
+        shutil.copytree(bundled_repo / MODEL, repo / name)
+    (repo / "darcy-unloadable" / "1" / "model.safetensors").unlink()
+    card = repo / "darcy-unknown-pde" / "1" / "config.json"
+    card.write_text(card.read_text().replace('"pde": "darcy"', '"pde": "no-such-pde"'))
+    yield serve_apps.deploy("damaged", repo)
+    serve_apps.delete("damaged")
+
+
+def test_models_are_described_from_their_cards_without_loading_weights(damaged, field):
+    with SolverClient(damaged, application="damaged") as c:
+        models = {m.name: m for m in c.list_models()}
+        assert sorted(models) == [MODEL, "darcy-unknown-pde", "darcy-unloadable"]
+        unloadable = c.get_model("darcy-unloadable")
+        assert unloadable == models["darcy-unloadable"]
+        assert (unloadable.architecture, unloadable.version, list(unloadable.versions)) == ("fno", "1", ["1"])
+        assert unloadable.parameter_count == models[MODEL].parameter_count > 0
+        with pytest.raises(SolverError) as err:  # solving needs the weights
+            c.solve("darcy-unloadable", {"a": field})
+        assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    with triton.InferenceServerClient(damaged) as oip:
+        metadata = oip.get_model_metadata("darcy-unloadable", headers={"application": "damaged"})
+        assert (metadata.platform, [t.name for t in metadata.inputs]) == ("pdeserve/fno", ["a"])
+
+
+def test_an_unexpected_failure_is_internal_names_no_path_and_is_counted(damaged, metrics_port, field):
+    name = "darcy-unknown-pde"
+    with SolverClient(damaged, application="damaged") as c:
+        with pytest.raises(SolverError) as err:
+            c.solve_response(name, {"a": field}, reference=True)
+        assert err.value.code == grpc.StatusCode.INTERNAL
+        assert "KeyError" in str(err.value) and "/" not in str(err.value)
+        assert c.solve(name, {"a": field})["u"].shape == (64, 64)  # and the replica keeps serving
+
+    def count(samples, code):
+        return _total(samples, "ray_pdeserve_requests_total", model=name, method="Solve", code=code)
+
+    after = _poll(metrics_port, lambda samples: count(samples, "INTERNAL") and count(samples, "OK"))
+    assert (count(after, "INTERNAL"), count(after, "OK")) == (1, 1)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,78 @@
+"""How a refused request ends: one exception type per gRPC status pdeserve answers with, and the one
+table that gives the exceptions of the layers below (bad inputs, unknown models, damaged checkpoints)
+their status.
+
+Every RPC goes through ``SolverService``'s wrapper (serving/app.py), which turns whatever a handler
+raised into a :class:`RequestError` with :func:`as_request_error` and sets its code and details on the
+call. Anything the table does not know is a bug: INTERNAL, with a message that names no server path
+(the traceback goes to the replica's log).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import ClassVar
+
+import grpc
+
+from pdeserve.operators.errors import CheckpointError, InvalidInputError
+from pdeserve.operators.repository import ModelNotFoundError
+
+logger = logging.getLogger("pdeserve")
+
+
+class RequestError(Exception):
+    """A request refused with the gRPC status ``code`` (one subclass per status); the message is the
+    status details the client reads."""
+
+    code: ClassVar[grpc.StatusCode]
+
+    def __reduce__(self) -> tuple:
+        # Ray pickles the exception a streaming handler raises to carry it to the proxy.
+        return type(self), (str(self),)
+
+
+class InvalidArgument(RequestError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(RequestError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class FailedPrecondition(RequestError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResourceExhausted(RequestError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unauthenticated(RequestError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class Internal(RequestError):
+    code = grpc.StatusCode.INTERNAL
+
+
+# The known failures of the layers below, by the status they answer with (the first match wins).
+KNOWN_FAILURES: dict[type[Exception], type[RequestError]] = {
+    InvalidInputError: InvalidArgument,
+    ModelNotFoundError: NotFound,
+    CheckpointError: FailedPrecondition,  # a damaged checkpoint is refused, never run
+}
+
+
+def as_request_error(exc: Exception, method: str) -> RequestError:
+    """``exc``, raised while answering ``method``, as the status the client gets: itself, the entry of
+    :data:`KNOWN_FAILURES` it falls under, or :class:`Internal` for a bug (logged with its traceback)."""
+    if isinstance(exc, RequestError):
+        return exc
+    for kind, error in KNOWN_FAILURES.items():
+        if isinstance(exc, kind):
+            return error(str(exc))
+    logger.error("%s failed", method, exc_info=exc)
+    return Internal(
+        f"{method} failed with an internal error ({type(exc).__name__}); the server log has details"
+    )
