@@ -6,8 +6,8 @@ Inference Protocol v2 (``/inference.GRPCInferenceService/ModelInfer``, ...; see 
 through the same validation, batching and metrics as ``Solve``, and streams ``Rollout`` (a generator
 method: Serve's gRPC proxy streams what it yields).
 
-Every RPC is a short handler wrapped by :func:`rpc` (or :func:`streaming_rpc`), which authenticates
-the call, gives a failure its status (serving/errors.py) and counts inference requests
+Every RPC is a short handler wrapped by ``rpc`` (or ``streaming_rpc``, serving/rpc.py), which
+authenticates the call, gives a failure its status (serving/errors.py) and counts inference requests
 (serving/metrics.py). A failure sets its code on the ``grpc_context`` and answers an empty message, so
 a bad request never disturbs the replica.
 
@@ -22,20 +22,16 @@ on every call, so a newly published version is served without a restart. Describ
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import grpc
 import numpy as np
-from google.protobuf import message_factory
-from google.protobuf.descriptor import FileDescriptor
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 from ray import serve
@@ -50,16 +46,10 @@ from pdeserve.operators.surrogate import Surrogate, load_surrogate
 from pdeserve.protos.v1 import solver_pb2 as pb
 from pdeserve.serving.allocator import retain_freed_memory
 from pdeserve.serving.batching import BatchGate
-from pdeserve.serving.errors import (
-    FailedPrecondition,
-    NotFound,
-    RequestError,
-    ResourceExhausted,
-    Unauthenticated,
-    as_request_error,
-)
+from pdeserve.serving.errors import FailedPrecondition, NotFound, ResourceExhausted
 from pdeserve.serving.metrics import Metrics
 from pdeserve.serving.options import ServingOptions
+from pdeserve.serving.rpc import Call, response_types, rpc, streaming_rpc
 from pdeserve.serving.tensors import from_tensor, to_tensor
 
 if TYPE_CHECKING:  # imported by the replicas only, see serving/oip.py
@@ -73,116 +63,6 @@ HEALTH_SERVICES = ("", SERVICE_NAME, "inference.GRPCInferenceService")
 MODELS_PER_REPLICA = 8
 # Longest Rollout one request may ask for: a stream holds one of the replica's request slots until done.
 MAX_ROLLOUT_STEPS = 10_000
-
-
-@dataclass
-class Call:
-    """One RPC in progress, as its handler sees it.
-
-    Parameters
-    ----------
-    method : str
-        The RPC's name (``Solve``).
-    started : float
-        ``time.perf_counter()`` when the request entered the replica: ``inference_ms`` and the latency
-        metric count from here.
-    model, version : str
-        For an inference RPC, the model and version the request names; the handler replaces the
-        version by the one that serves it, which the metrics record. Empty for other RPCs.
-    counted : bool
-        Whether the RPC is an inference request, counted in pdeserve's metrics.
-    """
-
-    method: str
-    started: float
-    model: str = ""
-    version: str = ""
-    counted: bool = False
-
-
-def _call(handler: Callable, request: Message, model_fields: tuple[str, str] | None) -> Call:
-    if model_fields is None:
-        return Call(handler.__name__, time.perf_counter())
-    model, version = (getattr(request, field) for field in model_fields)
-    return Call(handler.__name__, time.perf_counter(), model, version, counted=True)
-
-
-def _refuse(grpc_context, exc: Exception, method: str) -> RequestError:
-    """Set the status ``exc`` answers with on the call and return it."""
-    error = as_request_error(exc, method)
-    grpc_context.set_code(error.code)
-    grpc_context.set_details(str(error))
-    return error
-
-
-def _as_serve_method(wrapper: Callable, handler: Callable) -> Callable:
-    # Named after the handler, but without functools.wraps: Serve passes ``grpc_context`` only to a
-    # method whose signature names it, and wraps' __wrapped__ would show it the handler's instead.
-    wrapper.__name__, wrapper.__qualname__, wrapper.__doc__ = (
-        handler.__name__,
-        handler.__qualname__,
-        handler.__doc__,
-    )
-    return wrapper
-
-
-def rpc(*, auth: bool = True, model_fields: tuple[str, str] | None = None) -> Callable:
-    """Make the unary handler ``async (self, request, call: Call) -> response`` the method Serve
-    calls with ``(request, grpc_context)``: authenticate (``auth`` False: probes need no token), answer
-    a failure with its status and the method's empty response, and count an inference RPC in the
-    metrics (``model_fields`` names the request's model and version fields)."""
-
-    def decorate(handler: Callable[..., Awaitable[Message]]) -> Callable:
-        async def serve_method(self: SolverService, request: Message, grpc_context) -> Message:
-            call = _call(handler, request, model_fields)
-            try:
-                if auth:
-                    self._authorize(grpc_context)
-                response = await handler(self, request, call)
-            except Exception as exc:  # every failure gets its status; the replica keeps serving
-                error = _refuse(grpc_context, exc, call.method)
-                self._finish(call, error.code)
-                return self._response_types[call.method]()
-            self._finish(call, grpc.StatusCode.OK)
-            return response
-
-        return _as_serve_method(serve_method, handler)
-
-    return decorate
-
-
-def streaming_rpc(*, model_fields: tuple[str, str]) -> Callable:
-    """:func:`rpc` for the server-streaming inference handler
-    ``async (self, request, call: Call) -> AsyncIterator[message]``."""
-
-    def decorate(handler: Callable[..., AsyncIterator[Message]]) -> Callable:
-        async def serve_method(self: SolverService, request: Message, grpc_context) -> AsyncIterator[Message]:
-            call = _call(handler, request, model_fields)
-            try:
-                self._authorize(grpc_context)
-                async for message in handler(self, request, call):
-                    yield message
-            except Exception as exc:
-                error = _refuse(grpc_context, exc, call.method)
-                self._finish(call, error.code)
-                # Unlike a unary answer, a stream's status reaches the client only if the generator
-                # raises: Serve then sends the code set on grpc_context (ray-project/ray#58851).
-                raise error from None
-            self._finish(call, grpc.StatusCode.OK)
-
-        return _as_serve_method(serve_method, handler)
-
-    return decorate
-
-
-def _response_types(*files: FileDescriptor) -> dict[str, type[Message]]:
-    """The response type of every RPC of the services in ``files``, by method name."""
-    return {
-        method.name: message_factory.GetMessageClass(method.output_type)
-        for file in files
-        for service in file.services_by_name.values()
-        for method in service.methods
-    }
 
 
 def _field_specs(fields: tuple[FieldSpec, ...], shape: list[int]) -> list[pb.FieldSpec]:
@@ -261,7 +141,7 @@ class SolverService:
         from pdeserve.serving import oip  # here, not at the top: see serving/oip.py
 
         self.oip = oip
-        self._response_types = _response_types(pb.DESCRIPTOR, oip.pb.DESCRIPTOR, health_pb2.DESCRIPTOR)
+        self.response_types = response_types(pb.DESCRIPTOR, oip.pb.DESCRIPTOR, health_pb2.DESCRIPTOR)
         self._infer.set_max_batch_size(self.options.max_batch_size)
         self._infer.set_batch_wait_timeout_s(self.options.batch_wait_s)
         self._gate = BatchGate(self.options.batch_hold_fraction)
@@ -295,20 +175,6 @@ class SolverService:
         """``ModelInfo`` of ``name`` at ``version`` ("" = newest) from its card, without loading weights."""
         version, card = await asyncio.to_thread(self.repository.card, name, version)
         return model_info(name, version, card, self.repository.versions(name))
-
-    def _authorize(self, grpc_context) -> None:
-        token = self.auth_token
-        if not token:
-            return
-        metadata = dict(grpc_context.invocation_metadata() or [])
-        given = metadata.get("authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            raise Unauthenticated("missing or wrong token in 'authorization'")
-
-    def _finish(self, call: Call, code: grpc.StatusCode) -> None:
-        """Count a finished inference RPC in pdeserve's metrics."""
-        if call.counted:
-            self.metrics.request(call.method, call.model, call.version, code, call.started)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)  # set from ServingOptions in __init__
     async def _infer(self, items: list[tuple[Surrogate, np.ndarray]]) -> list[np.ndarray]:
@@ -494,6 +360,7 @@ class SolverService:
     async def ServerMetadata(
         self, request: oip_pb.ServerMetadataRequest, call: Call
     ) -> oip_pb.ServerMetadataResponse:
+        """The server's name and version."""
         return self.oip.server_metadata()
 
     @rpc()

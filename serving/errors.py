@@ -2,7 +2,7 @@
 table that gives the exceptions of the layers below (bad inputs, unknown models, damaged checkpoints)
 their status.
 
-Every RPC goes through ``SolverService``'s wrapper (serving/app.py), which turns whatever a handler
+Every RPC goes through one wrapper (serving/rpc.py), which turns whatever a handler
 raised into a :class:`RequestError` with :func:`as_request_error` and sets its code and details on the
 call. Anything the table does not know is a bug: INTERNAL, with a message that names no server path
 (the traceback goes to the replica's log).

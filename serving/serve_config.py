@@ -176,6 +176,6 @@ def helm_template(config: dict | None = None) -> str:
 
 
 if __name__ == "__main__":  # python -m pdeserve.serving.serve_config [flags of pdeserve serve-config]
-    from pdeserve.serving.cli import main
+    from pdeserve.cli import main
 
     sys.exit(main(["serve-config", *sys.argv[1:]]))

@@ -1,0 +1,158 @@
+"""The one wrapper every RPC goes through: authentication, the status of a failure, and the metrics.
+
+A handler is ``async (self, request, call: Call) -> response`` (or an async generator of messages for
+a server-streaming RPC) and does its RPC's work only. :func:`rpc` or :func:`streaming_rpc` make it the
+method Ray Serve calls with ``(request, grpc_context)``: the wrapper checks the token, turns whatever
+the handler raised into its gRPC status (serving/errors.py) and answers with the RPC's empty response,
+and counts an inference RPC in pdeserve's metrics (serving/metrics.py), whatever its outcome.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import FileDescriptor
+from google.protobuf.message import Message
+
+from pdeserve.serving.errors import RequestError, Unauthenticated, as_request_error
+from pdeserve.serving.metrics import Metrics
+
+
+class Servicer(Protocol):
+    """What the wrapper needs of the deployment whose methods it wraps."""
+
+    auth_token: str  # "" when calls need no token
+    metrics: Metrics
+    response_types: dict[str, type[Message]]  # by method name, see response_types()
+
+
+@dataclass
+class Call:
+    """One RPC in progress, as its handler sees it.
+
+    Parameters
+    ----------
+    method : str
+        The RPC's name (``Solve``).
+    started : float
+        ``time.perf_counter()`` when the request entered the replica: ``inference_ms`` and the latency
+        metric count from here.
+    model, version : str
+        For an inference RPC, the model and version the request names; the handler replaces the
+        version by the one that serves it, which the metrics record. Empty for other RPCs.
+    counted : bool
+        Whether the RPC is an inference request, counted in pdeserve's metrics.
+    """
+
+    method: str
+    started: float
+    model: str = ""
+    version: str = ""
+    counted: bool = False
+
+    @classmethod
+    def enter(cls, method: str, request: Message, model_fields: tuple[str, str] | None) -> Call:
+        """The call of ``request`` to ``method``; ``model_fields`` name the request's model and version
+        fields for an inference RPC, None for others."""
+        if model_fields is None:
+            return cls(method, time.perf_counter())
+        model, version = (getattr(request, field) for field in model_fields)
+        return cls(method, time.perf_counter(), model, version, counted=True)
+
+    def finish(self, servicer: Servicer, code: grpc.StatusCode) -> None:
+        """Count a finished inference RPC in the metrics, whatever its outcome."""
+        if self.counted:
+            servicer.metrics.request(self.method, self.model, self.version, code, self.started)
+
+
+def response_types(*files: FileDescriptor) -> dict[str, type[Message]]:
+    """The response type of every RPC of the services in ``files``, by method name."""
+    return {
+        method.name: message_factory.GetMessageClass(method.output_type)
+        for file in files
+        for service in file.services_by_name.values()
+        for method in service.methods
+    }
+
+
+def authorize(servicer: Servicer, grpc_context) -> None:
+    """``Unauthenticated`` unless the call carries the servicer's token (``Bearer TOKEN`` or ``TOKEN``
+    in ``authorization``)."""
+    token = servicer.auth_token
+    if not token:
+        return
+    metadata = dict(grpc_context.invocation_metadata() or [])
+    given = metadata.get("authorization", "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise Unauthenticated("missing or wrong token in 'authorization'")
+
+
+def _refuse(grpc_context, exc: Exception, call: Call) -> RequestError:
+    """Set the status ``exc`` answers with on the call and return it."""
+    error = as_request_error(exc, call.method)
+    grpc_context.set_code(error.code)
+    grpc_context.set_details(str(error))
+    return error
+
+
+def _as_serve_method(wrapper: Callable, handler: Callable) -> Callable:
+    # Named after the handler, but without functools.wraps: Serve passes ``grpc_context`` only to a
+    # method whose signature names it, and wraps' __wrapped__ would show it the handler's instead.
+    wrapper.__name__, wrapper.__qualname__, wrapper.__doc__ = (
+        handler.__name__,
+        handler.__qualname__,
+        handler.__doc__,
+    )
+    return wrapper
+
+
+def rpc(*, auth: bool = True, model_fields: tuple[str, str] | None = None) -> Callable:
+    """Make a unary handler the method Serve calls (see the module docstring). ``auth`` False: the call
+    needs no token (probes); ``model_fields``: the request's model and version fields, for an
+    inference RPC that the metrics count."""
+
+    def decorate(handler: Callable[..., Awaitable[Message]]) -> Callable:
+        async def serve_method(self: Servicer, request: Message, grpc_context) -> Message:
+            call = Call.enter(handler.__name__, request, model_fields)
+            try:
+                if auth:
+                    authorize(self, grpc_context)
+                response = await handler(self, request, call)
+            except Exception as exc:  # every failure gets its status; the replica keeps serving
+                call.finish(self, _refuse(grpc_context, exc, call).code)
+                return self.response_types[call.method]()
+            call.finish(self, grpc.StatusCode.OK)
+            return response
+
+        return _as_serve_method(serve_method, handler)
+
+    return decorate
+
+
+def streaming_rpc(*, model_fields: tuple[str, str]) -> Callable:
+    """:func:`rpc` for a server-streaming inference handler (an async generator of messages)."""
+
+    def decorate(handler: Callable[..., AsyncIterator[Message]]) -> Callable:
+        async def serve_method(self: Servicer, request: Message, grpc_context) -> AsyncIterator[Message]:
+            call = Call.enter(handler.__name__, request, model_fields)
+            try:
+                authorize(self, grpc_context)
+                async for message in handler(self, request, call):
+                    yield message
+            except Exception as exc:
+                error = _refuse(grpc_context, exc, call)
+                call.finish(self, error.code)
+                # Unlike a unary answer, a stream's status reaches the client only if the generator
+                # raises: Serve then sends the code set on grpc_context (ray-project/ray#58851).
+                raise error from None
+            call.finish(self, grpc.StatusCode.OK)
+
+        return _as_serve_method(serve_method, handler)
+
+    return decorate
