@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from pdeserve.operators.card import Weights
-from pdeserve.operators.errors import CheckpointError
+from pdeserve.operators.errors import CheckpointError, model_file
 
 WEIGHTS_FILE = "model.safetensors"
 
@@ -47,23 +47,24 @@ def load_weights(folder: Path, recorded: Weights, model: torch.nn.Module) -> tor
     if Path(recorded.file).name != recorded.file:
         raise CheckpointError(f"the weights file {recorded.file!r} in the model card is not a bare file name")
     weights = folder / recorded.file
+    shown = model_file(weights)
     if not weights.is_file():
-        raise CheckpointError(f"missing weights file {weights}")
+        raise CheckpointError(f"the weights file {shown} is missing")
     if _sha256(weights) != recorded.sha256:
         raise CheckpointError(
-            f"{weights} does not match the checksum in the model card: "
+            f"{shown} does not match the checksum in the model card: "
             f"the file was modified or truncated; refusing to load it"
         )
     try:
         state = load_file(str(weights))
     except SafetensorError as exc:
-        raise CheckpointError(f"{weights} is not a valid safetensors file: {exc}") from None
+        raise CheckpointError(f"{shown} is not a valid safetensors file: {exc}") from None
     expected = tensor_state(model)
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
     if missing or unexpected or wrong:
         raise CheckpointError(
-            f"{weights} does not fit the model its card describes "
+            f"{shown} does not fit the model its card describes "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {wrong[:3]})"
         )
     model.load_state_dict(state, strict=False)

@@ -5,6 +5,14 @@ Serving maps each to a gRPC status (``serving/errors.py``); the CLI prints its m
 
 from __future__ import annotations
 
+from pathlib import PurePath
+
+
+def model_file(path: PurePath) -> str:
+    """``NAME/VERSION/FILE`` of a file in a model repository: what messages name, since they may reach
+    clients of the server, who must learn nothing about its filesystem."""
+    return "/".join(PurePath(path).parts[-3:])
+
 
 class InvalidInputError(ValueError):
     """Inputs that do not fit the model (names, rank, shape, dtype, non-finite values)."""

@@ -31,7 +31,7 @@ from pdeserve.operators.card import (
     ModelCard,
     card_from_legacy,
 )
-from pdeserve.operators.errors import CheckpointError
+from pdeserve.operators.errors import CheckpointError, model_file
 
 CARD_FILE = "config.json"
 LEGACY_METRICS_FILE = "metrics.json"
@@ -45,14 +45,14 @@ def read_card(folder: Path) -> ModelCard:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise CheckpointError(f"{folder} has no {CARD_FILE}") from None
+        raise CheckpointError(f"{model_file(path)} is missing") from None
     try:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
+        raise CheckpointError(f"{model_file(path)} is not valid JSON: {exc}") from None
     if isinstance(document, dict) and document.get("format_version") == LEGACY_FORMAT_VERSION:
         return _legacy_card(folder, document)
-    return ModelCard.from_json(text, str(path))
+    return ModelCard.from_json(text, model_file(path))
 
 
 def _legacy_card(folder: Path, config: dict) -> ModelCard:
@@ -66,13 +66,13 @@ def _legacy_card(folder: Path, config: dict) -> ModelCard:
     try:
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{metrics_path} is not valid JSON: {exc}") from None
-    card = card_from_legacy(config, metrics, str(folder / CARD_FILE))
+        raise CheckpointError(f"{model_file(metrics_path)} is not valid JSON: {exc}") from None
+    card = card_from_legacy(config, metrics, model_file(folder / CARD_FILE))
     try:
         with torch.device("meta"):
             network = make_config(card.architecture, card.arguments).build()
     except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{folder / CARD_FILE}: {exc}") from None
+        raise CheckpointError(f"{model_file(folder / CARD_FILE)}: {exc}") from None
     count = sum(p.numel() * (2 if p.is_complex() else 1) for p in network.parameters())
     return card.replace(parameter_count=count)
 
@@ -137,7 +137,7 @@ class ModelRepository:
         versions = self.versions(name) if _NAME.match(name) else []
         if not versions:
             known = ", ".join(self.names()) or "none"
-            raise ModelNotFoundError(f"unknown model {name!r} in {self.root}; published models: {known}")
+            raise ModelNotFoundError(f"unknown model {name!r}; published models: {known}")
         if version in (None, ""):
             version = versions[-1]
         version = str(version)
