@@ -51,7 +51,7 @@ def run(data: LoadedDataset, model: str, budget: float, device: str) -> dict[str
         )
     except ValueError as exc:  # the model does not fit this grid (e.g. MgNO in 1D)
         return str(exc)
-    epoch_seconds = sum(h["seconds"] for h in probe.config["history"])
+    epoch_seconds = sum(e.seconds for e in probe.card.history)
     epochs = max(1, int(budget / epoch_seconds))
     started = time.perf_counter()
     surrogate, metrics = train(

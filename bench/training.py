@@ -21,7 +21,7 @@ from pdeserve.datagen.darcy import DarcyParameters
 from pdeserve.datagen.dataset import GenerationRequest, LoadedDataset, load_dataset, write_dataset
 from pdeserve.datagen.families import get_family
 from pdeserve.operators.pairs import operator_pairs
-from pdeserve.operators.registry import build_model
+from pdeserve.operators.registry import make_config
 from pdeserve.operators.settings import TrainingSettings
 from pdeserve.operators.surrogate import channel_normalizer
 from pdeserve.operators.training import channel_stats, split, train
@@ -55,7 +55,7 @@ def theirs(data: LoadedDataset, epochs: int, device: str) -> float:
         TensorDataset(torch.from_numpy(pairs.x[test_part]), torch.from_numpy(pairs.y[test_part])),
         batch_size=20,
     )
-    model = build_model("fno", {**ARGUMENTS, "in_channels": 1, "out_channels": 1}).to(device)
+    model = make_config("fno", {**ARGUMENTS, "in_channels": 1, "out_channels": 1}).build().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     loss = LpLoss(d=2, p=2, reduction="mean")

@@ -1,6 +1,6 @@
 """Data-parallel training across processes started by ``torchrun`` (DDP); one process otherwise.
 
-``torchrun --nproc_per_node 4 -m pdeserve.serving.cli train ...`` sets ``RANK``, ``WORLD_SIZE`` and
+``torchrun --nproc_per_node 4 -m pdeserve.cli train ...`` sets ``RANK``, ``WORLD_SIZE`` and
 ``LOCAL_RANK``; each process then trains on its share of every shuffled epoch and gradients are
 averaged by ``DistributedDataParallel``. NCCL with CUDA, Gloo on CPU.
 """

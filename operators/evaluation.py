@@ -24,11 +24,12 @@ def relative_l2(prediction: torch.Tensor | np.ndarray, target: torch.Tensor | np
 
 def pairs_for(surrogate: Surrogate, data: LoadedDataset) -> OperatorPairs:
     """``data``'s pairs in the layout ``surrogate`` was trained on; ``ValueError`` if they do not fit."""
-    if data.attrs["pde"] != surrogate.config["pde"]:
-        raise ValueError(f"the dataset holds {data.attrs['pde']}, the model solves {surrogate.config['pde']}")
-    pairs = operator_pairs(data, surrogate.config.get("time_map"))
-    names = ([f["name"] for f in pairs.inputs], [f["name"] for f in pairs.outputs])
-    if names != (surrogate.input_names, surrogate.output_names):
+    card = surrogate.card
+    if data.attrs["pde"] != card.pde:
+        raise ValueError(f"the dataset holds {data.attrs['pde']}, the model solves {card.pde}")
+    pairs = operator_pairs(data, card.time_map)
+    names = ([f.name for f in pairs.inputs], [f.name for f in pairs.outputs])
+    if names != (card.input_names, card.output_names):
         raise ValueError(
             f"the dataset's fields {names[0]} -> {names[1]} are not the model's "
             f"{surrogate.input_names} -> {surrogate.output_names}"
@@ -65,8 +66,8 @@ def plot_predictions(surrogate: Surrogate, data: LoadedDataset, path: str | Path
 
     pairs = pairs_for(surrogate, data)
     count = min(samples, len(pairs.x))
-    prediction = predict_pairs(surrogate, OperatorPairs(pairs.x[:count], pairs.y[:count], [], [], None))
-    name_in, name_out = pairs.inputs[0]["name"], pairs.outputs[-1]["name"]
+    prediction = predict_pairs(surrogate, OperatorPairs(pairs.x[:count], pairs.y[:count], (), (), None))
+    name_in, name_out = pairs.inputs[0].name, pairs.outputs[-1].name
     rows = [
         [
             (f"{name_in} #{i}", pairs.x[i, 0]),

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from pdeserve.datagen.dataset import LoadedDataset
-from pdeserve.operators.card import ModelCard, TimeMap
+from pdeserve.operators.card import FieldSpec, ModelCard, TimeMap
 
 
 @dataclass(frozen=True)
@@ -27,17 +26,18 @@ class OperatorPairs:
     ----------
     x, y : ndarray
         ``(sample, channel, *grid)`` float32 inputs and targets.
-    inputs, outputs : list of dict
-        ``{"name", "description"}`` of each channel, as recorded in a model's config.
-    time_map : dict or None
-        The ``TimeMap`` used (as a dict) for a trajectory dataset, None for a steady one.
+    inputs, outputs : tuple of FieldSpec
+        Each channel, as a model's card records it.
+    time_map : TimeMap or None
+        The time map used (with its output steps resolved) for a trajectory dataset, None for a
+        steady one.
     """
 
     x: np.ndarray
     y: np.ndarray
-    inputs: list[dict[str, str]]
-    outputs: list[dict[str, str]]
-    time_map: dict[str, int] | None
+    inputs: tuple[FieldSpec, ...]
+    outputs: tuple[FieldSpec, ...]
+    time_map: TimeMap | None
 
 
 def stack_fields(fields: Mapping[str, np.ndarray], names: list[str]) -> np.ndarray:
@@ -45,11 +45,9 @@ def stack_fields(fields: Mapping[str, np.ndarray], names: list[str]) -> np.ndarr
     return np.stack([fields[n] for n in names], axis=1).astype(np.float32, copy=False)
 
 
-def operator_pairs(data: LoadedDataset, time_map: TimeMap | Mapping[str, Any] | None = None) -> OperatorPairs:
+def operator_pairs(data: LoadedDataset, time_map: TimeMap | None = None) -> OperatorPairs:
     """The ``(x, y)`` pairs of ``data``; ``time_map`` applies to trajectory datasets only."""
     family = data.family
-    if isinstance(time_map, Mapping):
-        time_map = TimeMap(**time_map)
     trajectories = [f for f in family.outputs if f.dims[:1] == ("t",)]
     if not trajectories:
         if time_map is not None and time_map != TimeMap(1, None):
@@ -58,8 +56,8 @@ def operator_pairs(data: LoadedDataset, time_map: TimeMap | Mapping[str, Any] | 
         return OperatorPairs(
             stack_fields(data.inputs, names_in),
             stack_fields(data.outputs, names_out),
-            [{"name": f.name, "description": f.description} for f in family.inputs],
-            [{"name": f.name, "description": f.description} for f in family.outputs],
+            tuple(FieldSpec(f.name, f.description) for f in family.inputs),
+            tuple(FieldSpec(f.name, f.description) for f in family.outputs),
             None,
         )
     if len(family.inputs) != 1 or len(family.outputs) != 1:
@@ -76,22 +74,19 @@ def operator_pairs(data: LoadedDataset, time_map: TimeMap | Mapping[str, Any] | 
             f"{len(times) - 1} recorded times)"
         )
 
-    def channel(step: int) -> dict[str, str]:
+    def channel(step: int) -> FieldSpec:
         if step == 0 and k == 1:
-            return {"name": start.name, "description": start.description}
+            return FieldSpec(start.name, start.description)
         if step == len(times) - 1 and m == 1 and k == len(times) - 1 == 1:
-            return {"name": trajectory.name, "description": f"{trajectory.name} at t = {times[step]:g}"}
-        return {
-            "name": f"{trajectory.name}@t={times[step]:g}",
-            "description": f"state at t = {times[step]:g}",
-        }
+            return FieldSpec(trajectory.name, f"{trajectory.name} at t = {times[step]:g}")
+        return FieldSpec(f"{trajectory.name}@t={times[step]:g}", f"state at t = {times[step]:g}")
 
     return OperatorPairs(
         np.ascontiguousarray(states[:, :k], dtype=np.float32),
         np.ascontiguousarray(states[:, k : k + m], dtype=np.float32),
-        [channel(i) for i in range(k)],
-        [channel(i) for i in range(k, k + m)],
-        {"input_steps": k, "output_steps": m},
+        tuple(channel(i) for i in range(k)),
+        tuple(channel(i) for i in range(k, k + m)),
+        TimeMap(k, m),
     )
 
 

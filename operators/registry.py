@@ -1,7 +1,7 @@
 """The model registry: one place that lists the architectures and builds each from recorded arguments.
 
-A model's JSON config holds ``{"architecture": name, "arguments": {...}}``; ``build_model`` turns that
-back into a ``torch.nn.Module`` without unpickling anything.
+A model card holds ``architecture`` and ``arguments``; ``make_config(architecture, arguments).build()``
+turns them back into a ``torch.nn.Module`` without unpickling anything.
 """
 
 from __future__ import annotations
@@ -10,12 +10,9 @@ import dataclasses
 import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pdeserve.operators.settings import TrainingSettings
-
-if TYPE_CHECKING:
-    import torch
 
 
 @dataclass(frozen=True)
@@ -82,8 +79,8 @@ ARCHITECTURES: dict[str, Architecture] = {
         "Galerkin Transformer, linear attention (Cao 2021)",
         # The paper's examples: peak 1e-3 after a 1e4-fold one-cycle warm-up, gradients clipped at 0.99.
         # Both matter in 2D: without them 1e-3 blows up the encoder's query projections (the only ones
-        # without a LayerNorm) and Darcy 64x64 stayed at the mean field (0.258 in 9 epochs); with the
-        # clipping alone it reached 0.099 in 10 epochs, with both 0.049 (bench/accuracy.py).
+        # without a LayerNorm) and the model stays at the mean field; the clipping alone helps, the
+        # warm-up with it helps most (bench/accuracy.py measures it).
         recipe={
             "learning_rate": 1e-3,
             "scheduler": "onecycle",
@@ -116,8 +113,3 @@ def make_config(name: str, arguments: Mapping[str, Any]) -> Any:
 def config_arguments(config: Any) -> dict[str, Any]:
     """JSON-ready arguments of a config (tuples become lists)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
-
-
-def build_model(name: str, arguments: Mapping[str, Any]) -> torch.nn.Module:
-    """Build architecture ``name`` from its recorded arguments."""
-    return make_config(name, arguments).build()

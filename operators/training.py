@@ -1,21 +1,19 @@
 """Training and evaluation of neural operators on pdeserve datasets.
 
-The recipe follows the FNO paper: per-channel Gaussian normalisation fitted on the training split,
-relative L2 (or H1) loss on the de-normalised output, Adam with weight decay and a step, cosine or
-one-cycle schedule. The held-out test split is the last ``test_fraction`` of the samples and the
-validation split the ``val_fraction`` before it (samples are i.i.d., so these are random splits that
-need no extra state). Every epoch can be checkpointed and resumed; CUDA trains in mixed precision;
-``torchrun`` runs data-parallel.
+The recipe follows the FNO paper: per-channel Gaussian normalisation fitted on the training split, then
+the loop of ``operators/trainer.py``. The held-out test split is the last ``test_fraction`` of the
+samples and the validation split the ``val_fraction`` before it (samples are i.i.d., so these are random
+splits that need no extra state).
+
+:func:`train` is :func:`prepare` (pairs, split, normalisers, the model card), a
+:class:`~pdeserve.operators.trainer.Trainer`'s loop, and the test metrics; :func:`publish` writes the
+result to a model repository.
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import math
-import sys
 import time
-from dataclasses import asdict
 from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
@@ -23,25 +21,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from neuralop.losses import H1Loss, LpLoss
 
 from pdeserve.datagen.dataset import LoadedDataset
-from pdeserve.operators.checkpoint import save_checkpoint
+from pdeserve.operators.card import ChannelStats, DatasetSummary, ModelCard, Normalizers, TimeMap
+from pdeserve.operators.checkpoint import save_weights
 from pdeserve.operators.distributed import Distributed
 from pdeserve.operators.evaluation import evaluate, relative_l2
-from pdeserve.operators.pairs import TimeMap, operator_pairs
+from pdeserve.operators.pairs import operator_pairs
 from pdeserve.operators.registry import config_arguments, get_architecture, make_config
-from pdeserve.operators.repository import ModelRepository
+from pdeserve.operators.repository import ModelRepository, write_card
 from pdeserve.operators.settings import TrainingSettings
 from pdeserve.operators.surrogate import Surrogate
-from pdeserve.operators.training_state import (
-    GeneratorState,
-    ModelState,
-    TrainingState,
-    load_state,
-    read_identity,
-    save_state,
-)
+from pdeserve.operators.trainer import Trainer, TrainingRun
+from pdeserve.operators.training_state import TrainingState
 
 
 def split(n: int, test_fraction: float, val_fraction: float = 0.0) -> tuple[slice, slice, slice]:
@@ -63,44 +55,69 @@ def subset(data: LoadedDataset, part: slice) -> LoadedDataset:
     )
 
 
-def channel_stats(x: np.ndarray) -> dict[str, list[float]]:
+def channel_stats(x: np.ndarray) -> ChannelStats:
     """Per-channel mean and standard deviation of ``(sample, channel, *grid)``."""
     axes = (0, *range(2, x.ndim))
-    return {
-        "mean": x.mean(axis=axes, dtype=np.float64).tolist(),
-        "std": x.std(axis=axes, dtype=np.float64).tolist(),
-    }
+    return ChannelStats(
+        mean=tuple(x.mean(axis=axes, dtype=np.float64).tolist()),
+        std=tuple(x.std(axis=axes, dtype=np.float64).tolist()),
+    )
 
 
-def make_loss(name: str, ndim: int, periodic: bool) -> Any:
-    """The relative training loss ``loss(prediction, target)``: neuraloperator's LpLoss or H1Loss."""
-    if name == "h1":
-        flags = {k: periodic for k in ("periodic_in_x", "periodic_in_y", "periodic_in_z")}
-        return H1Loss(d=ndim, reduction="mean", **flags).rel
-    return LpLoss(d=ndim, p=2, reduction="mean").rel
-
-
-def make_scheduler(
-    settings: TrainingSettings, optimizer: torch.optim.Optimizer, steps_per_epoch: int
-) -> tuple[torch.optim.lr_scheduler.LRScheduler, bool]:
-    """The learning-rate schedule and whether it steps every batch (one-cycle) or every epoch."""
-    if settings.scheduler == "onecycle":
-        total = settings.epochs * steps_per_epoch
-        schedule = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, settings.learning_rate, total_steps=total, div_factor=settings.onecycle_div
-        )
-        return schedule, True
-    if settings.scheduler == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, settings.step_size, settings.gamma), False
-    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs), False
-
-
-@torch.no_grad()
-def _predict(model: torch.nn.Module, surrogate: Surrogate, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """De-normalised predictions of ``model`` for already normalised inputs, in eval mode."""
-    model.eval()
-    out = torch.cat([model(x[lo : lo + batch_size]) for lo in range(0, len(x), batch_size)])
-    return surrogate.output_normalizer.inverse_transform(out.float())
+def prepare(
+    data: LoadedDataset,
+    architecture: str,
+    arguments: dict[str, Any],
+    settings: TrainingSettings,
+    time_map: TimeMap | None = None,
+    splits: tuple[slice, slice, slice] | None = None,
+    initial: Surrogate | None = None,
+) -> TrainingRun:
+    """The pairs, split, network config and card of a run; ``ValueError`` before any work when the
+    arguments or the grid do not suit ``architecture``. Parameters as for :func:`train`."""
+    family = data.family
+    pairs = operator_pairs(data, time_map)
+    parts = splits or split(len(pairs.x), settings.test_fraction, settings.val_fraction)
+    grid = tuple(pairs.x.shape[2:])
+    config = make_config(
+        architecture,
+        {
+            **get_architecture(architecture).default_arguments(len(family.dims), family.boundary),
+            **arguments,
+            "in_channels": pairs.x.shape[1],
+            "out_channels": pairs.y.shape[1],
+        },
+    )
+    problem = config.resolutions().check(grid)
+    if problem:
+        raise ValueError(f"the dataset's grid {grid} does not suit {architecture}: {problem}")
+    x_train, y_train = pairs.x[parts[0]], pairs.y[parts[0]]
+    card = ModelCard(
+        architecture=architecture,
+        arguments=config_arguments(config),
+        pde=family.name,
+        pde_parameters=data.parameters.as_dict(),
+        dims=tuple(family.dims),
+        inputs=pairs.inputs,
+        outputs=pairs.outputs,
+        training_resolution=grid,
+        # A fine-tuned model keeps its parent's normalisers: its weights only mean something with them.
+        normalizers=initial.card.normalizers
+        if initial
+        else Normalizers(channel_stats(x_train), channel_stats(y_train)),
+        dataset=DatasetSummary(
+            fingerprint=data.fingerprint(),
+            n_samples=len(pairs.x),
+            n_train=len(x_train),
+            n_validation=parts[1].stop - parts[1].start,
+            n_test=parts[2].stop - parts[2].start,
+        ),
+        training=settings,
+        pdeserve_version=version("pdeserve"),
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        time_map=pairs.time_map,
+    )
+    return TrainingRun(pairs, parts, config, card, family.boundary == "periodic")
 
 
 def train(
@@ -146,228 +163,60 @@ def train(
         ``arguments`` must be its own), instead of a fresh initialisation and normalisers fitted here.
 
     Returns the trained surrogate (name and version unset; the best validation epoch's weights when
-    there is a validation split) and its metrics, including the relative L2 of the trivial predictor
-    (the training mean) on the same test split.
+    there is a validation split; metrics and history in its card) and its metrics, including the
+    relative L2 of the trivial predictor (the training mean) on the same test split.
     """
-    from tqdm import tqdm
-
     dist = Distributed.from_environment()
     device = dist.start(settings.resolve_device())
     torch.manual_seed(settings.seed)
-    family = data.family
-    pairs = operator_pairs(data, time_map)
-    train_part, val_part, test_part = splits or split(
-        len(pairs.x), settings.test_fraction, settings.val_fraction
-    )
-    x_train, y_train = pairs.x[train_part], pairs.y[train_part]
-    boundary = family.boundary_conditions.split(":")[0]
-    grid_shape = list(pairs.x.shape[2:])
-    config = make_config(
-        architecture,
-        {
-            **get_architecture(architecture).default_arguments(len(family.dims), boundary),
-            **arguments,
-            "in_channels": pairs.x.shape[1],
-            "out_channels": pairs.y.shape[1],
-        },
-    )
-    problem = config.resolutions().check(tuple(grid_shape))
-    if problem:
-        raise ValueError(f"the dataset's grid {tuple(grid_shape)} does not suit {architecture}: {problem}")
-    record = {
-        "architecture": architecture,
-        "arguments": config_arguments(config),
-        "pde": family.name,
-        "pde_parameters": data.parameters.as_dict(),
-        "dims": list(family.dims),
-        "inputs": pairs.inputs,
-        "outputs": pairs.outputs,
-        "time_map": pairs.time_map,
-        "training_resolution": grid_shape,
-        # A fine-tuned model keeps its parent's normalisers: its weights only mean something with them.
-        "normalizers": initial.config["normalizers"]
-        if initial
-        else {"inputs": channel_stats(x_train), "outputs": channel_stats(y_train)},
-        "dataset": {
-            "fingerprint": data.fingerprint(),
-            "n_samples": len(pairs.x),
-            "n_train": len(x_train),
-            "n_validation": val_part.stop - val_part.start,
-            "n_test": test_part.stop - test_part.start,
-        },
-        "training": asdict(settings),
-        "pdeserve_version": version("pdeserve"),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    surrogate = Surrogate(name="", version="", config=record, metrics={}, model=config.build())
+    run = prepare(data, architecture, arguments, settings, time_map, splits, initial)
+    surrogate = Surrogate(name="", version="", card=run.card, model=run.config.build())
     if initial:
         surrogate.model.load_state_dict(initial.model.state_dict())
     surrogate.to(device)
-    model = dist.wrap(surrogate.model, device)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
-    )
-    steps_per_epoch = math.ceil(len(dist.shard(torch.arange(len(x_train)))) / settings.batch_size)
-    scheduler, per_batch = make_scheduler(settings, optimizer, steps_per_epoch)
-    loss_fn = make_loss(settings.loss, len(grid_shape), boundary == "periodic")
-    amp = settings.use_amp(device) and _mixed_precision_works(model, x_train[:2], device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    generator = torch.Generator().manual_seed(settings.seed)
-    x_train_t = surrogate.input_normalizer.transform(torch.from_numpy(x_train).to(device))
-    y_train_t = torch.from_numpy(y_train).to(device)
-    x_val_t = surrogate.input_normalizer.transform(torch.from_numpy(pairs.x[val_part]).to(device))
-    y_val_t = torch.from_numpy(pairs.y[val_part]).to(device)
-
-    components = {
-        "model": ModelState(surrogate.model),
-        "optimizer": optimizer,
-        "scheduler": scheduler,
-        "scaler": scaler,
-        "generator": GeneratorState(generator),
-    }
-    identity = {
-        "architecture": architecture,
-        "arguments": record["arguments"],
-        "dataset": record["dataset"]["fingerprint"],
-        "time_map": pairs.time_map,
-        "settings": {k: v for k, v in asdict(settings).items() if k not in ("epochs", "device")},
-    }
-    state = TrainingState(identity=identity)
-    folder = Path(checkpoint_dir) if checkpoint_dir else None
-    if folder and resume:
-        recorded = read_identity(folder)
-        if recorded is not None and json.loads(json.dumps(identity)) != recorded:
-            raise ValueError(
-                f"the checkpoint in {folder} belongs to another run (model, data or settings differ); "
-                "remove it or train without --resume"
-            )
-        state = load_state(folder, components) or state
-        if state.epoch and dist.is_main:
-            print(f"resuming from {folder} after epoch {state.epoch} of {settings.epochs}", file=sys.stderr)
-    best_weights = copy.deepcopy(surrogate.model.state_dict())
-    writer = _tensorboard(tensorboard_dir) if dist.is_main else None
+    trainer = Trainer(run, surrogate, settings, dist, device, checkpoint_dir)
+    if checkpoint_dir and resume:
+        trainer.resume()
     started = time.perf_counter()
-    bar = tqdm(
-        range(state.epoch, settings.epochs),
-        initial=state.epoch,
-        total=settings.epochs,
-        desc=f"train {architecture}",
-        unit="epoch",
-        disable=not (progress and dist.is_main),
-    )
-    for epoch in bar:
-        model.train()
-        epoch_started, total, count = time.perf_counter(), 0.0, 0
-        order = dist.shard(torch.randperm(len(x_train_t), generator=generator))
-        for idx in order.split(settings.batch_size):
-            idx = idx.to(device)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                out = model(x_train_t[idx])
-            # The loss in float32: relative norms of half-precision residuals lose digits fast.
-            loss = loss_fn(surrogate.output_normalizer.inverse_transform(out.float()), y_train_t[idx])
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if settings.grad_clip:
-                scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
-                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            if per_batch:
-                scheduler.step()
-            total += loss.item() * len(idx)
-            count += len(idx)
-        if not per_batch:
-            scheduler.step()
-        entry = {
-            "epoch": epoch + 1,
-            "train_loss": total / count,
-            "learning_rate": optimizer.param_groups[0]["lr"],
-            "seconds": time.perf_counter() - epoch_started,
-        }
-        if len(x_val_t):
-            entry["val_relative_l2"] = relative_l2(
-                _predict(model, surrogate, x_val_t, settings.batch_size), y_val_t
-            )
-            if entry["val_relative_l2"] < state.best_val:
-                state.best_val, state.best_epoch = entry["val_relative_l2"], epoch + 1
-                best_weights = copy.deepcopy(surrogate.model.state_dict())
-        state.epoch = epoch + 1
-        state.history.append(entry)
-        bar.set_postfix({k: f"{v:.4f}" for k, v in entry.items() if k in ("train_loss", "val_relative_l2")})
-        if writer is not None:
-            for key in ("train_loss", "val_relative_l2", "learning_rate"):
-                if key in entry:
-                    writer.add_scalar(key, entry[key], epoch + 1)
-        if folder and dist.is_main:
-            save_state(folder, state, components)
-            (folder / "history.json").write_text(json.dumps(state.history, indent=1) + "\n")
-        if settings.patience and epoch + 1 - state.best_epoch >= settings.patience:
-            if dist.is_main:
-                print(f"early stop after epoch {epoch + 1}: best validation at epoch {state.best_epoch}")
-            break
-    bar.close()
-    if writer is not None:
-        writer.close()
-    if len(x_val_t):
-        surrogate.model.load_state_dict(best_weights)
-    surrogate.model.eval()
-    seconds = time.perf_counter() - started
-    test = evaluate(surrogate, subset(data, test_part))
-    y_test = pairs.y[test_part]
+    state = trainer.fit(progress, tensorboard_dir)
+    metrics = final_metrics(surrogate, data, run, state, time.perf_counter() - started)
+    surrogate.card = surrogate.card.replace(metrics=metrics, history=tuple(state.history))
+    dist.barrier()
+    return surrogate.to("cpu"), metrics
+
+
+def final_metrics(
+    surrogate: Surrogate, data: LoadedDataset, run: TrainingRun, state: TrainingState, seconds: float
+) -> dict[str, float]:
+    """The metrics of a trained surrogate: its error on the test split next to the training mean's,
+    the final training loss, and the training time (``seconds``) and throughput."""
+    test = evaluate(surrogate, subset(data, run.parts[2]))
+    (x_train, y_train), (_, y_test) = run.samples(0), run.samples(2)
     baseline = relative_l2(np.broadcast_to(y_train.mean(axis=0), y_test.shape), y_test)
-    epoch_seconds = sum(h["seconds"] for h in state.history)
+    epoch_seconds = sum(e.seconds for e in state.history)
     metrics = {
         "test_relative_l2": test["relative_l2"],
         "test_relative_l2_median": test["relative_l2_median"],
         "test_relative_l2_max": test["relative_l2_max"],
-        "train_loss": state.history[-1]["train_loss"] if state.history else float("nan"),
+        "train_loss": state.history[-1].train_loss if state.history else float("nan"),
         "baseline_mean_relative_l2": baseline,
         "train_seconds": seconds,
         "epochs": float(state.epoch),
         "samples_per_second": len(x_train) * len(state.history) / epoch_seconds if epoch_seconds else 0.0,
     }
-    if len(x_val_t):
+    if run.card.dataset.n_validation:
         metrics["best_val_relative_l2"] = state.best_val
         metrics["best_epoch"] = float(state.best_epoch)
-    surrogate.config["history"] = state.history
-    surrogate.metrics = metrics
-    dist.barrier()
-    return surrogate.to("cpu"), metrics
-
-
-def _mixed_precision_works(model: torch.nn.Module, sample: np.ndarray, device: torch.device) -> bool:
-    """Try one float16 forward and backward: cuFFT runs half precision on power-of-two sizes only, so
-    a spectral model on another grid cannot use AMP; it then trains in float32 (and says so)."""
-    try:
-        with torch.autocast(device.type, dtype=torch.float16):
-            model(torch.from_numpy(sample).to(device)).float().sum().backward()
-        return True
-    except RuntimeError as exc:
-        print(
-            f"mixed precision unavailable here ({str(exc).splitlines()[0]}); training in float32",
-            file=sys.stderr,
-        )
-        return False
-    finally:
-        model.zero_grad(set_to_none=True)
-
-
-def _tensorboard(log_dir: str | Path | None) -> Any:
-    """A TensorBoard ``SummaryWriter`` for ``log_dir``, or None (no folder asked for)."""
-    if log_dir is None:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise RuntimeError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
-    return SummaryWriter(str(log_dir))
+    return metrics
 
 
 def publish(repo: str | Path, name: str, surrogate: Surrogate) -> str:
-    """Publish a trained surrogate as the next version of ``name``; returns the version."""
+    """Publish a trained surrogate as the next version of ``name``: its weights, then its card with
+    their checksum and the parameter count. Returns the version."""
 
     def write(folder: Path) -> None:
-        save_checkpoint(folder, surrogate.model, surrogate.config)
-        (folder / "metrics.json").write_text(json.dumps(surrogate.metrics, indent=2, sort_keys=True) + "\n")
+        weights = save_weights(folder, surrogate.model)
+        card = surrogate.card.replace(weights=weights, parameter_count=surrogate.parameter_count())
+        write_card(folder, card)
 
     return ModelRepository(repo).publish(name, write)

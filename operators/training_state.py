@@ -1,50 +1,70 @@
-"""Resumable training state: model, optimiser, schedule, loss scaler and shuffling RNG, every epoch.
+"""Resumable training state: counters, history, best weights, and the model, optimiser, schedule, loss
+scaler and shuffling RNG, every epoch.
 
-Saved as safetensors (every tensor, flattened to dotted keys) plus JSON (everything else), written
-beside and renamed, so a run killed at any moment resumes from its last finished epoch and nothing
-is ever unpickled.
+One safetensors file holds every tensor (flattened to dotted keys) and, in its metadata, the JSON of
+everything else. It is written beside and renamed, so a run killed at any moment resumes from its last
+finished epoch with all of it from that epoch, and nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from pdeserve.operators.card import EpochRecord
 from pdeserve.operators.checkpoint import tensor_state
 
-WEIGHTS, STATE = "state.safetensors", "state.json"
+STATE = "state.safetensors"
+_RECORD = "record"  # the metadata key of the JSON part
 
 
 @dataclass
 class TrainingState:
-    """Everything a resumed run needs besides the data.
+    """Everything a resumed run needs besides the data and the components (model, optimiser, ...).
 
     Parameters
     ----------
     epoch : int
         Epochs finished.
-    history : list of dict
-        Per-epoch ``{"epoch", "train_loss", "val_relative_l2", "learning_rate", "seconds"}``.
+    history : list of EpochRecord
+        The finished epochs.
     best_val : float
         Lowest validation error so far (``inf`` without a validation split).
     best_epoch : int
         Epoch that reached it.
+    best_weights : dict of str to Tensor, optional
+        The model's tensors at ``best_epoch`` (None without a validation split): what is published.
     identity : dict
         What the run trains (architecture, arguments, dataset fingerprint, settings); a checkpoint of
         another run is refused.
     """
 
     epoch: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[EpochRecord] = field(default_factory=list)
     best_val: float = float("inf")
     best_epoch: int = 0
+    best_weights: dict[str, torch.Tensor] | None = None
     identity: dict[str, Any] = field(default_factory=dict)
+
+    def keep_best(self, model: torch.nn.Module, val: float, epoch: int) -> bool:
+        """Record ``model``'s tensors as the best if ``val`` beats the best so far; whether it did."""
+        if not val < self.best_val:  # NaN never improves
+            return False
+        self.best_val, self.best_epoch = val, epoch
+        self.best_weights = snapshot(model)
+        return True
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of ``model``'s tensors, unaffected by further training."""
+    return {k: v.clone() for k, v in tensor_state(model).items()}
 
 
 def _flatten(prefix: str, value: Any, tensors: dict[str, torch.Tensor]) -> Any:
@@ -74,32 +94,53 @@ def save_state(folder: Path, state: TrainingState, components: dict[str, Any]) -
     """Write ``state`` and each component's ``state_dict()`` (model, optimizer, ...) to ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
-    documents = {name: _flatten(name, obj.state_dict(), tensors) for name, obj in components.items()}
-    record = {"state": state.__dict__, "components": documents}
-    for name, write in (
-        (WEIGHTS, lambda path: save_file(tensors, str(path))),
-        (STATE, lambda path: path.write_text(json.dumps(record, allow_nan=True))),
-    ):
-        partial = folder / (name + ".partial")
-        write(partial)
-        os.replace(partial, folder / name)
+    record = {
+        "state": {
+            "epoch": state.epoch,
+            "history": [asdict(e) for e in state.history],
+            "best_val": state.best_val,
+            "best_epoch": state.best_epoch,
+            "identity": state.identity,
+        },
+        "best_weights": _flatten("best_weights", state.best_weights, tensors),
+        "components": {name: _flatten(name, obj.state_dict(), tensors) for name, obj in components.items()},
+    }
+    partial = folder / (STATE + ".partial")
+    save_file(tensors, str(partial), metadata={_RECORD: json.dumps(record, allow_nan=True)})
+    os.replace(partial, folder / STATE)
+
+
+def _record(folder: Path) -> dict[str, Any] | None:
+    path = folder / STATE
+    if not path.is_file():
+        return None
+    with safe_open(str(path), framework="pt") as handle:
+        return json.loads(handle.metadata()[_RECORD])
+
+
+def _state(record: dict[str, Any]) -> TrainingState:
+    document = record["state"]
+    return TrainingState(**{**document, "history": [EpochRecord(**e) for e in document["history"]]})
+
+
+def read_state(folder: Path) -> TrainingState | None:
+    """The counters, history and identity of ``folder``'s checkpoint, without loading tensors; None
+    when it holds none."""
+    record = _record(folder)
+    return None if record is None else _state(record)
 
 
 def load_state(folder: Path, components: dict[str, Any]) -> TrainingState | None:
-    """Restore ``components`` from ``folder``; None when it holds no checkpoint."""
-    if not (folder / STATE).is_file() or not (folder / WEIGHTS).is_file():
+    """Restore ``components`` from ``folder`` and return the state; None when it holds no checkpoint."""
+    record = _record(folder)
+    if record is None:
         return None
-    record = json.loads((folder / STATE).read_text())
-    tensors = load_file(str(folder / WEIGHTS))
+    tensors = load_file(str(folder / STATE))
     for name, obj in components.items():
         obj.load_state_dict(_unflatten(record["components"][name], tensors))
-    return TrainingState(**record["state"])
-
-
-def read_identity(folder: Path) -> dict[str, Any] | None:
-    """The identity recorded in ``folder``'s checkpoint, without loading tensors."""
-    path = folder / STATE
-    return json.loads(path.read_text())["state"]["identity"] if path.is_file() else None
+    state = _state(record)
+    state.best_weights = _unflatten(record["best_weights"], tensors)
+    return state
 
 
 class ModelState:

@@ -9,9 +9,10 @@ from pdeserve.operators.evaluation import relative_l2
 
 def test_bundled_darcy_fno_is_below_five_percent_on_unseen_samples(bundled_repo):
     model = load_model(bundled_repo, "darcy-fno")
-    assert model.version == "1" and model.config["training_resolution"] == [64, 64]
-    assert model.metrics["test_relative_l2"] < 0.05
-    assert model.metrics["test_relative_l2"] < 0.2 * model.metrics["baseline_mean_relative_l2"]
+    metrics = model.card.metrics
+    assert model.version == "1" and model.card.training_resolution == (64, 64)
+    assert metrics["test_relative_l2"] < 0.05
+    assert metrics["test_relative_l2"] < 0.2 * metrics["baseline_mean_relative_l2"]
     rng = np.random.default_rng(20261122)  # a seed the training data never used
     samples = [darcy_sample(DarcyParameters(), 64, rng) for _ in range(16)]
     a = np.stack([s["a"] for s in samples])

@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 
 from pdeserve.operators import load_model
-from pdeserve.operators.checkpoint import CheckpointError
+from pdeserve.operators.errors import CheckpointError, InvalidInputError
 from pdeserve.operators.repository import ModelNotFoundError, ModelRepository
-from pdeserve.operators.surrogate import InvalidInputError
 from pdeserve.operators.training import publish
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,17 +30,18 @@ def test_save_load_round_trip_predicts_identically(published, small_darcy):
     single = loaded.predict({"a": a[0]})["u"]
     assert single.shape == (33, 33) and single.dtype == np.float32
     np.testing.assert_allclose(single, loaded.predict({"a": a})["u"][0], atol=1e-6)
-    assert loaded.config["architecture"] == "fno" and loaded.config["arguments"]["n_modes"] == [8, 8]
-    assert loaded.metrics["test_relative_l2"] == surrogate.metrics["test_relative_l2"]
+    assert loaded.card.architecture == "fno" and loaded.card.arguments["n_modes"] == [8, 8]
+    assert loaded.card.metrics == surrogate.card.metrics and loaded.card.history == surrogate.card.history
+    assert loaded.card.parameter_count == surrogate.parameter_count() > 0
 
 
 def test_repository_layout_is_safetensors_and_json(published):
     repo, version, _ = published
     files = sorted(p.name for p in (repo / "darcy-small" / version).iterdir())
-    assert files == ["config.json", "metrics.json", "model.safetensors"]
+    assert files == ["config.json", "model.safetensors"]
     config = json.loads((repo / "darcy-small" / version / "config.json").read_text())
-    assert {"architecture", "arguments", "normalizers", "dataset", "weights", "pde"} <= set(config)
-    assert len(config["dataset"]["fingerprint"]) == 64
+    assert {"architecture", "arguments", "normalizers", "dataset", "weights", "pde", "metrics"} <= set(config)
+    assert config["schema_version"] == 2 and len(config["dataset"]["fingerprint"]) == 64
 
 
 def test_tampered_or_truncated_weights_are_refused(published):

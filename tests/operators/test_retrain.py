@@ -4,6 +4,7 @@ and concurrent publishers, on a tiny Darcy FNO trained here with the real comman
 import json
 import shutil
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -13,17 +14,11 @@ import pytest
 from pdeserve.cli import main
 from pdeserve.datagen.dataset import LoadedDataset, load_dataset
 from pdeserve.operators import load_model
+from pdeserve.operators.card import DatasetRecord, DatasetSummary
 from pdeserve.operators.evaluation import evaluate
-from pdeserve.operators.repository import ModelRepository
-from pdeserve.operators.retrain import (
-    EXIT_REFUSED,
-    DatasetRecord,
-    LineageError,
-    RetrainOptions,
-    combine,
-    lineage_data,
-    retrain,
-)
+from pdeserve.operators.lineage import LineageError, dataset_path, lineage_data
+from pdeserve.operators.repository import ModelRepository, read_card
+from pdeserve.operators.retrain import EXIT_REFUSED, RetrainOptions, combine, retrain
 from pdeserve.operators.training import subset
 
 NAME = "tiny"
@@ -54,19 +49,18 @@ def repo(template, tmp_path) -> Path:
 
 def test_train_records_its_data_file_in_the_lineage(template):
     repo, data = template
-    config = json.loads((repo / NAME / "1" / "config.json").read_text())
-    lineage = config["lineage"]
-    assert lineage["mode"] == "train" and lineage["parent"] is None
-    assert lineage["command"][:2] == ["pdeserve", "train"]
-    [entry] = lineage["datasets"]
-    assert entry == {
-        "path": str(data.resolve()),
-        "fingerprint": load_dataset(data).fingerprint(),
-        "n_train": 36,
-        "n_validation": 0,
-        "n_test": 4,
-        "seed": 0,
-    }
+    lineage = read_card(repo / NAME / "1").lineage
+    assert lineage.mode == "train" and lineage.parent is None
+    assert lineage.command[:2] == ("pdeserve", "train")
+    [entry] = lineage.datasets
+    assert entry == DatasetRecord(
+        path=str(data.resolve()),
+        fingerprint=load_dataset(data).fingerprint(),
+        n_train=36,
+        n_validation=0,
+        n_test=4,
+        seed=0,
+    )
 
 
 def test_retrain_publishes_version_2_with_lineage_and_gate_numbers(repo, template, capsys):
@@ -76,36 +70,36 @@ def test_retrain_publishes_version_2_with_lineage_and_gate_numbers(repo, templat
     assert f"published {NAME} version 2 (parent 1)" in out
     assert _versions(repo) == ["1", "2"]
     parent, child = load_model(repo, NAME, 1), load_model(repo, NAME)
-    lineage = child.config["lineage"]
-    assert (lineage["mode"], lineage["parent"]) == ("fine-tune", "1")
-    assert lineage["parent_weights_sha256"] == parent.config["weights"]["sha256"]
-    assert lineage["command"][:3] == ["pdeserve", "datagen", "retrain"]
-    old, new = (DatasetRecord(**d) for d in lineage["datasets"])
-    assert old == DatasetRecord(**parent.config["lineage"]["datasets"][0])
+    lineage = child.card.lineage
+    assert (lineage.mode, lineage.parent) == ("fine-tune", "1")
+    assert lineage.parent_weights_sha256 == parent.card.weights.sha256
+    assert lineage.command[:3] == ("pdeserve", "datagen", "retrain")
+    old, new = lineage.datasets
+    assert old == parent.card.lineage.datasets[0]
     # The new data: 10 samples of the parent's distribution with an unused seed, content-addressed.
     assert (new.seed, new.n_train, new.n_validation, new.n_test) == (1, 9, 0, 1)
     assert new.path == f".data/{NAME}/{new.fingerprint}.h5"
     generated = load_dataset(repo / new.path)
     assert generated.fingerprint() == new.fingerprint and generated.inputs["a"].shape == (10, 32, 32)
-    assert json.loads(generated.attrs["parameters_json"]) == parent.config["pde_parameters"]
+    assert json.loads(generated.attrs["parameters_json"]) == parent.card.pde_parameters
     # 36 old + 9 new training samples; the 4 + 1 held-out samples were not trained on.
-    assert (child.config["dataset"]["n_train"], child.config["dataset"]["n_test"]) == (45, 5)
+    assert (child.card.dataset.n_train, child.card.dataset.n_test) == (45, 5)
     # The gate's numbers are each model's error on each dataset's held-out samples, recomputed here.
-    gate = lineage["gate"]
-    assert gate["max_regression"] == 0.25 and [h["new"] for h in gate["held_out"]] == [False, True]
-    for record, held in zip((old, new), gate["held_out"], strict=True):
-        test = subset(load_dataset(record.location(repo)), record.parts()[2])
-        assert held["parent"] == pytest.approx(evaluate(parent, test)["relative_l2"], rel=1e-6)
-        assert held["candidate"] == pytest.approx(evaluate(child, test)["relative_l2"], rel=1e-6)
-        assert f"{held['parent']:.4f} -> {held['candidate']:.4f}" in out
-    assert gate["held_out"][0]["candidate"] <= 1.25 * gate["held_out"][0]["parent"]
+    gate = lineage.gate
+    assert gate.max_regression == 0.25 and [h.new for h in gate.held_out] == [False, True]
+    for record, held in zip((old, new), gate.held_out, strict=True):
+        test = subset(load_dataset(dataset_path(record, repo)), record.parts()[2])
+        assert held.parent == pytest.approx(evaluate(parent, test)["relative_l2"], rel=1e-6)
+        assert held.candidate == pytest.approx(evaluate(child, test)["relative_l2"], rel=1e-6)
+        assert f"{held.parent:.4f} -> {held.candidate:.4f}" in out
+    assert gate.held_out[0].candidate <= 1.25 * gate.held_out[0].parent
     # Fine-tuning kept the parent's normalisers (its weights only mean something with them).
-    assert child.config["normalizers"] == parent.config["normalizers"]
+    assert child.card.normalizers == parent.card.normalizers
 
     # A second retrain finds the first one's generated data through the lineage and draws seed 2.
     assert main(["datagen", "retrain", *args, "--max-regression", "10"]) == 0
-    third = load_model(repo, NAME, 3).config["lineage"]
-    assert third["parent"] == "2" and [d["seed"] for d in third["datasets"]] == [0, 1, 2]
+    third = load_model(repo, NAME, 3).card.lineage
+    assert third.parent == "2" and [d.seed for d in third.datasets] == [0, 1, 2]
 
 
 def test_forced_regression_is_refused_and_nothing_is_published(repo, capsys):
@@ -126,9 +120,9 @@ def test_retrain_from_scratch_refits_the_normalisers(repo):
     )
     assert (result.parent, result.version) == ("1", "2")
     child, parent = load_model(repo, NAME), load_model(repo, NAME, 1)
-    assert child.config["lineage"]["mode"] == "from-scratch"
-    assert child.config["training"]["learning_rate"] == parent.config["training"]["learning_rate"]
-    assert child.config["normalizers"] != parent.config["normalizers"]
+    assert child.card.lineage.mode == "from-scratch"
+    assert child.card.training.learning_rate == parent.card.training.learning_rate
+    assert child.card.normalizers != parent.card.normalizers
 
 
 def test_an_option_of_another_pde_is_refused_in_one_line(repo, capsys):
@@ -140,24 +134,25 @@ def test_an_option_of_another_pde_is_refused_in_one_line(repo, capsys):
 
 def test_missing_or_changed_data_is_refused(template, tmp_path):
     repo, data = template
-    config = json.loads((repo / NAME / "1" / "config.json").read_text())
+    card = read_card(repo / NAME / "1")
     copy = tmp_path / "copy.h5"
     shutil.copy(data, copy)
-    config["lineage"]["datasets"][0]["path"] = str(copy)
-    [(record, loaded)] = lineage_data(config, "tiny v1", repo)
+    moved = replace(card.lineage.datasets[0], path=str(copy))
+    card = card.replace(lineage=replace(card.lineage, datasets=(moved,)))
+    [(record, loaded)] = lineage_data(card, "tiny v1", repo)
     assert loaded.fingerprint() == record.fingerprint
     with h5py.File(copy, "r+") as f:
         f["u"][0, 5, 5] += 1.0  # one value of one sample
     with pytest.raises(LineageError, match=r"copy\.h5 is not the data tiny v1 was trained on"):
-        lineage_data(config, "tiny v1", repo)
+        lineage_data(card, "tiny v1", repo)
     copy.unlink()
     with pytest.raises(LineageError, match=r"copy\.h5, which is missing"):
-        lineage_data(config, "tiny v1", repo)
+        lineage_data(card, "tiny v1", repo)
 
 
 def test_a_model_without_lineage_needs_its_own_data_file(template, bundled_repo, tmp_path, capsys):
-    legacy = json.loads((bundled_repo / "darcy-fno" / "1" / "config.json").read_text())
-    assert "lineage" not in legacy
+    legacy = read_card(bundled_repo / "darcy-fno" / "1")
+    assert legacy.lineage is None
     with pytest.raises(LineageError, match="pass the file it was trained on with --data"):
         lineage_data(legacy, "darcy-fno v1", bundled_repo)
     # The tiny model's data are not the bundled model's: refused before any work.
@@ -165,16 +160,15 @@ def test_a_model_without_lineage_needs_its_own_data_file(template, bundled_repo,
     args = ["datagen", "retrain", "--repo", str(tmp_path / "repo"), "--model", "darcy-fno"]
     assert main([*args, "--data", str(template[1])]) == 1
     assert "is not the data darcy-fno v1 was trained on" in capsys.readouterr().err
-    # With the file it was trained on, the split recorded in its config is used (no n_validation key).
+    # With the file it was trained on, the split recorded in its card is used; early cards did not
+    # record the validation count: it is what the other splits leave.
     fingerprint = load_dataset(template[1]).fingerprint()
-    legacy["dataset"] = {"fingerprint": fingerprint, "n_samples": 40, "n_train": 34, "n_test": 4}
-    [(record, _)] = lineage_data(legacy, "x v1", tmp_path, template[1])
+    summary = DatasetSummary(fingerprint=fingerprint, n_samples=40, n_train=34, n_test=4)
+    [(record, _)] = lineage_data(legacy.replace(dataset=summary), "x v1", tmp_path, template[1])
     assert (record.n_train, record.n_validation, record.n_test, record.seed) == (34, 2, 4, 0)
     assert record.path == str(template[1].resolve()) and record.fingerprint == fingerprint
     with pytest.raises(LineageError, match="--data is only for versions published before"):
-        lineage_data(
-            json.loads((template[0] / NAME / "1" / "config.json").read_text()), "t", tmp_path, "x.h5"
-        )
+        lineage_data(read_card(template[0] / NAME / "1"), "t", tmp_path, "x.h5")
 
 
 def test_combine_keeps_each_datasets_split():
@@ -205,10 +199,10 @@ def test_rollback_serves_the_old_weights_as_a_new_version(repo, capsys):
     assert "published tiny version 3: version 1's weights" in capsys.readouterr().out
     assert store.versions(NAME) == ["1", "2", "3"]
     v1, v3 = load_model(repo, NAME, 1), load_model(repo, NAME)
-    assert v3.version == "3" and v3.config["weights"] == v1.config["weights"]
-    lineage = v3.config["lineage"]
-    assert (lineage["mode"], lineage["rollback_of"], lineage["replaces"]) == ("rollback", "1", "2")
-    assert lineage["datasets"] == v1.config["lineage"]["datasets"]  # the data those weights saw
+    assert v3.version == "3" and v3.card.weights == v1.card.weights
+    lineage = v3.card.lineage
+    assert (lineage.mode, lineage.rollback_of, lineage.replaces) == ("rollback", "1", "2")
+    assert lineage.datasets == v1.card.lineage.datasets  # the data those weights saw
     assert main(["models", "list", "--repo", str(repo)]) == 0
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
     assert set(rows) == {"1", "2", "3*"}

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,9 +16,13 @@ import torch
 from safetensors.torch import load_file
 
 from pdeserve.datagen.dataset import LoadedDataset, write_dataset
-from pdeserve.operators.pairs import TimeMap, operator_pairs
+from pdeserve.operators.card import TimeMap
+from pdeserve.operators.checkpoint import tensor_state
+from pdeserve.operators.pairs import operator_pairs
+from pdeserve.operators.repository import read_card
 from pdeserve.operators.settings import TrainingSettings
-from pdeserve.operators.training import train
+from pdeserve.operators.training import publish, train
+from pdeserve.operators.training_state import read_state
 
 TINY_FNO = {"n_modes": [6, 6], "hidden_channels": 8, "n_layers": 2}
 
@@ -72,27 +77,50 @@ def test_sigkilled_training_resumes_and_ends_with_the_uninterrupted_weights(tmp_
     common += ["--arg", "n_modes=[6,6]", "--arg", "hidden_channels=8", "--arg", "n_layers=2", "--quiet"]
     whole = _pdeserve(*common, "--repo", str(tmp_path / "a"), "--name", "m")
     assert whole.wait(120) == 0, whole.stderr.read()
-    state = tmp_path / "b" / ".training" / "m" / "state.json"
+    folder = tmp_path / "b" / ".training" / "m"
     run = _pdeserve(*common, "--repo", str(tmp_path / "b"), "--name", "m")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        try:
-            if json.loads(state.read_text())["state"]["epoch"] >= 3:
-                break
-        except (OSError, ValueError):
-            pass  # not written yet (or caught between write and rename: never, the rename is atomic)
+        # Never caught half-written: the state is one file, written beside and renamed.
+        state = read_state(folder)
+        if state is not None and state.epoch >= 3:
+            break
         time.sleep(0.01)
     run.send_signal(signal.SIGKILL)
     run.wait(30)
-    killed_at = json.loads(state.read_text())["state"]["epoch"]
+    killed_at = read_state(folder).epoch
     assert 3 <= killed_at < 40
     resumed = _pdeserve(*common, "--repo", str(tmp_path / "b"), "--name", "m", "--resume")
     assert resumed.wait(120) == 0
-    assert f"resuming from {state.parent} after epoch {killed_at} of 40" in resumed.stderr.read()
+    assert f"resuming from {folder} after epoch {killed_at} of 40" in resumed.stderr.read()
     a = load_file(str(tmp_path / "a" / "m" / "1" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "m" / "1" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert not state.parent.exists()  # the training state is removed once the model is published
+    assert not folder.exists()  # the training state is removed once the model is published
+
+
+def test_resumed_run_with_a_validation_split_publishes_the_best_epochs_weights(tiny_darcy, tmp_path):
+    # The step schedule does not depend on the number of epochs (nor does a checkpoint's identity), so
+    # a run of fewer epochs resumed with more is the uninterrupted run, stopped where the test chooses:
+    # after the best validation epoch, before the early stop.
+    settings = _settings(epochs=40, learning_rate=2e-2, val_fraction=0.2, patience=2, scheduler="step")
+    whole, metrics = train(tiny_darcy, "fno", TINY_FNO, settings, progress=False)
+    best = int(metrics["best_epoch"])
+    assert metrics["epochs"] == best + 2  # stopped early, so later epochs were worse
+    folder = tmp_path / "state"
+    first = replace(settings, epochs=best + 1)
+    train(tiny_darcy, "fno", TINY_FNO, first, progress=False, checkpoint_dir=folder)
+    assert (read_state(folder).epoch, read_state(folder).best_epoch) == (best + 1, best)
+    resumed, again = train(
+        tiny_darcy, "fno", TINY_FNO, settings, progress=False, checkpoint_dir=folder, resume=True
+    )
+    assert (again["epochs"], again["best_epoch"]) == (metrics["epochs"], best)
+    publish(tmp_path / "repo", "m", resumed)
+    published = load_file(str(tmp_path / "repo" / "m" / "1" / "model.safetensors"))
+    expected = tensor_state(whole.model)
+    assert published.keys() == expected.keys()
+    assert all(torch.equal(published[k], expected[k]) for k in expected)
+    assert again["test_relative_l2"] == metrics["test_relative_l2"]
 
 
 def test_early_stopping_keeps_the_best_validation_epoch(tiny_darcy):
@@ -100,22 +128,22 @@ def test_early_stopping_keeps_the_best_validation_epoch(tiny_darcy):
     settings = _settings(epochs=50, learning_rate=0.0, val_fraction=0.2, patience=2)
     surrogate, metrics = train(tiny_darcy, "fno", TINY_FNO, settings, progress=False)
     assert metrics["epochs"] == 3.0 and metrics["best_epoch"] == 1.0
-    assert [h["epoch"] for h in surrogate.config["history"]] == [1, 2, 3]
-    assert surrogate.config["dataset"]["n_validation"] == 6
+    assert [e.epoch for e in surrogate.card.history] == [1, 2, 3]
+    assert surrogate.card.dataset.n_validation == 6
 
 
 def test_onecycle_warms_up_then_anneals_and_h1_loss_trains(tiny_darcy):
     settings = _settings(epochs=6, scheduler="onecycle", loss="h1")
     surrogate, _ = train(tiny_darcy, "fno", TINY_FNO, settings, progress=False)
-    rates = [h["learning_rate"] for h in surrogate.config["history"]]
+    rates = [e.learning_rate for e in surrogate.card.history]
     peak = int(np.argmax(rates))
     assert 0 < peak < 5 and rates[-1] < 1e-2 * max(rates)
-    losses = [h["train_loss"] for h in surrogate.config["history"]]
+    losses = [e.train_loss for e in surrogate.card.history]
     assert all(b < a for a, b in itertools.pairwise(losses)), losses
 
 
 def test_onecycle_starts_at_its_divided_rate_and_clipping_bounds_the_steps(tiny_darcy):
-    from pdeserve.operators.training import make_scheduler
+    from pdeserve.operators.trainer import make_scheduler
 
     optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
     make_scheduler(TrainingSettings(scheduler="onecycle", onecycle_div=1e4), optimizer, steps_per_epoch=10)
@@ -139,7 +167,7 @@ def test_onecycle_starts_at_its_divided_rate_and_clipping_bounds_the_steps(tiny_
 
 
 def test_h1_loss_weighs_gradients_and_l2_does_not():
-    from pdeserve.operators.training import make_loss
+    from pdeserve.operators.trainer import make_loss
 
     x = torch.linspace(0, 1, 33)
     target = (torch.sin(torch.pi * x)[:, None] * torch.sin(torch.pi * x)[None, :])[None, None]
@@ -177,11 +205,11 @@ def test_trajectory_pairs_name_each_state_by_its_time(small_navier_stokes):
     data = small_navier_stokes
     whole = operator_pairs(data)
     assert whole.x.shape == (12, 1, 16, 16) and whole.y.shape == (12, 4, 16, 16)
-    assert [f["name"] for f in whole.inputs] == ["w0"]
-    assert [f["name"] for f in whole.outputs] == ["w@t=1", "w@t=2", "w@t=3", "w@t=4"]
+    assert [f.name for f in whole.inputs] == ["w0"] and whole.time_map == TimeMap(1, 4)
+    assert [f.name for f in whole.outputs] == ["w@t=1", "w@t=2", "w@t=3", "w@t=4"]
     step = operator_pairs(data, TimeMap(input_steps=2, output_steps=1))
-    assert [f["name"] for f in step.inputs] == ["w@t=0", "w@t=1"]
-    assert [f["name"] for f in step.outputs] == ["w@t=2"]
+    assert [f.name for f in step.inputs] == ["w@t=0", "w@t=1"]
+    assert [f.name for f in step.outputs] == ["w@t=2"]
     np.testing.assert_array_equal(step.x[:, 1], data.outputs["w"][:, 0])
     np.testing.assert_array_equal(step.y[:, 0], data.outputs["w"][:, 1])
     with pytest.raises(ValueError, match="do not fit the 5 stored states"):
@@ -191,11 +219,10 @@ def test_trajectory_pairs_name_each_state_by_its_time(small_navier_stokes):
 def test_next_step_model_trains_on_a_trajectory_dataset(small_navier_stokes, tmp_path):
     from pdeserve.operators.evaluation import evaluate
     from pdeserve.operators.surrogate import load_model
-    from pdeserve.operators.training import publish
 
     settings = _settings(epochs=15, test_fraction=0.25)
     surrogate, metrics = train(small_navier_stokes, "fno", TINY_FNO, settings, False, time_map=TimeMap(2, 1))
-    assert surrogate.config["time_map"] == {"input_steps": 2, "output_steps": 1}
+    assert surrogate.card.time_map == TimeMap(2, 1)
     assert metrics["test_relative_l2"] < metrics["baseline_mean_relative_l2"]
     publish(tmp_path, "ns", surrogate)
     loaded = load_model(tmp_path, "ns")
@@ -205,8 +232,8 @@ def test_next_step_model_trains_on_a_trajectory_dataset(small_navier_stokes, tmp
     from pdeserve.operators.pairs import reference_outputs
 
     pairs = operator_pairs(small_navier_stokes, TimeMap(2, 1))
-    inputs = {f["name"]: pairs.x[0, i] for i, f in enumerate(pairs.inputs)}
-    truth = reference_outputs(loaded.config, inputs)
+    inputs = {name: pairs.x[0, i] for i, name in enumerate(f.name for f in pairs.inputs)}
+    truth = reference_outputs(loaded.card, inputs)
     np.testing.assert_allclose(truth["w@t=2"], pairs.y[0, 0], rtol=1e-4, atol=1e-5)
     assert evaluate(loaded, small_navier_stokes)["relative_l2"] == pytest.approx(
         evaluate(surrogate, small_navier_stokes)["relative_l2"], rel=1e-6
@@ -219,7 +246,6 @@ def test_eval_reports_each_resolution_and_writes_a_figure(trained_small, small_d
     from pdeserve.datagen.darcy import DarcyParameters
     from pdeserve.datagen.dataset import GenerationRequest
     from pdeserve.datagen.families import get_family
-    from pdeserve.operators.training import publish
 
     surrogate, _ = trained_small
     publish(tmp_path / "repo", "darcy", surrogate)
@@ -312,6 +338,6 @@ def test_torchrun_trains_data_parallel_on_two_processes_and_publishes_once(tmp_p
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.count("published ddp version 1") == 1
     assert sorted(p.name for p in (tmp_path / "repo" / "ddp").iterdir()) == ["1"]
-    config = json.loads((tmp_path / "repo" / "ddp" / "1" / "config.json").read_text())
+    card = read_card(tmp_path / "repo" / "ddp" / "1")
     # Each of the 2 processes takes half of the 19 training samples per epoch (the odd one dropped).
-    assert len(config["history"]) == 3
+    assert len(card.history) == 3

@@ -10,8 +10,9 @@ def test_short_training_beats_the_mean_predictor_by_far(trained_small):
     surrogate, metrics = trained_small
     assert metrics["baseline_mean_relative_l2"] > 0.15
     assert metrics["test_relative_l2"] < 0.5 * metrics["baseline_mean_relative_l2"], metrics
-    assert surrogate.config["dataset"]["n_test"] == 20
-    assert surrogate.config["training_resolution"] == [33, 33]
+    assert surrogate.card.dataset.n_test == 20
+    assert surrogate.card.training_resolution == (33, 33)
+    assert surrogate.card.metrics == metrics and len(surrogate.card.history) == 40
 
 
 def test_relative_l2_is_the_norm_ratio():

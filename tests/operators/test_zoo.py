@@ -12,6 +12,7 @@ from pdeserve.datagen.dataset import GenerationRequest, load_dataset, write_data
 from pdeserve.datagen.families import get_family
 from pdeserve.operators import load_model
 from pdeserve.operators.registry import ARCHITECTURES, config_arguments, get_architecture, make_config
+from pdeserve.operators.repository import ModelRepository
 from pdeserve.operators.settings import TrainingSettings
 from pdeserve.operators.training import publish, train
 
@@ -99,12 +100,12 @@ def test_short_training_beats_the_mean_predictor_and_reloads_identically(name, n
     data = datasets[ndim]
     arguments = (TINY if ndim == 2 else TINY_1D)[name]
     surrogate, metrics = train(data, name, arguments, TrainingSettings(**RECIPE), progress=False)
-    losses = [h["train_loss"] for h in surrogate.config["history"]]
+    losses = [e.train_loss for e in surrogate.card.history]
     assert losses[-1] < 0.8 * losses[0], losses
     assert metrics["test_relative_l2"] < 0.8 * metrics["baseline_mean_relative_l2"], metrics
     publish(tmp_path, name, surrogate)
     loaded = load_model(tmp_path, name)
-    assert loaded.config["architecture"] == name
+    assert loaded.card.architecture == name and loaded.card.metrics == metrics
     field = data.attrs["input_fields"][0]
     x = data.inputs[field][:3]
     np.testing.assert_array_equal(
@@ -148,5 +149,5 @@ def test_train_cli_trains_with_the_models_recipe_unless_told_otherwise(
     for key, value in tiny.items():
         command += ["--arg", f"{key}={json.dumps(value)}"]
     assert main(command) == 0
-    config = json.loads((tmp_path / "m" / "1" / "config.json").read_text())
-    assert {key: config["training"][key] for key in expected} == pytest.approx(expected)
+    _, card = ModelRepository(tmp_path).card("m")
+    assert {key: getattr(card.training, key) for key in expected} == pytest.approx(expected)
