@@ -33,7 +33,8 @@ class ResolutionInvariantSpectralConv(SpectralConv):
         # Every dimension but the last holds negative frequencies at its end: roll the lowest
         # kept // 2 of them to the front, so the kept modes (-k//2 .. k - k//2 - 1) are one block.
         shifts = [k // 2 for k in kept[:-1]]
-        spectrum = torch.roll(spectrum, shifts, dims[:-1])
+        if shifts:  # a 1D spectrum has only its last, unshifted dimension
+            spectrum = torch.roll(spectrum, shifts, dims[:-1])
         block = (slice(None), slice(None), *(slice(0, k) for k in kept))
         # The weights are stored zero frequency in the middle (neuraloperator's layout): take the
         # centred kept modes of each dimension but the last, and the first kept ones of the last.
@@ -43,6 +44,7 @@ class ResolutionInvariantSpectralConv(SpectralConv):
         weight = self.weight[(*channels, *centred, slice(0, kept[-1]))]
         out = spectrum.new_zeros(x.shape[0], self.out_channels, *spectrum.shape[2:])
         out[block] = self._contract(spectrum[block], weight, separable=self.separable)
-        out = torch.roll(out, [-s for s in shifts], dims[:-1])
+        if shifts:
+            out = torch.roll(out, [-s for s in shifts], dims[:-1])
         y = torch.fft.irfftn(out, s=output_shape or sides, dim=dims, norm=self.fft_norm)
         return y if self.bias is None else y + self.bias

@@ -52,3 +52,14 @@ def test_bundled_fno_error_on_odd_sides_is_within_twice_its_error_at_64(bundled_
     at_64 = error(64)
     errors = {n: error(n) for n in (41, 63, 65, 85, 127)}
     assert all(e < 2 * at_64 for e in errors.values()), (errors, at_64)
+
+
+@torch.no_grad()
+def test_one_dimensional_layers_match_neuraloperator_on_every_side():
+    torch.manual_seed(1)
+    upstream = SpectralConv(2, 3, n_modes=(16,))
+    conv = ResolutionInvariantSpectralConv(2, 3, n_modes=(16,))
+    conv.load_state_dict(upstream.state_dict())
+    for n in (16, 63, 64, 255):
+        x = torch.randn(4, 2, n)
+        torch.testing.assert_close(conv(x), upstream(x))
