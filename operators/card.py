@@ -246,6 +246,88 @@ class Lineage:
 
 
 @dataclass(frozen=True)
+class SideError:
+    """A model's error on fresh samples solved classically on a grid of one side.
+
+    Parameters
+    ----------
+    side : int
+        Grid points per side.
+    relative_l2 : float
+        Mean relative L2 error against the classical solution on that grid.
+    n_samples : int
+        Samples it was measured on.
+    """
+
+    side: int
+    relative_l2: float
+    n_samples: int
+
+
+@dataclass(frozen=True)
+class ResolutionValidation:
+    """The error across a sweep of grid sides, measured at publish time.
+
+    Parameters
+    ----------
+    training_side : int
+        The side the model was trained on (its error is the yardstick).
+    sides : tuple of SideError
+        Every side measured, in increasing order.
+    max_factor : float
+        A side is validated when its error is at most this times the training side's.
+    """
+
+    training_side: int
+    sides: tuple[SideError, ...]
+    max_factor: float
+
+    def validated_range(self) -> tuple[int, int]:
+        """The widest interval of sides around the training side in which every measured side is
+        validated; requests on a grid inside it are served as validated."""
+        ordered = sorted(self.sides, key=lambda s: s.side)
+        limit = self.max_factor * next(s.relative_l2 for s in ordered if s.side == self.training_side)
+        start = stop = next(i for i, s in enumerate(ordered) if s.side == self.training_side)
+        while start > 0 and ordered[start - 1].relative_l2 <= limit:
+            start -= 1
+        while stop < len(ordered) - 1 and ordered[stop + 1].relative_l2 <= limit:
+            stop += 1
+        return ordered[start].side, ordered[stop].side
+
+
+@dataclass(frozen=True)
+class ErrorCalibration:
+    """How an answer's a-posteriori indicator becomes an error estimate (split-conformal).
+
+    Parameters
+    ----------
+    indicator : str
+        The PDE family's indicator it calibrates (``datagen/indicators.py``).
+    coverage : float
+        Stated probability that the true relative L2 error is at most the estimate (e.g. 0.9).
+    scale : float
+        The estimate is ``scale * indicator``: the conformal quantile of ``error / indicator`` over the
+        calibration samples.
+    n_samples : int
+        Held-out samples it was calibrated on.
+    """
+
+    indicator: str
+    coverage: float
+    scale: float
+    n_samples: int
+
+
+@dataclass(frozen=True)
+class ValueRange:
+    """The range of one input field over the training samples (answers outside it are flagged)."""
+
+    name: str
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """What a published version records besides its weights (``config.json``).
 
@@ -287,6 +369,12 @@ class ModelCard:
         The training epochs.
     lineage : Lineage or None
         How the version came about (None: published before lineage was recorded).
+    validation : ResolutionValidation or None
+        Errors across grid sides, measured at publish time (None: not measured).
+    calibration : ErrorCalibration or None
+        How the served error estimate is computed (None: no estimate).
+    input_ranges : tuple of ValueRange
+        Each input field's range over the training samples.
     """
 
     architecture: str
@@ -308,6 +396,9 @@ class ModelCard:
     metrics: Mapping[str, float] = field(default_factory=dict)
     history: tuple[EpochRecord, ...] = ()
     lineage: Lineage | None = None
+    validation: ResolutionValidation | None = None
+    calibration: ErrorCalibration | None = None
+    input_ranges: tuple[ValueRange, ...] = ()
 
     @property
     def input_names(self) -> list[str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import re
-import sys
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -174,8 +173,3 @@ def helm_template(config: dict | None = None) -> str:
     templates = ["{{ " + value + " | toJson }}" for _, value in expressions]
     return HELM_HEADER + re.sub(r"\bHELM_VALUE_(\d+)\b", lambda m: templates[int(m.group(1))], text)
 
-
-if __name__ == "__main__":  # python -m pdeserve.serving.serve_config [flags of pdeserve serve-config]
-    from pdeserve.cli import main
-
-    sys.exit(main(["serve-config", *sys.argv[1:]]))
