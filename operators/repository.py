@@ -10,7 +10,7 @@ Each version folder holds its weights and its model card (``config.json``, see `
 this module is the only one that reads or writes the card file.
 
 Hidden folders beside the models hold work that is not a model: ``.training/NAME`` (per-epoch state of
-an unfinished run) and ``.data/NAME`` (datasets that ``pdeserve datagen retrain`` generated).
+an unfinished run) and ``.data/NAME`` (datasets that ``pdeserve retrain`` generated).
 """
 
 from __future__ import annotations

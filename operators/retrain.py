@@ -1,6 +1,6 @@
 """Retraining a published model: generate more data, fine-tune, gate on the old held-out sets, publish.
 
-``pdeserve datagen retrain --repo DIR --model NAME`` runs :func:`retrain`:
+``pdeserve retrain --repo DIR --model NAME`` (also ``pdeserve datagen retrain``) runs :func:`retrain`:
 
 1. Load the newest version of NAME (the parent) and the datasets its lineage records; every file must
    exist and still have its recorded content fingerprint, or the retrain stops with one clear error.
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from pdeserve.operators.surrogate import Surrogate
 
 EXIT_REFUSED = 3
-"""Exit status of ``pdeserve datagen retrain`` when the gate refuses the candidate (1 is an error,
+"""Exit status of ``pdeserve retrain`` when the gate refuses the candidate (1 is an error,
 2 a usage error)."""
 
 FINE_TUNE_LR_FACTOR = 0.1
