@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from pdeserve.cli.parsing import Commands
 from pdeserve.serving.options import DEFAULT_GRPC_PORT
 
+if TYPE_CHECKING:  # the client loads with the command, not with every command's --help
+    from pdeserve.protos.v1 import solver_pb2 as pb
+    from pdeserve.serving.client import AnswerCheck, SolverClient
+
 EXAMPLES = """examples:
   pdeserve solve --target 127.0.0.1:9000 --model darcy-fno --input a.npy --out u.npy
   pdeserve solve --target 127.0.0.1:9000 --model darcy-fno --input data/darcy64.h5 --reference
+  pdeserve solve --model darcy-fno --input a.npy --tolerance 1e-6 --out u.npy   # refined to a residual
   pdeserve solve --model ns-fno --input w0.npy --steps 20 --out trajectory.npy   # Rollout stream
 """
 
@@ -33,6 +44,13 @@ def add_solve_command(commands: Commands) -> None:
         help="also run the classical solver on the server and report the surrogate's error",
     )
     solve.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.0,
+        help="relative residual every answer must meet, in (0, 1]: answers above it are refined on the "
+        "server (default 0: the surrogate's answers, each with its error estimate)",
+    )
+    solve.add_argument(
         "--steps",
         type=int,
         help="roll a time-dependent model forward this many states (the Rollout stream), printing each "
@@ -51,7 +69,109 @@ def add_solve_command(commands: Commands) -> None:
     solve.set_defaults(func=_solve)
 
 
-def _solve(args: argparse.Namespace) -> None:
-    from pdeserve.serving.client import solve_command
+def _read_inputs(path: Path, info: pb.ModelInfo) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Inputs to send and, for a dataset file, the outputs it holds (to compare with)."""
+    names = [f.name for f in info.inputs]
+    if path.suffix == ".npy":
+        if len(names) != 1:
+            raise ValueError(f"model {info.name} has inputs {names}: pass an .npz or a dataset file")
+        return {names[0]: np.load(path, allow_pickle=False)}, {}
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as archive:
+            return {k: archive[k] for k in archive.files}, {}
+    from pdeserve.datagen.dataset import load_dataset
 
-    solve_command(args)
+    data = load_dataset(path)
+    missing = [n for n in names if n not in data.inputs]
+    if missing:
+        raise ValueError(
+            f"model {info.name} reads {names}; {path.name} has inputs {sorted(data.inputs)}: "
+            "pass the model's inputs in an .npz"
+        )
+    return {n: data.inputs[n] for n in names}, data.outputs
+
+
+def _write_outputs(out: Path, outputs: Mapping[str, np.ndarray]) -> None:
+    if out.suffix == ".npy" and len(outputs) == 1:
+        np.save(out, next(iter(outputs.values())))
+    else:
+        np.savez(out.with_suffix(".npz"), **outputs)
+    print(f"  wrote {out}")
+
+
+def _rollout_command(args: argparse.Namespace, client: SolverClient, inputs: dict[str, np.ndarray]) -> None:
+    """``pdeserve solve --steps N``: stream the states, one line each; ``--out`` stacks them on a
+    leading step axis."""
+    states: dict[str, list[np.ndarray]] = {}
+    for state in client.rollout(args.model, inputs, args.steps, args.version):
+        when = f" t={state.time:g}" if state.time is not None else ""
+        shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in state.outputs.items())
+        estimates = [c.estimated_relative_l2 for c in state.checks if c.estimated_relative_l2 is not None]
+        estimate = f", estimated relative L2 {max(estimates):.3g}" if estimates else ""
+        print(f"step {state.step}{when}: {shapes}{estimate}", flush=True)
+        for name, array in state.outputs.items():
+            states.setdefault(name, []).append(array)
+    if args.out:
+        _write_outputs(Path(args.out), {name: np.stack(arrays) for name, arrays in states.items()})
+
+
+def _check_line(i: int, check: AnswerCheck) -> str:
+    """One sample's check as a line: the estimate (or the indicator), the path and its refinement."""
+    if check.estimated_relative_l2 is not None:
+        estimate = f"estimated relative L2 {check.estimated_relative_l2:.3g} ({check.coverage:.0%} coverage)"
+    elif check.indicator is not None:
+        estimate = f"indicator {check.indicator:.3g} (model not calibrated: no estimate)"
+    else:
+        estimate = "no estimate for this model"
+    line = f"  sample {i}: {estimate}, path {check.path}"
+    if check.residual is not None:
+        line += f", residual {check.residual:.3g}"
+    if check.refine_iterations:
+        line += f" after {check.refine_iterations} iterations in {check.refine_ms:.1f} ms"
+    return line
+
+
+def _solve(args: argparse.Namespace) -> None:
+    """``pdeserve solve``."""
+    from pdeserve.operators.evaluation import relative_l2
+    from pdeserve.serving.client import AnswerCheck, SolverClient
+    from pdeserve.serving.tensors import from_tensor
+
+    path = Path(args.input)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such input file: {path}")
+    if args.steps is not None and args.reference:
+        raise ValueError("--reference checks a single Solve; it does not apply to --steps")
+    if args.steps is not None and args.tolerance:
+        raise ValueError("--tolerance refines a single Solve's answers; it does not apply to --steps")
+    token = os.environ.get(args.token_env, "").strip() or None
+    with SolverClient(args.target, timeout=args.timeout, token=token, application=args.application) as client:
+        info = client.get_model(args.model, args.version)
+        inputs, truth = _read_inputs(path, info)
+        if args.steps is not None:
+            _rollout_command(args, client, inputs)
+            return
+        response = client.solve_response(
+            args.model, inputs, args.version, reference=args.reference, tolerance=args.tolerance
+        )
+    outputs = {name: from_tensor(t, name) for name, t in response.outputs.items()}
+    shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in outputs.items())
+    print(f"{response.model} v{response.version}: {shapes} in {response.inference_ms:.1f} ms")
+    for i, check in enumerate(response.checks):
+        print(_check_line(i, AnswerCheck.from_message(check)))
+    if not response.grid_validated:
+        print("  the grid is not in the model's validated range of sides, or the model has none")
+    if response.out_of_range_inputs:
+        print(f"  inputs outside their training range: {', '.join(response.out_of_range_inputs)}")
+    for name, error in response.reference_relative_l2.items():
+        print(f"  relative L2 of {name} against the classical solver (server-side): {error:.4f}")
+    for name, array in outputs.items():
+        if name in truth and truth[name].shape == array.shape:
+            batched = array.ndim == len(info.outputs[0].shape) + 1
+            pred, true = (array, truth[name]) if batched else (array[None], truth[name][None])
+            print(
+                f"  relative L2 of {name} against {path.name}: "
+                f"{relative_l2(pred[:, None], true[:, None]):.4f}"
+            )
+    if args.out:
+        _write_outputs(Path(args.out), outputs)

@@ -46,6 +46,7 @@ from pdeserve.operators.surrogate import Surrogate, load_surrogate
 from pdeserve.protos.v1 import solver_pb2 as pb
 from pdeserve.serving.allocator import retain_freed_memory
 from pdeserve.serving.batching import BatchGate
+from pdeserve.serving.checks import Answer, Checker, SampleCheck, answer, requested_tolerance
 from pdeserve.serving.errors import FailedPrecondition, NotFound, ResourceExhausted
 from pdeserve.serving.metrics import Metrics
 from pdeserve.serving.options import ServingOptions
@@ -76,7 +77,7 @@ def model_info(name: str, version: str, card: ModelCard, versions: list[str]) ->
     """The ``ModelInfo`` message describing version ``version`` of model ``name`` from its card."""
     rule = make_config(card.architecture, card.arguments).resolutions()
     shape = list(card.training_resolution)
-    return pb.ModelInfo(
+    info = pb.ModelInfo(
         name=name,
         version=version,
         versions=versions,
@@ -92,7 +93,20 @@ def model_info(name: str, version: str, card: ModelCard, versions: list[str]) ->
         dataset_fingerprint=card.dataset.fingerprint,
         created_at=card.created_at,
         parameter_count=card.parameter_count,
+        input_ranges=[pb.ValueRange(name=r.name, low=r.low, high=r.high) for r in card.input_ranges],
     )
+    if card.validation is not None:
+        info.side_errors.extend(
+            pb.SideError(side=s.side, relative_l2=s.relative_l2, n_samples=s.n_samples)
+            for s in card.validation.sides
+        )
+        info.validated_min_side, info.validated_max_side = card.validation.validated_range()
+        info.validation_max_factor = card.validation.max_factor
+    if card.calibration is not None:
+        info.estimate_coverage = card.calibration.coverage
+        info.error_indicator = card.calibration.indicator
+        info.calibration_samples = card.calibration.n_samples
+    return info
 
 
 def _decode(request: pb.SolveRequest | pb.RolloutRequest) -> dict[str, np.ndarray]:
@@ -138,6 +152,7 @@ class SolverService:
         self.options = ServingOptions(**(options or {}))
         self.auth_token = self.options.resolved_auth_token()
         self.metrics = Metrics()
+        self.checker = Checker()  # estimates and refinements, on threads of their own
         from pdeserve.serving import oip  # here, not at the top: see serving/oip.py
 
         self.oip = oip
@@ -234,32 +249,49 @@ class SolverService:
         call: Call,
         model_field: str,
         decode: Callable[[Surrogate], dict[str, np.ndarray]],
-    ) -> tuple[Surrogate, dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """``_lookup``, ``decode(surrogate)`` of the wire tensors, the model's own validation and one
-        (batched) forward pass: the surrogate, the inputs and the outputs by name, in the inputs' batch
-        layout."""
+        tolerance: float | None,
+    ) -> tuple[Surrogate, dict[str, np.ndarray], Answer]:
+        """``_lookup``, ``decode(surrogate)`` of the wire tensors, the model's own validation, one
+        (batched) forward pass and every sample's check (refined to ``tolerance`` when not None): the
+        surrogate, the inputs and the checked answer, in the inputs' batch layout. ``call.forward_ms``
+        is the time from the request's entry until the forward pass's outputs were ready."""
         surrogate = await self._lookup(request, call, model_field)
         inputs = decode(surrogate)
         stacked, batched = surrogate.validate(inputs)
-        out = await self._forward(surrogate, stacked)
-        return surrogate, inputs, _split(surrogate.output_names, out, batched)
+        outputs = _split(surrogate.output_names, await self._forward(surrogate, stacked), batched)
+        call.forward_ms = (time.perf_counter() - call.started) * 1e3
+        checks = await self.checker.check(surrogate.card, inputs, outputs, batched, tolerance)
+        self._count(call, surrogate, checks)
+        return surrogate, inputs, answer(surrogate.card, inputs, outputs, batched, checks, tolerance)
+
+    def _count(self, call: Call, surrogate: Surrogate, checks: list[SampleCheck]) -> None:
+        estimates = [
+            c.estimate.relative_l2 for c in checks if c.estimate and c.estimate.relative_l2 is not None
+        ]
+        paths = [c.path for c in checks]
+        self.metrics.answered(call.method, surrogate.name, surrogate.version, paths, estimates)
 
     @rpc(model_fields=("model", "version"))
     async def Solve(self, request: pb.SolveRequest, call: Call) -> pb.SolveResponse:
-        """The model's outputs; ``inference_ms`` is the time since the request entered the replica
-        (validation, queueing for the batch and the forward pass), the reference solve excluded."""
-        surrogate, inputs, outputs = await self._predict(
-            request, call, "SolveRequest.model", lambda _: _decode(request)
+        """The model's checked outputs (refined to ``request.tolerance`` when set); ``inference_ms`` is
+        the time since the request entered the replica until the forward pass's outputs were ready
+        (validation, queueing for the batch and the forward pass)."""
+        tolerance = requested_tolerance(request.tolerance, "SolveRequest.tolerance")
+        surrogate, inputs, checked = await self._predict(
+            request, call, "SolveRequest.model", lambda _: _decode(request), tolerance
         )
         response = pb.SolveResponse(
             model=surrogate.name,
             version=surrogate.version,
-            inference_ms=(time.perf_counter() - call.started) * 1e3,
+            inference_ms=call.forward_ms,
+            checks=[c.message() for c in checked.checks],
+            grid_validated=checked.grid_validated,
+            out_of_range_inputs=checked.out_of_range_inputs,
         )
-        for name, array in outputs.items():
+        for name, array in checked.outputs.items():
             response.outputs[name].CopyFrom(to_tensor(array))
         if request.reference:
-            await asyncio.to_thread(self._reference, surrogate, inputs, outputs, response)
+            await asyncio.to_thread(self._reference, surrogate, inputs, checked.outputs, response)
             for value in response.reference_relative_l2.values():
                 self.metrics.reference_error.observe(
                     value, tags={"model": surrogate.name, "version": surrogate.version}
@@ -280,8 +312,21 @@ class SolverService:
         step = 0
         while step < request.steps:
             out = await self._forward(surrogate, window)
+            checks = await self.checker.check(
+                surrogate.card,
+                _split(surrogate.input_names, window, batched),
+                _split(surrogate.output_names, out, batched),
+                batched,
+                None,
+            )
             for j in range(min(out.shape[1], request.steps - step)):
-                message = pb.RolloutStep(model=surrogate.name, version=surrogate.version, step=step)
+                self._count(call, surrogate, checks)
+                message = pb.RolloutStep(
+                    model=surrogate.name,
+                    version=surrogate.version,
+                    step=step,
+                    checks=[c.message() for c in checks],
+                )
                 if times.interval is not None:
                     message.time = times.first + step * times.interval
                 message.outputs[times.field].CopyFrom(to_tensor(out[:, j] if batched else out[0, j]))
@@ -373,11 +418,17 @@ class SolverService:
 
     @rpc(model_fields=("model_name", "model_version"))
     async def ModelInfer(self, request: oip_pb.ModelInferRequest, call: Call) -> oip_pb.ModelInferResponse:
-        """Solve through the Open Inference Protocol: the same checks, batching and metrics as ``Solve``."""
-        surrogate, _, outputs = await self._predict(
-            request, call, "ModelInferRequest.model_name", lambda s: self.oip.decode_inputs(request, s)
+        """Solve through the Open Inference Protocol: the same checks, batching and metrics as ``Solve``
+        (the tolerance is the request parameter ``tolerance``; see serving/oip.py)."""
+        tolerance = requested_tolerance(self.oip.tolerance(request), "ModelInferRequest parameter tolerance")
+        surrogate, _, checked = await self._predict(
+            request,
+            call,
+            "ModelInferRequest.model_name",
+            lambda s: self.oip.decode_inputs(request, s),
+            tolerance,
         )
-        return self.oip.infer_response(request, surrogate, outputs)
+        return self.oip.infer_response(request, surrogate, checked)
 
 
 def build_app(

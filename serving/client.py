@@ -7,12 +7,9 @@ also needs grpcio-health-checking.
 
 from __future__ import annotations
 
-import argparse
-import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -31,6 +28,89 @@ class SolverError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class AnswerCheck:
+    """The check of one sample's answer (``pdeserve.v1.AnswerCheck``).
+
+    Parameters
+    ----------
+    estimated_relative_l2 : float or None
+        Estimated relative L2 error of the answer; on the model's calibration distribution the true
+        error is at most this with probability ``coverage``. None: the model is not calibrated, or its
+        PDE has no indicator yet.
+    indicator : float or None
+        The PDE family's a-posteriori indicator of the answer (None: no indicator yet).
+    coverage : float
+        Coverage of the estimate (0 without one).
+    path : str
+        ``surrogate``, ``refined`` or ``classical``: what produced the answer.
+    refine_iterations : int
+        Iterations of the refining solver (0 when not refined).
+    residual : float or None
+        Relative residual of the answer in the classical solver's equations, when the request asked
+        for a tolerance.
+    refine_ms : float
+        Milliseconds the server spent refining it.
+    """
+
+    estimated_relative_l2: float | None
+    indicator: float | None
+    coverage: float
+    path: str
+    refine_iterations: int
+    residual: float | None
+    refine_ms: float
+
+    @classmethod
+    def from_message(cls, message: pb.AnswerCheck) -> AnswerCheck:
+        return cls(
+            estimated_relative_l2=(
+                message.estimated_relative_l2 if message.HasField("estimated_relative_l2") else None
+            ),
+            indicator=message.indicator if message.HasField("indicator") else None,
+            coverage=message.coverage,
+            path=pb.AnswerPath.Name(message.path).removeprefix("ANSWER_PATH_").lower(),
+            refine_iterations=message.refine_iterations,
+            residual=message.residual if message.HasField("residual") else None,
+            refine_ms=message.refine_ms,
+        )
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A checked ``Solve`` answer.
+
+    Parameters
+    ----------
+    outputs : dict of str to ndarray
+        Output fields by name, in the inputs' batch layout (float64 when a tolerance was asked for).
+    checks : list of AnswerCheck
+        One per sample, in the batch's order.
+    grid_validated : bool
+        Whether the grid lies in the model's validated range of sides.
+    out_of_range_inputs : list of str
+        Inputs with a value outside their range over the training samples.
+    version : str
+        The model version that answered.
+    """
+
+    outputs: dict[str, np.ndarray]
+    checks: list[AnswerCheck]
+    grid_validated: bool
+    out_of_range_inputs: list[str]
+    version: str
+
+    @classmethod
+    def from_response(cls, response: pb.SolveResponse) -> Answer:
+        return cls(
+            outputs={name: from_tensor(t, name) for name, t in response.outputs.items()},
+            checks=[AnswerCheck.from_message(c) for c in response.checks],
+            grid_validated=response.grid_validated,
+            out_of_range_inputs=list(response.out_of_range_inputs),
+            version=response.version,
+        )
+
+
+@dataclass(frozen=True)
 class RolloutStep:
     """One streamed state of a rollout.
 
@@ -42,11 +122,14 @@ class RolloutStep:
         Model time of the state (the first input state is t = 0), None when the model does not know it.
     outputs : dict of str to ndarray
         The state by field name (e.g. ``"w"``), in the inputs' batch layout, float32.
+    checks : list of AnswerCheck
+        One per sample: the estimate of the forward pass that predicted the state.
     """
 
     step: int
     time: float | None
     outputs: dict[str, np.ndarray]
+    checks: list[AnswerCheck]
 
 
 class SolverClient:
@@ -107,13 +190,26 @@ class SolverClient:
         raise AssertionError("unreachable")
 
     def solve_response(
-        self, model: str, inputs: Mapping[str, np.ndarray], version: str = "", reference: bool = False
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        version: str = "",
+        reference: bool = False,
+        tolerance: float = 0.0,
     ) -> pb.SolveResponse:
-        """The raw ``SolveResponse`` for ``inputs`` (field name -> array)."""
-        request = pb.SolveRequest(model=model, version=version, reference=reference)
+        """The raw ``SolveResponse`` for ``inputs`` (field name -> array); ``tolerance`` > 0 asks for
+        answers refined to that relative residual."""
+        request = pb.SolveRequest(model=model, version=version, reference=reference, tolerance=tolerance)
         for name, array in inputs.items():
             request.inputs[name].CopyFrom(to_tensor(array))
         return self._call(self.stub.Solve, request)
+
+    def solve_checked(
+        self, model: str, inputs: Mapping[str, np.ndarray], version: str = "", tolerance: float = 0.0
+    ) -> Answer:
+        """Outputs of ``model`` for ``inputs`` with each sample's check; ``tolerance`` > 0 asks for
+        answers whose relative residual meets it (refined on the server where needed)."""
+        return Answer.from_response(self.solve_response(model, inputs, version, tolerance=tolerance))
 
     def solve(self, model: str, inputs: Mapping[str, np.ndarray], version: str = "") -> dict[str, np.ndarray]:
         """Outputs of ``model`` for ``inputs`` of shape ``(*grid)`` or ``(batch, *grid)``."""
@@ -150,6 +246,7 @@ class SolverClient:
                     step=message.step,
                     time=message.time if message.HasField("time") else None,
                     outputs={name: from_tensor(t, name) for name, t in message.outputs.items()},
+                    checks=[AnswerCheck.from_message(c) for c in message.checks],
                 )
         except grpc.RpcError as exc:
             raise SolverError(exc.code(), exc.details()) from None
@@ -170,81 +267,3 @@ class SolverClient:
         stub = health_pb2_grpc.HealthStub(self.channel)
         response = self._call(stub.Check, health_pb2.HealthCheckRequest(service=service))
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-
-
-def _read_inputs(path: Path, info: pb.ModelInfo) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Inputs to send and, for a dataset file, the outputs it holds (to compare with)."""
-    names = [f.name for f in info.inputs]
-    if path.suffix == ".npy":
-        if len(names) != 1:
-            raise ValueError(f"model {info.name} has inputs {names}: pass an .npz or a dataset file")
-        return {names[0]: np.load(path, allow_pickle=False)}, {}
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as archive:
-            return {k: archive[k] for k in archive.files}, {}
-    from pdeserve.datagen.dataset import load_dataset
-
-    data = load_dataset(path)
-    missing = [n for n in names if n not in data.inputs]
-    if missing:
-        raise ValueError(
-            f"model {info.name} reads {names}; {path.name} has inputs {sorted(data.inputs)}: "
-            "pass the model's inputs in an .npz"
-        )
-    return {n: data.inputs[n] for n in names}, data.outputs
-
-
-def _write_outputs(out: Path, outputs: Mapping[str, np.ndarray]) -> None:
-    if out.suffix == ".npy" and len(outputs) == 1:
-        np.save(out, next(iter(outputs.values())))
-    else:
-        np.savez(out.with_suffix(".npz"), **outputs)
-    print(f"  wrote {out}")
-
-
-def _rollout_command(args: argparse.Namespace, client: SolverClient, inputs: dict[str, np.ndarray]) -> None:
-    """``pdeserve solve --steps N``: stream the states, one line each; ``--out`` stacks them on a
-    leading step axis."""
-    states: dict[str, list[np.ndarray]] = {}
-    for state in client.rollout(args.model, inputs, args.steps, args.version):
-        when = f" t={state.time:g}" if state.time is not None else ""
-        shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in state.outputs.items())
-        print(f"step {state.step}{when}: {shapes}", flush=True)
-        for name, array in state.outputs.items():
-            states.setdefault(name, []).append(array)
-    if args.out:
-        _write_outputs(Path(args.out), {name: np.stack(arrays) for name, arrays in states.items()})
-
-
-def solve_command(args: argparse.Namespace) -> None:
-    """``pdeserve solve``."""
-    from pdeserve.operators.evaluation import relative_l2
-
-    path = Path(args.input)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such input file: {path}")
-    if args.steps is not None and args.reference:
-        raise ValueError("--reference checks a single Solve; it does not apply to --steps")
-    token = os.environ.get(args.token_env, "").strip() or None
-    with SolverClient(args.target, timeout=args.timeout, token=token, application=args.application) as client:
-        info = client.get_model(args.model, args.version)
-        inputs, truth = _read_inputs(path, info)
-        if args.steps is not None:
-            _rollout_command(args, client, inputs)
-            return
-        response = client.solve_response(args.model, inputs, args.version, reference=args.reference)
-    outputs = {name: from_tensor(t, name) for name, t in response.outputs.items()}
-    shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in outputs.items())
-    print(f"{response.model} v{response.version}: {shapes} in {response.inference_ms:.1f} ms")
-    for name, error in response.reference_relative_l2.items():
-        print(f"  relative L2 of {name} against the classical solver (server-side): {error:.4f}")
-    for name, array in outputs.items():
-        if name in truth and truth[name].shape == array.shape:
-            batched = array.ndim == len(info.outputs[0].shape) + 1
-            pred, true = (array, truth[name]) if batched else (array[None], truth[name][None])
-            print(
-                f"  relative L2 of {name} against {path.name}: "
-                f"{relative_l2(pred[:, None], true[:, None]):.4f}"
-            )
-    if args.out:
-        _write_outputs(Path(args.out), outputs)

@@ -48,6 +48,10 @@ class ResourceExhausted(RequestError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class DeadlineExceeded(RequestError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 class Unauthenticated(RequestError):
     code = grpc.StatusCode.UNAUTHENTICATED
 

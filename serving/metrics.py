@@ -5,7 +5,9 @@ Replicas only: ``ray.serve.metrics`` records through the Ray worker the replica 
 
 from __future__ import annotations
 
+import collections
 import time
+from collections.abc import Iterable
 
 import grpc
 from ray.serve import metrics
@@ -49,6 +51,29 @@ class Metrics:
             boundaries=[0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0],
             tag_keys=MODEL_TAGS,
         )
+
+        self.answers = metrics.Counter(
+            "pdeserve_answers",
+            "answered samples (Rollout: per state) by the path that produced them: surrogate, refined, "
+            "classical (refined / all = the refined fraction)",
+            tag_keys=(*MODEL_TAGS, "method", "path"),
+        )
+        self.estimated_error = metrics.Histogram(
+            "pdeserve_estimated_relative_l2",
+            "estimated relative L2 error of each answered sample, for calibrated models",
+            boundaries=[0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0],
+            tag_keys=MODEL_TAGS,
+        )
+
+    def answered(
+        self, method: str, model: str, version: str, paths: Iterable[str], errors: Iterable[float]
+    ) -> None:
+        """Count a request's answered samples by ``paths`` and record their estimated ``errors``."""
+        tags = {"model": model, "version": version}
+        for path, count in collections.Counter(paths).items():
+            self.answers.inc(count, tags={**tags, "method": method, "path": path})
+        for error in errors:
+            self.estimated_error.observe(error, tags=tags)
 
     def request(self, method: str, model: str, version: str, code: grpc.StatusCode, started: float) -> None:
         """Count one finished inference request, whatever its outcome, and its latency since ``started``

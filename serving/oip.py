@@ -3,8 +3,16 @@
 Mapping: the OIP model name is the pdeserve model name and ``model_version`` its version ("" = newest).
 Input tensors are the model's input fields (``FP32`` or ``FP64``, shape ``(*grid)`` or
 ``(batch, *grid)``), as typed contents (``fp32_contents``/``fp64_contents``) or ``raw_input_contents``;
-outputs are the output fields, ``FP32``, always answered as ``raw_output_contents`` (what Triton sends
-and what its clients read).
+outputs are the output fields, ``FP32`` (``FP64`` when the request asks for a tolerance), always
+answered as ``raw_output_contents`` (what Triton sends and what its clients read).
+
+Every answer's check travels as more outputs, one value per sample in the batch layout (shape
+``(batch,)``, or ``()`` for an unbatched request): ``estimated_relative_l2``, ``indicator`` and
+``residual`` (``FP64``, NaN where ``Solve``'s ``AnswerCheck`` leaves the field absent) and
+``answer_path`` (``BYTES``: ``surrogate``, ``refined`` or ``classical``). They come with the model's
+outputs when a request names no outputs, and may be named like them. The response parameters
+``estimate_coverage`` (double), ``grid_validated`` (bool) and ``out_of_range_inputs`` (comma-separated
+names) carry the rest; the request parameter ``tolerance`` (double) is ``SolveRequest.tolerance``.
 
 Only the replicas import this module (``SolverService`` does, when it starts): tritonclient's generated
 modules define the same ``inference.*`` messages in protobuf's default descriptor pool, so a process that
@@ -15,6 +23,7 @@ deploy it.
 from __future__ import annotations
 
 import math
+import struct
 from importlib.metadata import version as package_version
 
 import numpy as np
@@ -23,6 +32,7 @@ from pdeserve.operators.card import ModelCard
 from pdeserve.operators.errors import InvalidInputError
 from pdeserve.operators.surrogate import Surrogate
 from pdeserve.protos.inference import grpc_service_pb2 as pb
+from pdeserve.serving.checks import Answer
 from pdeserve.serving.tensors import array_from_bytes, checked_shape
 
 SERVER_NAME = "pdeserve"
@@ -30,6 +40,13 @@ SERVER_NAME = "pdeserve"
 DATATYPES: dict[str, tuple[np.dtype, str]] = {
     "FP32": (np.dtype("<f4"), "fp32_contents"),
     "FP64": (np.dtype("<f8"), "fp64_contents"),
+}
+# The outputs that carry each sample's check, and their datatypes.
+CHECK_OUTPUTS = {
+    "estimated_relative_l2": "FP64",
+    "indicator": "FP64",
+    "residual": "FP64",
+    "answer_path": "BYTES",
 }
 
 
@@ -47,13 +64,28 @@ def model_metadata(name: str, card: ModelCard, versions: list[str]) -> pb.ModelM
     def tensors(names: list[str]) -> list[pb.ModelMetadataResponse.TensorMetadata]:
         return [pb.ModelMetadataResponse.TensorMetadata(name=n, datatype="FP32", shape=shape) for n in names]
 
+    checks = [
+        pb.ModelMetadataResponse.TensorMetadata(name=n, datatype=t, shape=[-1])
+        for n, t in CHECK_OUTPUTS.items()
+    ]
     return pb.ModelMetadataResponse(
         name=name,
         versions=versions,
         platform=f"pdeserve/{card.architecture}",
         inputs=tensors(card.input_names),
-        outputs=tensors(card.output_names),
+        outputs=[*tensors(card.output_names), *checks],
     )
+
+
+def tolerance(request: pb.ModelInferRequest) -> float:
+    """The request parameter ``tolerance`` (0 when absent); ``InvalidInputError`` unless it is a number."""
+    if "tolerance" not in request.parameters:
+        return 0.0
+    parameter = request.parameters["tolerance"]
+    kind = parameter.WhichOneof("parameter_choice")
+    if kind not in ("double_param", "int64_param"):
+        raise InvalidInputError(f"parameter tolerance is a {kind}; send a double")
+    return float(getattr(parameter, kind))
 
 
 def _decode(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> np.ndarray:
@@ -94,23 +126,52 @@ def decode_inputs(request: pb.ModelInferRequest, surrogate: Surrogate) -> dict[s
         if tensor.name in arrays:
             raise InvalidInputError(f"input {tensor.name!r} is given twice")
         arrays[tensor.name] = _decode(tensor, raw[i] if raw else None)
-    unknown = sorted({o.name for o in request.outputs} - set(surrogate.output_names))
+    known = [*surrogate.output_names, *CHECK_OUTPUTS]
+    unknown = sorted({o.name for o in request.outputs} - set(known))
     if unknown:
-        raise InvalidInputError(
-            f"model {surrogate.name} has no outputs {unknown}; its outputs are {surrogate.output_names}"
-        )
+        raise InvalidInputError(f"model {surrogate.name} has no outputs {unknown}; its outputs are {known}")
     return arrays
 
 
+def _check_values(checked: Answer, batched: bool) -> dict[str, np.ndarray]:
+    """Each check output's values, in the batch layout."""
+
+    def value(x: float | None) -> float:
+        return math.nan if x is None else x
+
+    columns = {
+        "estimated_relative_l2": [value(c.estimate and c.estimate.relative_l2) for c in checked.checks],
+        "indicator": [value(c.estimate and c.estimate.indicator) for c in checked.checks],
+        "residual": [value(c.residual) for c in checked.checks],
+        "answer_path": [c.path for c in checked.checks],
+    }
+    return {name: np.array(v if batched else v[0]) for name, v in columns.items()}
+
+
+def _raw(array: np.ndarray, datatype: str) -> bytes:
+    """Row-major bytes of an output: ``BYTES`` elements each behind a 4-byte little-endian length."""
+    if datatype == "BYTES":
+        return b"".join(struct.pack("<I", len(e)) + e for e in (str(x).encode() for x in array.ravel()))
+    return np.ascontiguousarray(array, dtype=DATATYPES[datatype][0]).tobytes()
+
+
 def infer_response(
-    request: pb.ModelInferRequest, surrogate: Surrogate, outputs: dict[str, np.ndarray]
+    request: pb.ModelInferRequest, surrogate: Surrogate, checked: Answer
 ) -> pb.ModelInferResponse:
-    """The requested outputs (all when none are named) as FP32 ``raw_output_contents``."""
+    """The requested outputs (all, checks included, when none are named) as ``raw_output_contents``,
+    and the request's check parameters."""
     response = pb.ModelInferResponse(
         model_name=surrogate.name, model_version=surrogate.version, id=request.id
     )
-    for name in [o.name for o in request.outputs] or surrogate.output_names:
-        array = np.ascontiguousarray(outputs[name], dtype="<f4")
-        response.outputs.add(name=name, datatype="FP32", shape=array.shape)
-        response.raw_output_contents.append(array.tobytes())
+    batched = next(iter(checked.outputs.values())).ndim == surrogate.ndim + 1
+    arrays = {**checked.outputs, **_check_values(checked, batched)}
+    answered = "FP64" if next(iter(checked.outputs.values())).dtype == np.float64 else "FP32"
+    datatypes = {**dict.fromkeys(surrogate.output_names, answered), **CHECK_OUTPUTS}
+    for name in [o.name for o in request.outputs] or list(datatypes):
+        response.outputs.add(name=name, datatype=datatypes[name], shape=arrays[name].shape)
+        response.raw_output_contents.append(_raw(arrays[name], datatypes[name]))
+    coverage = [c.estimate.coverage for c in checked.checks if c.estimate and c.estimate.coverage]
+    response.parameters["estimate_coverage"].double_param = coverage[0] if coverage else 0.0
+    response.parameters["grid_validated"].bool_param = checked.grid_validated
+    response.parameters["out_of_range_inputs"].string_param = ",".join(checked.out_of_range_inputs)
     return response

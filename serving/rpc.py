@@ -48,6 +48,8 @@ class Call:
         version by the one that serves it, which the metrics record. Empty for other RPCs.
     counted : bool
         Whether the RPC is an inference request, counted in pdeserve's metrics.
+    forward_ms : float
+        Milliseconds from ``started`` until the forward pass's outputs were ready (``inference_ms``).
     """
 
     method: str
@@ -55,6 +57,7 @@ class Call:
     model: str = ""
     version: str = ""
     counted: bool = False
+    forward_ms: float = 0.0
 
     @classmethod
     def enter(cls, method: str, request: Message, model_fields: tuple[str, str] | None) -> Call:

@@ -172,4 +172,3 @@ def helm_template(config: dict | None = None) -> str:
     text = yaml.safe_dump(config, sort_keys=False)
     templates = ["{{ " + value + " | toJson }}" for _, value in expressions]
     return HELM_HEADER + re.sub(r"\bHELM_VALUE_(\d+)\b", lambda m: templates[int(m.group(1))], text)
-

@@ -12,9 +12,20 @@ class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DTYPE_UNSPECIFIED: _ClassVar[DType]
     DTYPE_FLOAT32: _ClassVar[DType]
     DTYPE_FLOAT64: _ClassVar[DType]
+
+class AnswerPath(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ANSWER_PATH_UNSPECIFIED: _ClassVar[AnswerPath]
+    ANSWER_PATH_SURROGATE: _ClassVar[AnswerPath]
+    ANSWER_PATH_REFINED: _ClassVar[AnswerPath]
+    ANSWER_PATH_CLASSICAL: _ClassVar[AnswerPath]
 DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT32: DType
 DTYPE_FLOAT64: DType
+ANSWER_PATH_UNSPECIFIED: AnswerPath
+ANSWER_PATH_SURROGATE: AnswerPath
+ANSWER_PATH_REFINED: AnswerPath
+ANSWER_PATH_CLASSICAL: AnswerPath
 
 class Tensor(_message.Message):
     __slots__ = ("shape", "dtype", "data")
@@ -27,7 +38,7 @@ class Tensor(_message.Message):
     def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class SolveRequest(_message.Message):
-    __slots__ = ("model", "version", "inputs", "reference")
+    __slots__ = ("model", "version", "inputs", "reference", "tolerance")
     class InputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -39,14 +50,34 @@ class SolveRequest(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     inputs: _containers.MessageMap[str, Tensor]
     reference: bool
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., inputs: _Optional[_Mapping[str, Tensor]] = ..., reference: _Optional[bool] = ...) -> None: ...
+    tolerance: float
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., inputs: _Optional[_Mapping[str, Tensor]] = ..., reference: _Optional[bool] = ..., tolerance: _Optional[float] = ...) -> None: ...
+
+class AnswerCheck(_message.Message):
+    __slots__ = ("estimated_relative_l2", "indicator", "coverage", "path", "refine_iterations", "residual", "refine_ms")
+    ESTIMATED_RELATIVE_L2_FIELD_NUMBER: _ClassVar[int]
+    INDICATOR_FIELD_NUMBER: _ClassVar[int]
+    COVERAGE_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    REFINE_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    RESIDUAL_FIELD_NUMBER: _ClassVar[int]
+    REFINE_MS_FIELD_NUMBER: _ClassVar[int]
+    estimated_relative_l2: float
+    indicator: float
+    coverage: float
+    path: AnswerPath
+    refine_iterations: int
+    residual: float
+    refine_ms: float
+    def __init__(self, estimated_relative_l2: _Optional[float] = ..., indicator: _Optional[float] = ..., coverage: _Optional[float] = ..., path: _Optional[_Union[AnswerPath, str]] = ..., refine_iterations: _Optional[int] = ..., residual: _Optional[float] = ..., refine_ms: _Optional[float] = ...) -> None: ...
 
 class SolveResponse(_message.Message):
-    __slots__ = ("model", "version", "outputs", "reference_outputs", "reference_relative_l2", "inference_ms")
+    __slots__ = ("model", "version", "outputs", "reference_outputs", "reference_relative_l2", "inference_ms", "checks", "grid_validated", "out_of_range_inputs")
     class OutputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -74,13 +105,19 @@ class SolveResponse(_message.Message):
     REFERENCE_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_RELATIVE_L2_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_MS_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_FIELD_NUMBER: _ClassVar[int]
+    GRID_VALIDATED_FIELD_NUMBER: _ClassVar[int]
+    OUT_OF_RANGE_INPUTS_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     outputs: _containers.MessageMap[str, Tensor]
     reference_outputs: _containers.MessageMap[str, Tensor]
     reference_relative_l2: _containers.ScalarMap[str, float]
     inference_ms: float
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., outputs: _Optional[_Mapping[str, Tensor]] = ..., reference_outputs: _Optional[_Mapping[str, Tensor]] = ..., reference_relative_l2: _Optional[_Mapping[str, float]] = ..., inference_ms: _Optional[float] = ...) -> None: ...
+    checks: _containers.RepeatedCompositeFieldContainer[AnswerCheck]
+    grid_validated: bool
+    out_of_range_inputs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., outputs: _Optional[_Mapping[str, Tensor]] = ..., reference_outputs: _Optional[_Mapping[str, Tensor]] = ..., reference_relative_l2: _Optional[_Mapping[str, float]] = ..., inference_ms: _Optional[float] = ..., checks: _Optional[_Iterable[_Union[AnswerCheck, _Mapping]]] = ..., grid_validated: _Optional[bool] = ..., out_of_range_inputs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
@@ -112,8 +149,28 @@ class FieldSpec(_message.Message):
     dtype: DType
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ...) -> None: ...
 
+class SideError(_message.Message):
+    __slots__ = ("side", "relative_l2", "n_samples")
+    SIDE_FIELD_NUMBER: _ClassVar[int]
+    RELATIVE_L2_FIELD_NUMBER: _ClassVar[int]
+    N_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    side: int
+    relative_l2: float
+    n_samples: int
+    def __init__(self, side: _Optional[int] = ..., relative_l2: _Optional[float] = ..., n_samples: _Optional[int] = ...) -> None: ...
+
+class ValueRange(_message.Message):
+    __slots__ = ("name", "low", "high")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    low: float
+    high: float
+    def __init__(self, name: _Optional[str] = ..., low: _Optional[float] = ..., high: _Optional[float] = ...) -> None: ...
+
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "versions", "architecture", "pde", "pde_parameters_json", "inputs", "outputs", "min_resolution", "max_resolution", "resolution_multiple", "metrics", "dataset_fingerprint", "created_at", "parameter_count")
+    __slots__ = ("name", "version", "versions", "architecture", "pde", "pde_parameters_json", "inputs", "outputs", "min_resolution", "max_resolution", "resolution_multiple", "metrics", "dataset_fingerprint", "created_at", "parameter_count", "side_errors", "validated_min_side", "validated_max_side", "validation_max_factor", "estimate_coverage", "error_indicator", "calibration_samples", "input_ranges")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +193,14 @@ class ModelInfo(_message.Message):
     DATASET_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     PARAMETER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SIDE_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    VALIDATED_MIN_SIDE_FIELD_NUMBER: _ClassVar[int]
+    VALIDATED_MAX_SIDE_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_MAX_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATE_COVERAGE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_INDICATOR_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    INPUT_RANGES_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     versions: _containers.RepeatedScalarFieldContainer[str]
@@ -151,7 +216,15 @@ class ModelInfo(_message.Message):
     dataset_fingerprint: str
     created_at: str
     parameter_count: int
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., architecture: _Optional[str] = ..., pde: _Optional[str] = ..., pde_parameters_json: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., min_resolution: _Optional[int] = ..., max_resolution: _Optional[int] = ..., resolution_multiple: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., dataset_fingerprint: _Optional[str] = ..., created_at: _Optional[str] = ..., parameter_count: _Optional[int] = ...) -> None: ...
+    side_errors: _containers.RepeatedCompositeFieldContainer[SideError]
+    validated_min_side: int
+    validated_max_side: int
+    validation_max_factor: float
+    estimate_coverage: float
+    error_indicator: str
+    calibration_samples: int
+    input_ranges: _containers.RepeatedCompositeFieldContainer[ValueRange]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., architecture: _Optional[str] = ..., pde: _Optional[str] = ..., pde_parameters_json: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., min_resolution: _Optional[int] = ..., max_resolution: _Optional[int] = ..., resolution_multiple: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., dataset_fingerprint: _Optional[str] = ..., created_at: _Optional[str] = ..., parameter_count: _Optional[int] = ..., side_errors: _Optional[_Iterable[_Union[SideError, _Mapping]]] = ..., validated_min_side: _Optional[int] = ..., validated_max_side: _Optional[int] = ..., validation_max_factor: _Optional[float] = ..., estimate_coverage: _Optional[float] = ..., error_indicator: _Optional[str] = ..., calibration_samples: _Optional[int] = ..., input_ranges: _Optional[_Iterable[_Union[ValueRange, _Mapping]]] = ...) -> None: ...
 
 class RolloutRequest(_message.Message):
     __slots__ = ("model", "version", "inputs", "steps")
@@ -173,7 +246,7 @@ class RolloutRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., inputs: _Optional[_Mapping[str, Tensor]] = ..., steps: _Optional[int] = ...) -> None: ...
 
 class RolloutStep(_message.Message):
-    __slots__ = ("model", "version", "step", "time", "outputs")
+    __slots__ = ("model", "version", "step", "time", "outputs", "checks")
     class OutputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -186,9 +259,11 @@ class RolloutStep(_message.Message):
     STEP_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     step: int
     time: float
     outputs: _containers.MessageMap[str, Tensor]
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., step: _Optional[int] = ..., time: _Optional[float] = ..., outputs: _Optional[_Mapping[str, Tensor]] = ...) -> None: ...
+    checks: _containers.RepeatedCompositeFieldContainer[AnswerCheck]
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., step: _Optional[int] = ..., time: _Optional[float] = ..., outputs: _Optional[_Mapping[str, Tensor]] = ..., checks: _Optional[_Iterable[_Union[AnswerCheck, _Mapping]]] = ...) -> None: ...

@@ -60,7 +60,9 @@ class SolverServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Solve(self, request, context):
-        """Run a surrogate on one input (shape = the grid) or a batch (shape = (batch, *grid)).
+        """Run a surrogate on one input (shape = the grid) or a batch (shape = (batch, *grid)). Every answer
+        comes with its check (AnswerCheck): an a-posteriori error estimate and the path that produced it;
+        with a tolerance, answers that do not meet it are refined until they do.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

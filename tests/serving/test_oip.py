@@ -75,7 +75,14 @@ def test_model_metadata_lists_versions_platform_and_tensor_signatures(client):
     metadata = client.get_model_metadata(MODEL, headers=HEADERS)
     assert (metadata.name, list(metadata.versions), metadata.platform) == (MODEL, ["1"], "pdeserve/fno")
     signature = [(t.name, t.datatype, list(t.shape)) for t in (*metadata.inputs, *metadata.outputs)]
-    assert signature == [("a", "FP32", [-1, -1, -1]), ("u", "FP32", [-1, -1, -1])]
+    assert signature == [
+        ("a", "FP32", [-1, -1, -1]),
+        ("u", "FP32", [-1, -1, -1]),
+        ("estimated_relative_l2", "FP64", [-1]),
+        ("indicator", "FP64", [-1]),
+        ("residual", "FP64", [-1]),
+        ("answer_path", "BYTES", [-1]),
+    ]
     assert status_of(lambda: client.get_model_metadata("no-such-model", headers=HEADERS)) == (
         "StatusCode.NOT_FOUND"
     )

@@ -1,0 +1,266 @@
+"""The check every answer carries: its error estimate, and refinement to a request's tolerance.
+
+The numerics live in ``operators/estimates.py`` (an indicator per PDE family, the card's calibration,
+refinement by an iterative solver); this module runs them for a request's samples on a bounded pool of
+threads, apart from the replica's torch thread, within the limits below (grid points a refinement may
+cover per sample and per request, iterations, seconds), and gives the failures their status. A model
+whose PDE has no indicator yet answers without an estimate; a request for a tolerance on such a model is
+refused (it asked for a guarantee the server cannot give).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from pdeserve.operators import estimates
+from pdeserve.operators.card import ModelCard
+from pdeserve.protos.v1 import solver_pb2 as pb
+from pdeserve.serving.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+)
+
+# Threads of a replica that compute estimates and refinements (apart from its torch thread).
+CHECK_THREADS = 2
+# Most grid points of one sample, and of all samples of one request, that a tolerance may refine.
+MAX_REFINE_POINTS = 512 * 512
+MAX_REFINE_REQUEST_POINTS = 4 * 512 * 512
+# Iterations the refining solver may take per sample.
+MAX_REFINE_ITERATIONS = 200
+# Longest a request's refinement may take before it is answered DEADLINE_EXCEEDED.
+REFINE_TIMEOUT_S = 30.0
+PATHS = {
+    estimates.SURROGATE: pb.ANSWER_PATH_SURROGATE,
+    estimates.REFINED: pb.ANSWER_PATH_REFINED,
+    estimates.CLASSICAL: pb.ANSWER_PATH_CLASSICAL,
+}
+
+
+@dataclass(frozen=True)
+class SampleCheck:
+    """One sample's answer after its check.
+
+    Parameters
+    ----------
+    outputs : dict of str to ndarray
+        The answer by output name (the surrogate's, or the refined one), no batch axis.
+    estimate : Estimate or None
+        The answer's indicator and estimate (None: the model's PDE has no indicator yet).
+    path : str
+        ``surrogate``, ``refined`` or ``classical`` (``operators/estimates.py``).
+    iterations : int
+        Iterations of the refining solver (0 when not refined).
+    residual : float or None
+        Relative residual of the answer, when the request asked for a tolerance.
+    refine_seconds : float
+        Time spent refining (0 when not refined).
+    """
+
+    outputs: dict[str, np.ndarray]
+    estimate: estimates.Estimate | None
+    path: str = estimates.SURROGATE
+    iterations: int = 0
+    residual: float | None = None
+    refine_seconds: float = 0.0
+
+    def message(self) -> pb.AnswerCheck:
+        """The ``AnswerCheck`` of this sample (non-finite numbers are left absent)."""
+        check = pb.AnswerCheck(
+            path=PATHS[self.path], refine_iterations=self.iterations, refine_ms=self.refine_seconds * 1e3
+        )
+        if self.estimate is not None:
+            if math.isfinite(self.estimate.indicator):
+                check.indicator = self.estimate.indicator
+            relative_l2 = self.estimate.relative_l2
+            if relative_l2 is not None and math.isfinite(relative_l2):
+                check.estimated_relative_l2 = relative_l2
+                check.coverage = self.estimate.coverage or 0.0
+        if self.residual is not None:
+            check.residual = self.residual
+        return check
+
+
+def requested_tolerance(value: float, field: str) -> float | None:
+    """The tolerance a request asks for (None for 0, none); ``InvalidArgument`` naming ``field`` and the
+    accepted range when it is negative, NaN or above 1."""
+    if value == 0:
+        return None
+    if not 0 < value <= 1:
+        raise InvalidArgument(
+            f"{field} is {value}; ask for a relative residual in (0, 1], or 0 for no tolerance"
+        )
+    return value
+
+
+def grid_validated(card: ModelCard, sides: tuple[int, ...]) -> bool:
+    """Whether every side of a grid lies in the model's validated range (False without validation)."""
+    if card.validation is None:
+        return False
+    low, high = card.validation.validated_range()
+    return all(low <= side <= high for side in sides)
+
+
+def out_of_range_inputs(card: ModelCard, inputs: Mapping[str, np.ndarray]) -> list[str]:
+    """Names of the inputs with a value outside the field's range over the training samples."""
+    return [
+        r.name
+        for r in card.input_ranges
+        if r.name in inputs and (np.min(inputs[r.name]) < r.low or np.max(inputs[r.name]) > r.high)
+    ]
+
+
+def samples(arrays: Mapping[str, np.ndarray], batched: bool) -> list[dict[str, np.ndarray]]:
+    """Per-sample dictionaries of arrays in a request's batch layout."""
+    if not batched:
+        return [dict(arrays)]
+    n = len(next(iter(arrays.values())))
+    return [{name: array[i] for name, array in arrays.items()} for i in range(n)]
+
+
+def estimate(
+    card: ModelCard, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]
+) -> estimates.Estimate | None:
+    """The answer's estimate; None when the model's PDE has no indicator yet."""
+    try:
+        return estimates.estimate(card, inputs, outputs)
+    except estimates.RefinementUnavailableError:
+        return None
+
+
+def check_sample(
+    card: ModelCard,
+    inputs: dict[str, np.ndarray],
+    outputs: dict[str, np.ndarray],
+    tolerance: float | None,
+    max_iterations: int,
+) -> SampleCheck:
+    """One sample's check: with a tolerance, the answer is refined until its relative residual meets it
+    (an answer that already does stays the surrogate's); then the estimate of the returned answer."""
+    if tolerance is None:
+        return SampleCheck(outputs, estimate(card, inputs, outputs))
+    try:
+        refined = estimates.refine(card, inputs, outputs, tolerance, max_iterations)
+    except estimates.RefinementUnavailableError as exc:
+        raise FailedPrecondition(f"cannot refine to a tolerance: {exc}") from None
+    except ValueError as exc:
+        raise InvalidArgument(str(exc)) from None
+    if refined.iterations == 0 and refined.path == estimates.REFINED:  # met it already
+        return SampleCheck(outputs, estimate(card, inputs, outputs), residual=refined.residual)
+    return SampleCheck(
+        refined.outputs,
+        estimate(card, inputs, refined.outputs),
+        refined.path,
+        refined.iterations,
+        refined.residual,
+        refined.seconds,
+    )
+
+
+def bound_refinement(outputs: Mapping[str, np.ndarray], batched: bool) -> None:
+    """``ResourceExhausted`` when refining ``outputs`` would cover more grid points than the limits."""
+    array = next(iter(outputs.values()))
+    per_sample = math.prod(array.shape[1:] if batched else array.shape)
+    if per_sample > MAX_REFINE_POINTS or array.size > MAX_REFINE_REQUEST_POINTS:
+        raise ResourceExhausted(
+            f"refining {array.size} grid points ({per_sample} per sample) is above this server's limits "
+            f"of {MAX_REFINE_POINTS} per sample and {MAX_REFINE_REQUEST_POINTS} per request; send fewer "
+            "samples per request, a coarser grid, or no tolerance"
+        )
+
+
+class Checker:
+    """Runs the checks of a replica's answers on :data:`CHECK_THREADS` threads."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="pdeserve-check")
+
+    async def check(
+        self,
+        card: ModelCard,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Mapping[str, np.ndarray],
+        batched: bool,
+        tolerance: float | None,
+    ) -> list[SampleCheck]:
+        """Every sample's check, in the batch's order. With a tolerance, ``ResourceExhausted`` above the
+        size limits and ``DeadlineExceeded`` past the time limit (the solver's iterations are bounded
+        too, so abandoned work ends)."""
+        if tolerance is not None:
+            bound_refinement(outputs, batched)
+        loop = asyncio.get_running_loop()
+        work = asyncio.gather(
+            *(
+                loop.run_in_executor(
+                    self._pool,
+                    check_sample,
+                    card,
+                    x,
+                    y,
+                    tolerance,
+                    MAX_REFINE_ITERATIONS,
+                )
+                for x, y in zip(samples(inputs, batched), samples(outputs, batched), strict=True)
+            )
+        )
+        if tolerance is None:
+            return list(await work)
+        try:
+            return list(await asyncio.wait_for(work, REFINE_TIMEOUT_S))
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"refining to tolerance {tolerance:g} took longer than this server's limit of "
+                f"{REFINE_TIMEOUT_S:g} s; ask for a looser tolerance or send fewer samples"
+            ) from None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A checked answer to an inference request.
+
+    Parameters
+    ----------
+    outputs : dict of str to ndarray
+        The answer by output name in the inputs' batch layout, refined samples' answers in place of
+        the surrogate's; float32, or float64 when the request asked for a tolerance.
+    checks : list of SampleCheck
+        One per sample, in the batch's order.
+    grid_validated : bool
+        Whether the grid lies in the model's validated range.
+    out_of_range_inputs : list of str
+        Inputs with a value outside their training range.
+    """
+
+    outputs: dict[str, np.ndarray]
+    checks: list[SampleCheck]
+    grid_validated: bool
+    out_of_range_inputs: list[str]
+
+
+def answer(
+    card: ModelCard,
+    inputs: Mapping[str, np.ndarray],
+    outputs: dict[str, np.ndarray],
+    batched: bool,
+    checks: list[SampleCheck],
+    tolerance: float | None,
+) -> Answer:
+    """The answer of a request whose samples were checked: refined samples replace the surrogate's.
+    With a tolerance the outputs are float64, so that the numbers returned meet the residual reported
+    (float32 rounding alone would move it by about 1e-7 times the condition number)."""
+    if tolerance is not None:
+        outputs = {
+            name: np.stack([c.outputs[name] for c in checks]).astype(np.float64)
+            if batched
+            else checks[0].outputs[name].astype(np.float64)
+            for name in outputs
+        }
+    sides = next(iter(outputs.values())).shape[-card.ndim :]
+    return Answer(outputs, checks, grid_validated(card, sides), out_of_range_inputs(card, inputs))
