@@ -1,0 +1,303 @@
+"""Checked answers: an a-posteriori error estimate for every surrogate answer, and refinement to a tolerance.
+
+:func:`indicator` scores one sample's answer with its PDE family's indicator (``datagen/indicators.py``
+says which and why); a model card's :class:`~pdeserve.operators.card.ErrorCalibration` turns it into an
+estimated relative L2 error with a stated coverage (:func:`estimate`). :func:`refine` improves an answer
+to a tolerance: for Darcy, conjugate gradients preconditioned by smoothed-aggregation algebraic
+multigrid (pyamg), and for Helmholtz, ILU-preconditioned GMRES, both started from the surrogate's answer,
+so the solver's guarantee holds whatever the surrogate did; for the time-dependent families, the
+classical solver. Every refinement's work is bounded. All are plain functions of (card, inputs, outputs),
+used by the server and by calibration at publish time."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from pdeserve.operators.card import ErrorCalibration, ModelCard
+
+SURROGATE, REFINED, CLASSICAL = "surrogate", "refined", "classical"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """An answer's indicator and, when the model is calibrated, its error estimate.
+
+    Parameters
+    ----------
+    indicator : float
+        The family's a-posteriori indicator of the answer.
+    relative_l2 : float or None
+        Estimated relative L2 error (None: the model has no calibration).
+    coverage : float or None
+        Probability, on the model's calibration distribution, that the true error is at most the estimate.
+    """
+
+    indicator: float
+    relative_l2: float | None
+    coverage: float | None
+
+
+@dataclass(frozen=True)
+class Refinement:
+    """A refined answer.
+
+    Parameters
+    ----------
+    outputs : dict of str to ndarray
+        The answer, keyed by output name (one sample, no batch axis).
+    path : str
+        ``refined`` (an iterative solver from the surrogate's answer) or ``classical`` (a solve that
+        ignores it).
+    iterations : int
+        Solver iterations (0 for a direct solve).
+    residual : float
+        Relative residual reached.
+    seconds : float
+        Time the refinement took.
+    """
+
+    outputs: dict[str, np.ndarray]
+    path: str
+    iterations: int
+    residual: float
+    seconds: float
+
+
+class RefinementUnavailableError(ValueError):
+    """The model's PDE family has no refinement (or no indicator)."""
+
+
+# The indicator each PDE family's answers are scored with (recorded in a calibration).
+INDICATORS = {
+    "darcy": "preconditioned-residual",
+    "helmholtz": "relative-residual",
+    "burgers": "two-solution",
+    "navier-stokes": "two-solution",
+}
+
+
+def _family_and_parameters(card: ModelCard):
+    from pdeserve.datagen.families import get_family
+
+    family = get_family(card.pde)
+    return family, family.parameters_from(card.pde_parameters)
+
+
+def indicator_name(card: ModelCard) -> str:
+    """The name of the indicator that scores ``card``'s answers (``RefinementUnavailableError`` if none)."""
+    try:
+        return INDICATORS[card.pde]
+    except KeyError:
+        raise RefinementUnavailableError(f"no error indicator for {card.pde} models") from None
+
+
+@dataclass(frozen=True)
+class _Trajectory:
+    """A time-mapped answer: the state it starts from, the times after it and the proposed states."""
+
+    start: np.ndarray
+    offsets: np.ndarray
+    proposed: np.ndarray
+
+
+def _trajectory(card: ModelCard, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]):
+    family, params = _family_and_parameters(card)
+    if card.time_map is None:
+        raise RefinementUnavailableError(f"a {card.pde} model without a time map has no start state")
+    times = family.state_times(params, card.training_resolution[-1])
+    k, m = card.time_map.input_steps, len(card.output_names)
+    return _Trajectory(
+        np.asarray(inputs[card.input_names[-1]], dtype=np.float64),
+        times[k : k + m] - times[k - 1],
+        np.stack([np.asarray(outputs[name], dtype=np.float64) for name in card.output_names]),
+    )
+
+
+@dataclass(frozen=True)
+class _HelmholtzSystem:
+    """The finite-element system the Helmholtz reference solves for a wave speed on ``c``'s grid: on its
+    solve grid, ``stride`` times finer (answers are prolonged to it and subsampled back)."""
+
+    matrix: object
+    load: np.ndarray
+    stride: int
+
+    def prolong(self, values: np.ndarray) -> np.ndarray:
+        from pdeserve.datagen.helmholtz import _prolong
+
+        values = np.asarray(values, dtype=np.float64)
+        return values if self.stride == 1 else _prolong(values, self.stride)
+
+
+def _helmholtz_system(params, c: np.ndarray) -> _HelmholtzSystem:
+    from pdeserve.datagen.grids import UnitSquareGrid
+    from pdeserve.datagen.helmholtz import HelmholtzSolver, benchmark_load
+
+    n = c.shape[-1]
+    try:  # the reference's choice of solve grid (helmholtz_reference)
+        params = params.for_resolution(n)
+    except ValueError:
+        params = dataclasses.replace(params, solve_resolution=None).for_resolution(n)
+    stride = (params.solve_resolution - 1) // (n - 1)
+    grid = UnitSquareGrid(params.solve_resolution)
+    system = _HelmholtzSystem(None, benchmark_load(params, grid).ravel(), stride)
+    matrix = HelmholtzSolver(grid, params.omega).matrix(system.prolong(c))
+    return dataclasses.replace(system, matrix=matrix.tocsr())
+
+
+def indicator(card: ModelCard, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> float:
+    """The PDE family's a-posteriori indicator of one sample's answer (no batch axis): for a time-mapped
+    model, ``inputs`` hold its input window and ``outputs`` its predicted states."""
+    from pdeserve.datagen import indicators
+
+    family, params = _family_and_parameters(card)
+    indicator_name(card)  # refuses a family without one
+    if family.name == "darcy":
+        return indicators.darcy_indicator(inputs["a"], outputs["u"], params.forcing)
+    if family.name == "helmholtz":
+        system = _helmholtz_system(params, np.asarray(inputs["c"], dtype=np.float64))
+        return indicators.linear_residual(system.matrix, system.prolong(outputs["u"]), system.load)
+    path = _trajectory(card, inputs, outputs)
+    if family.name == "burgers":
+        coarse = indicators.burgers_coarse(params, path.start, path.offsets)
+    else:
+        coarse = indicators.navier_stokes_coarse(params, path.start, path.offsets)
+    return indicators.two_solution(path.proposed, coarse, card.ndim)
+
+
+def estimate(
+    card: ModelCard, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]
+) -> Estimate:
+    """The indicator of one sample's answer and, if the card is calibrated, its error estimate."""
+    value = indicator(card, inputs, outputs)
+    calibration: ErrorCalibration | None = card.calibration
+    if calibration is None:
+        return Estimate(value, None, None)
+    return Estimate(value, calibration.scale * value, calibration.coverage)
+
+
+class _Counter:
+    """An iterative solver's callback that counts its iterations."""
+
+    def __init__(self) -> None:
+        self.iterations = 0
+
+    def __call__(self, _: object) -> None:
+        self.iterations += 1
+
+
+def refine(
+    card: ModelCard,
+    inputs: Mapping[str, np.ndarray],
+    outputs: Mapping[str, np.ndarray],
+    tolerance: float,
+    max_iterations: int = 200,
+) -> Refinement:
+    """Improve one sample's answer until its relative residual is at most ``tolerance``.
+
+    Darcy: conjugate gradients preconditioned by smoothed-aggregation AMG, from the answer. Helmholtz:
+    restarted GMRES preconditioned by an incomplete LU factorisation, from the answer; if it has not
+    met the tolerance within ``max_iterations``, the direct sparse LU solve (path ``classical``).
+    Burgers and Navier-Stokes: the classical solver from the last input state over the output times
+    (path ``classical``, residual 0: the answer is the reference itself; its work is fixed by the grid
+    and the dataset's time step).
+
+    Parameters
+    ----------
+    card : ModelCard
+        The model that answered.
+    inputs, outputs : mapping of str to ndarray
+        The sample's inputs and the surrogate's answer (no batch axis).
+    tolerance : float
+        Relative residual ``||f - A u|| / ||f||`` to reach, in (0, 1].
+    max_iterations : int
+        Bound on the iterative solver's iterations (the work a request can cause).
+    """
+    if not 0.0 < tolerance <= 1.0:
+        raise ValueError(f"tolerance must be in (0, 1], got {tolerance}")
+    family, params = _family_and_parameters(card)
+    started = time.perf_counter()
+    if family.name == "darcy":
+        answer = _refine_darcy(params, inputs, outputs, tolerance, max_iterations)
+    elif family.name == "helmholtz":
+        answer = _refine_helmholtz(params, inputs, outputs, tolerance, max_iterations)
+    elif family.name in ("burgers", "navier-stokes"):
+        answer = _classical_trajectory(card, family.name, params, inputs, outputs)
+    else:
+        raise RefinementUnavailableError(f"no refinement for {family.name} models")
+    return dataclasses.replace(answer, seconds=time.perf_counter() - started)
+
+
+def _refine_darcy(params, inputs, outputs, tolerance: float, max_iterations: int) -> Refinement:
+    import pyamg
+    import scipy.sparse.linalg as spla
+
+    from pdeserve.datagen.darcy import assemble_darcy
+    from pdeserve.datagen.grids import UnitSquareGrid
+
+    a = np.asarray(inputs["a"], dtype=np.float64)
+    if not np.all(np.isfinite(a)) or a.min() <= 0:
+        raise ValueError("the Darcy coefficient must be finite and strictly positive to refine")
+    n = a.shape[-1]
+    matrix = assemble_darcy(a, UnitSquareGrid(n)).tocsr()
+    rhs = np.full(matrix.shape[0], float(params.forcing))
+    guess = np.asarray(outputs["u"], dtype=np.float64)[1:-1, 1:-1].ravel()
+    preconditioner = pyamg.smoothed_aggregation_solver(matrix, symmetry="hermitian").aspreconditioner()
+    counter = _Counter()
+    solution, _ = spla.cg(
+        matrix, rhs, x0=guess, rtol=tolerance, maxiter=max_iterations, M=preconditioner, callback=counter
+    )
+    residual = float(np.linalg.norm(rhs - matrix @ solution) / np.linalg.norm(rhs))
+    u = np.zeros((n, n))
+    u[1:-1, 1:-1] = solution.reshape(n - 2, n - 2)
+    return Refinement({"u": u}, REFINED, counter.iterations, residual, 0.0)
+
+
+def _refine_helmholtz(params, inputs, outputs, tolerance: float, max_iterations: int) -> Refinement:
+    import scipy.sparse.linalg as spla
+
+    from pdeserve.datagen.indicators import linear_residual
+
+    system = _helmholtz_system(params, np.asarray(inputs["c"], dtype=np.float64))
+    guess = system.prolong(outputs["u"]).ravel()
+    path = REFINED
+    counter = _Counter()
+    try:
+        # ILU of the indefinite matrix: a drop tolerance that keeps it a good, cheap approximate inverse.
+        factor = spla.spilu(system.matrix.tocsc(), drop_tol=1e-4, fill_factor=10)
+        preconditioner = spla.LinearOperator(system.matrix.shape, factor.solve)
+        solution, info = spla.gmres(
+            system.matrix,
+            system.load,
+            x0=guess,
+            rtol=tolerance,
+            restart=min(50, max_iterations),
+            maxiter=max(1, max_iterations // 50),
+            M=preconditioner,
+            callback=counter,
+            callback_type="pr_norm",
+        )
+    except RuntimeError:  # a singular incomplete factor
+        info = 1
+    if info != 0 or linear_residual(system.matrix, solution, system.load) > tolerance:
+        lu = spla.splu(system.matrix.tocsc(), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.1)
+        solution, path = lu.solve(system.load), CLASSICAL
+    residual = linear_residual(system.matrix, solution, system.load)
+    side = (np.shape(inputs["c"])[-1] - 1) * system.stride + 1
+    u = solution.reshape(side, side)[:: system.stride, :: system.stride]
+    return Refinement({"u": u}, path, counter.iterations if path == REFINED else 0, residual, 0.0)
+
+
+def _classical_trajectory(card: ModelCard, name: str, params, inputs, outputs) -> Refinement:
+    from pdeserve.datagen import indicators
+
+    path = _trajectory(card, inputs, outputs)
+    advance = indicators.burgers_advance if name == "burgers" else indicators.navier_stokes_advance
+    states = advance(params, path.start, path.offsets)
+    answer = {output: states[j] for j, output in enumerate(card.output_names)}
+    return Refinement(answer, CLASSICAL, 0, 0.0, 0.0)
