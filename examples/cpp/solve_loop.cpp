@@ -341,11 +341,25 @@ int main(int argc, char** argv) {
     const std::vector<float> u = from_le_bytes(tensor.data());
     latencies.push_back(ms);
 
-    // 4. use it (here: report it)
+    // 4. its check: the estimated relative L2 error (absent for an uncalibrated model) and the path
+    if (response.checks_size() != 1) {
+      std::fprintf(stderr, "step %d: expected one check for one sample, got %d\n", step, response.checks_size());
+      return 2;
+    }
+    const pb::AnswerCheck& check = response.checks(0);
+    char estimate[32] = "none";
+    if (check.has_estimated_relative_l2()) {
+      std::snprintf(estimate, sizeof estimate, "%.3e", check.estimated_relative_l2());
+    }
+    const std::string path = pb::AnswerPath_Name(check.path()).substr(std::strlen("ANSWER_PATH_"));
+
+    // 5. use it (here: report it)
     const Stats s = statistics(u, n);
     std::printf(
-        "step=%d version=%s u_min=%.6e u_max=%.6e u_mean=%.6e u_center=%.6e latency_ms=%.2f server_ms=%.2f\n",
-        step, response.version().c_str(), s.min, s.max, s.mean, s.center, ms, response.inference_ms());
+        "step=%d version=%s u_min=%.6e u_max=%.6e u_mean=%.6e u_center=%.6e latency_ms=%.2f server_ms=%.2f "
+        "estimate=%s coverage=%.2f path=%s grid_validated=%d\n",
+        step, response.version().c_str(), s.min, s.max, s.mean, s.center, ms, response.inference_ms(), estimate,
+        check.coverage(), path.c_str(), response.grid_validated() ? 1 : 0);
     std::fflush(stdout);
     if (!options.dump_dir.empty()) {
       const std::string path = options.dump_dir + "/u_step" + std::to_string(step) + ".f32";

@@ -77,6 +77,9 @@ def test_rollout_streams_each_step_equal_to_in_process_autoregression(client, tr
     for got, want in zip(streamed, expected, strict=True):
         assert list(got.outputs) == ["w"] and got.outputs["w"].shape == (2, 32, 32)
         np.testing.assert_allclose(got.outputs["w"], want, atol=1e-5, rtol=0)
+        # Each sample's state comes with the estimate of the forward pass that predicted it.
+        assert [c.path for c in got.checks] == ["surrogate", "surrogate"]
+        assert all(c.indicator > 0 and c.estimated_relative_l2 is None for c in got.checks)
 
     # One sample without a batch axis streams states without one.
     single = [s.outputs["w"] for s in client.rollout(name, {n: v[0] for n, v in initial.items()}, 2)]
