@@ -11,13 +11,18 @@ calibrated estimate with its coverage.
   operator, ``-a_mean Laplace_h`` with ``a_mean`` the coefficient's geometric mean, which a sine
   transform applies in ``O(n^2 log n)``: within the coefficient's contrast of the true error.
 - Helmholtz (indefinite, so no cheap equivalent inverse): the relative residual ``||b - K u|| / ||b||``
-  of the finite-element system the data generator solves.
+  of the finite-element system on the answer's grid: the system the data generator solves when that
+  grid resolves the wavelength (the benchmark's 101 x 101: exact solution 1e-13, 1% noise 0.52); on a
+  coarser grid, whose reference is solved finer and subsampled, the residual keeps a floor of that grid's
+  pollution error (0.33 at 51 x 51), which the calibration absorbs.
 - Burgers and Navier-Stokes (time-dependent): the two-solution estimator. The classical solver runs
   from the last input state over the output times on a grid of half the side (at least
   :data:`MIN_COARSE_SIDE`), with the largest step its stability check admits there; the indicator is
   ``||proposed - coarse|| / ||coarse||``, the coarse states Fourier-interpolated to the proposed grid.
   The coarse solution's own error is far below a surrogate's, so the indicator tracks the surrogate's
-  error. A trapezoidal consistency residual between consecutive states was tried first and dropped: at
+  error: for Navier-Stokes at 64 x 64 (``nu = 1e-3``, states one time unit apart) the exact states
+  score 1e-4 and 1% noise 0.0100, at a coarse solve about 1% of the classical one's time; for Burgers
+  at 128 points, error / indicator lies in 0.54..1.07 for a small FNO's answers. A trapezoidal consistency residual between consecutive states was tried first and dropped: at
   the benchmark's record interval (``dt = 1``) the time-discretisation defect of the exact solution
   dominates it (about 0.35 for Navier-Stokes) and 1% noise barely moves it.
 """

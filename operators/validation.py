@@ -1,0 +1,186 @@
+"""What a model card promises about its errors, measured: across grid sides, and per answer.
+
+- :func:`validate_resolutions`: the model's error on fresh samples, drawn with its PDE family's own
+  sampler and solved classically at each side of :func:`sweep_sides` (half to four times the training
+  side, odd and even, the sides the architecture accepts; up to twice it for the time-dependent families,
+  whose classical reference costs a time integration per sample), so a server can tell a validated grid
+  from an extrapolation.
+- :func:`calibrate`: split-conformal calibration of the family's a-posteriori indicator
+  (``operators/estimates.py``) on held-out samples, so ``scale * indicator`` bounds the true relative L2
+  error with the stated coverage on exchangeable samples.
+- :func:`input_ranges`: each input field's range over the training samples.
+
+Fresh samples come from seed sequences ``[VALIDATION_STREAM, seed, side, i]``; datasets use
+``[seed, i]``, so no validation sample repeats a training sample.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from pdeserve.datagen.dataset import LoadedDataset
+from pdeserve.operators import estimates
+from pdeserve.operators.card import ErrorCalibration, ResolutionValidation, SideError, ValueRange
+from pdeserve.operators.evaluation import predict_pairs, relative_l2
+from pdeserve.operators.pairs import OperatorPairs, operator_pairs
+from pdeserve.operators.resolution import ResolutionRule
+from pdeserve.operators.surrogate import Surrogate
+
+# First word of every validation seed sequence (datasets seed with two words, [seed, i]).
+VALIDATION_STREAM = 0x5EED_CA1
+# A side is validated when its error is at most this many times the training side's.
+MAX_FACTOR = 2.0
+# Largest side of a sweep, in training sides: steady families, and time-dependent ones (a time
+# integration per sample for the reference).
+MAX_MULTIPLE, MAX_MULTIPLE_TIME_DEPENDENT = 4.0, 2.0
+
+
+def sweep_sides(training_side: int, rule: ResolutionRule, max_multiple: float = MAX_MULTIPLE) -> tuple[int, ...]:
+    """The grid sides a validation measures: half to ``max_multiple`` times the training side, each
+    doubling's even and odd neighbours (64: 32, 33, 48, 63, 64, 65, 96, 127, 128, 129, 192, 255, 256),
+    those ``rule`` accepts.
+
+    Parameters
+    ----------
+    training_side : int
+        The side the model was trained on (always included).
+    rule : ResolutionRule
+        The sides the architecture accepts.
+    max_multiple : float
+        Largest side, in training sides.
+    """
+    t = training_side
+    candidates = {t // 2, t // 2 + 1, 3 * t // 4, t - 1, t, t + 1, 3 * t // 2, 3 * t, 4 * t - 1, 4 * t}
+    candidates |= {2 * t - 1, 2 * t, 2 * t + 1}
+    return tuple(sorted(s for s in candidates if s <= max_multiple * t and s >= 2 and rule.accepts(s)))
+
+
+def _parameters_at(family, params, training_side: int, side: int):
+    """The card's PDE parameters for samples at ``side``: the solve grid as many times finer than the
+    output grid as at the training side (periodic grids nest by ``n``, node grids by ``n - 1``)."""
+    solve = getattr(params, "solve_resolution", None)
+    if solve is not None:
+        if family.boundary == "periodic":
+            solve = side * max(1, solve // training_side)
+        else:
+            solve = (side - 1) * max(1, (solve - 1) // (training_side - 1)) + 1
+        params = dataclasses.replace(params, solve_resolution=solve)
+    return params.for_resolution(side)
+
+
+def fresh_samples(family, params, side: int, n_samples: int, seed: int) -> LoadedDataset:
+    """``n_samples`` new samples of ``family`` at ``side``, in memory, from the validation seed stream."""
+    rngs = [
+        np.random.default_rng(np.random.SeedSequence([VALIDATION_STREAM, seed, side, i]))
+        for i in range(n_samples)
+    ]
+    fields = family.sample(params, side, rngs)
+    inputs, outputs = [f.name for f in family.inputs], [f.name for f in family.outputs]
+    attrs = {
+        "pde": family.name,
+        "parameters_json": json.dumps(params.as_dict()),
+        "input_fields": inputs,
+        "output_fields": outputs,
+    }
+    return LoadedDataset(attrs, {k: fields[k] for k in inputs}, {k: fields[k] for k in outputs})
+
+
+def validation_samples(surrogate: Surrogate, side: int, n_samples: int, seed: int) -> OperatorPairs:
+    """Fresh operator pairs for ``surrogate`` at ``side`` (its family's sampler and classical solver)."""
+    from pdeserve.datagen.families import get_family
+
+    card = surrogate.card
+    family = get_family(card.pde)
+    params = _parameters_at(
+        family, family.parameters_from(card.pde_parameters), card.training_resolution[-1], side
+    )
+    return operator_pairs(fresh_samples(family, params, side, n_samples, seed), card.time_map)
+
+
+def validate_resolutions(
+    surrogate: Surrogate, n_samples: int, seed: int, sides: Sequence[int] | None = None
+) -> ResolutionValidation:
+    """The model's mean relative L2 error on ``n_samples`` fresh samples at each side of the sweep.
+
+    Parameters
+    ----------
+    surrogate : Surrogate
+        The model.
+    n_samples : int
+        Fresh samples per side.
+    seed : int
+        Seeds the samples (with the validation stream, disjoint from any dataset's).
+    sides : sequence of int, optional
+        Sides to measure (default: :func:`sweep_sides`, up to twice the training side for a
+        time-dependent model).
+    """
+    training_side = surrogate.card.training_resolution[-1]
+    if sides is None:
+        multiple = MAX_MULTIPLE if surrogate.card.time_map is None else MAX_MULTIPLE_TIME_DEPENDENT
+        sides = sweep_sides(training_side, surrogate.resolutions, multiple)
+    errors = []
+    for side in sorted(set(sides) | {training_side}):
+        pairs = validation_samples(surrogate, side, n_samples, seed)
+        predictions = predict_pairs(surrogate, pairs)
+        errors.append(SideError(side, relative_l2(predictions, pairs.y), n_samples))
+    return ResolutionValidation(training_side, tuple(errors), MAX_FACTOR)
+
+
+def _sample_fields(names: Sequence[str], stacked: np.ndarray) -> dict[str, np.ndarray]:
+    return {name: stacked[c] for c, name in enumerate(names)}
+
+
+def calibrate(surrogate: Surrogate, x: np.ndarray, y: np.ndarray, coverage: float = 0.9) -> ErrorCalibration:
+    """Split-conformal calibration of the indicator: ``scale`` is the ``ceil((n + 1) coverage)``-th
+    smallest of ``error / indicator`` over the ``n`` held-out samples, so that on an exchangeable new
+    sample ``error <= scale * indicator`` with probability at least ``coverage``.
+
+    Parameters
+    ----------
+    surrogate : Surrogate
+        The model.
+    x, y : ndarray, shape (sample, channel, *grid)
+        Held-out inputs and their classical solutions (never used in training).
+    coverage : float
+        Stated coverage, in (0, 1); needs ``n >= coverage / (1 - coverage)`` samples (9 at 0.9).
+    """
+    n = len(x)
+    rank = math.ceil((n + 1) * coverage)
+    if not 0.0 < coverage < 1.0 or rank > n:
+        raise ValueError(f"{n} held-out samples cannot calibrate a coverage of {coverage:g}")
+    card = surrogate.card
+    predictions = predict_pairs(surrogate, OperatorPairs(x, y, card.inputs, card.outputs, card.time_map))
+    ratios = []
+    for i in range(n):
+        value = estimates.indicator(
+            card, _sample_fields(card.input_names, x[i]), _sample_fields(card.output_names, predictions[i])
+        )
+        error = relative_l2(predictions[i : i + 1], y[i : i + 1])
+        ratios.append(error / value if value > 0 else (0.0 if error == 0 else math.inf))
+    scale = float(np.sort(ratios)[rank - 1])
+    return ErrorCalibration(estimates.indicator_name(card), coverage, scale, n)
+
+
+def coverage(surrogate: Surrogate, x: np.ndarray, y: np.ndarray) -> float:
+    """Fraction of samples whose true relative L2 error is at most the card's estimate (its calibration)."""
+    card = surrogate.card
+    predictions = predict_pairs(surrogate, OperatorPairs(x, y, card.inputs, card.outputs, card.time_map))
+    covered = [
+        relative_l2(predictions[i : i + 1], y[i : i + 1])
+        <= estimates.estimate(
+            card, _sample_fields(card.input_names, x[i]), _sample_fields(card.output_names, predictions[i])
+        ).relative_l2
+        for i in range(len(x))
+    ]
+    return float(np.mean(covered))
+
+
+def input_ranges(names: Sequence[str], x: np.ndarray) -> tuple[ValueRange, ...]:
+    """Each input channel's range over ``x`` (``(sample, channel, *grid)``), named by ``names``."""
+    return tuple(ValueRange(name, float(x[:, c].min()), float(x[:, c].max())) for c, name in enumerate(names))
+
