@@ -22,7 +22,8 @@ calibrated estimate with its coverage.
   The coarse solution's own error is far below a surrogate's, so the indicator tracks the surrogate's
   error: for Navier-Stokes at 64 x 64 (``nu = 1e-3``, states one time unit apart) the exact states
   score 1e-4 and 1% noise 0.0100, at a coarse solve about 1% of the classical one's time; for Burgers
-  at 128 points, error / indicator lies in 0.54..1.07 for a small FNO's answers. A trapezoidal consistency residual between consecutive states was tried first and dropped: at
+  at 128 points, error / indicator lies in 0.54..1.07 for a small FNO's answers.
+  A trapezoidal consistency residual between consecutive states was tried first and dropped: at
   the benchmark's record interval (``dt = 1``) the time-discretisation defect of the exact solution
   dominates it (about 0.35 for Navier-Stokes) and 1% noise barely moves it.
 """

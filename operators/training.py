@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from pdeserve.datagen.dataset import LoadedDataset
+from pdeserve.operators import validation
 from pdeserve.operators.card import ChannelStats, DatasetSummary, ModelCard, Normalizers, TimeMap
 from pdeserve.operators.checkpoint import save_weights
 from pdeserve.operators.distributed import Distributed
@@ -208,6 +209,43 @@ def final_metrics(
         metrics["best_val_relative_l2"] = state.best_val
         metrics["best_epoch"] = float(state.best_epoch)
     return metrics
+
+
+def record_checks(
+    surrogate: Surrogate, data: LoadedDataset, sweep_samples: int, seed: int, coverage: float = 0.9
+) -> ModelCard:
+    """The surrogate's card with what it promises about its errors, measured before publishing: the
+    resolution sweep (``sweep_samples`` fresh samples per side; 0 skips it), the indicator's calibration
+    on the held-out test split (None when it has fewer samples than ``coverage`` needs) and each
+    input's range over the training split (``operators/validation.py``).
+
+    Parameters
+    ----------
+    surrogate : Surrogate
+        The trained model; its card's dataset summary says how ``data`` was split.
+    data : LoadedDataset
+        The dataset it was trained on.
+    sweep_samples : int
+        Fresh samples per grid side of the sweep.
+    seed : int
+        Seeds the sweep's fresh samples.
+    coverage : float
+        Stated coverage of the error estimate.
+    """
+    card = surrogate.card
+    pairs = operator_pairs(data, card.time_map)
+    n, n_test = card.dataset.n_samples, card.dataset.n_test
+    x_test, y_test = pairs.x[n - n_test : n], pairs.y[n - n_test : n]
+    calibration = (
+        validation.calibrate(surrogate, x_test, y_test, coverage)
+        if n_test >= validation.min_samples(coverage)
+        else None
+    )
+    return card.replace(
+        validation=validation.validate_resolutions(surrogate, sweep_samples, seed) if sweep_samples else None,
+        calibration=calibration,
+        input_ranges=validation.input_ranges(card.input_names, pairs.x[: card.dataset.n_train]),
+    )
 
 
 def publish(repo: str | Path, name: str, surrogate: Surrogate) -> str:

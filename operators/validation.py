@@ -40,7 +40,9 @@ MAX_FACTOR = 2.0
 MAX_MULTIPLE, MAX_MULTIPLE_TIME_DEPENDENT = 4.0, 2.0
 
 
-def sweep_sides(training_side: int, rule: ResolutionRule, max_multiple: float = MAX_MULTIPLE) -> tuple[int, ...]:
+def sweep_sides(
+    training_side: int, rule: ResolutionRule, max_multiple: float = MAX_MULTIPLE
+) -> tuple[int, ...]:
     """The grid sides a validation measures: half to ``max_multiple`` times the training side, each
     doubling's even and odd neighbours (64: 32, 33, 48, 63, 64, 65, 96, 127, 128, 129, 192, 255, 256),
     those ``rule`` accepts.
@@ -135,6 +137,11 @@ def _sample_fields(names: Sequence[str], stacked: np.ndarray) -> dict[str, np.nd
     return {name: stacked[c] for c, name in enumerate(names)}
 
 
+def min_samples(coverage: float) -> int:
+    """Fewest held-out samples that calibrate ``coverage``: ``ceil((n + 1) coverage) <= n`` (9 at 0.9)."""
+    return math.ceil(coverage / (1.0 - coverage) - 1e-9)
+
+
 def calibrate(surrogate: Surrogate, x: np.ndarray, y: np.ndarray, coverage: float = 0.9) -> ErrorCalibration:
     """Split-conformal calibration of the indicator: ``scale`` is the ``ceil((n + 1) coverage)``-th
     smallest of ``error / indicator`` over the ``n`` held-out samples, so that on an exchangeable new
@@ -150,8 +157,7 @@ def calibrate(surrogate: Surrogate, x: np.ndarray, y: np.ndarray, coverage: floa
         Stated coverage, in (0, 1); needs ``n >= coverage / (1 - coverage)`` samples (9 at 0.9).
     """
     n = len(x)
-    rank = math.ceil((n + 1) * coverage)
-    if not 0.0 < coverage < 1.0 or rank > n:
+    if not 0.0 < coverage < 1.0 or n < min_samples(coverage):
         raise ValueError(f"{n} held-out samples cannot calibrate a coverage of {coverage:g}")
     card = surrogate.card
     predictions = predict_pairs(surrogate, OperatorPairs(x, y, card.inputs, card.outputs, card.time_map))
@@ -162,7 +168,7 @@ def calibrate(surrogate: Surrogate, x: np.ndarray, y: np.ndarray, coverage: floa
         )
         error = relative_l2(predictions[i : i + 1], y[i : i + 1])
         ratios.append(error / value if value > 0 else (0.0 if error == 0 else math.inf))
-    scale = float(np.sort(ratios)[rank - 1])
+    scale = float(np.sort(ratios)[math.ceil((n + 1) * coverage) - 1])
     return ErrorCalibration(estimates.indicator_name(card), coverage, scale, n)
 
 
@@ -183,4 +189,3 @@ def coverage(surrogate: Surrogate, x: np.ndarray, y: np.ndarray) -> float:
 def input_ranges(names: Sequence[str], x: np.ndarray) -> tuple[ValueRange, ...]:
     """Each input channel's range over ``x`` (``(sample, channel, *grid)``), named by ``names``."""
     return tuple(ValueRange(name, float(x[:, c].min()), float(x[:, c].max())) for c, name in enumerate(names))
-
