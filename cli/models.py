@@ -1,4 +1,5 @@
-"""``pdeserve models list|rollback``: a repository's versions and their origin; serving an older one again."""
+"""``pdeserve models list|rollback|validate``: a repository's versions and their origin; serving an older
+one again; measuring a version's errors across grid sides and calibrating its error estimate."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ EXAMPLES = """examples:
   pdeserve models list --repo models
   pdeserve models list --repo models darcy-fno
   pdeserve models rollback darcy-fno --to 1 --repo models
+  pdeserve models validate darcy-fno --repo models
+  pdeserve models validate darcy-fno --repo models --version 1 --samples 400 --seed 7
 """
 
 
 def add_models_command(commands: Commands) -> None:
-    """Add ``models`` and its ``list`` and ``rollback``."""
+    """Add ``models`` and its ``list``, ``rollback`` and ``validate``."""
     models = commands.add(
         "models", help="list a repository's models and versions; roll a model back", epilog=EXAMPLES
     )
@@ -42,6 +45,27 @@ def add_models_command(commands: Commands) -> None:
     rollback.add_argument("--to", required=True, metavar="VERSION", help="the version to serve again")
     rollback.add_argument("--repo", required=True, help="model repository folder")
     rollback.set_defaults(func=_rollback)
+    validate = actions.add(
+        "validate",
+        help="measure errors across grid sides and calibrate the error estimate (republished)",
+        description="Draw fresh samples from the model's PDE distribution, solve them classically, "
+        "calibrate the error estimate (split conformal) at the training grid and measure the error "
+        "across grid sides; publish the same weights with this card as the next version (lineage "
+        "mode validate).",
+        epilog=EXAMPLES,
+    )
+    validate.add_argument("name", help="model name")
+    validate.add_argument("--repo", required=True, help="model repository folder")
+    validate.add_argument("--version", help="the version to validate (default: the newest)")
+    validate.add_argument(
+        "--samples", type=int, default=200, metavar="N", help="fresh samples that calibrate the estimate"
+    )
+    validate.add_argument(
+        "--sweep-samples", type=int, default=8, metavar="N", help="fresh samples per grid side of the sweep"
+    )
+    validate.add_argument("--coverage", type=float, default=0.9, help="stated coverage of the estimate")
+    validate.add_argument("--seed", type=int, default=0, help="seeds the fresh samples")
+    validate.set_defaults(func=_validate)
 
 
 def _list(args: argparse.Namespace) -> None:
@@ -79,6 +103,8 @@ def _origin(lineage: Lineage | None) -> str:
         return f"rollback of {lineage.rollback_of} (replacing {lineage.replaces})"
     if lineage.mode == "fine-tune":
         return f"fine-tuned from {lineage.parent}"
+    if lineage.mode == "validate":
+        return f"validated and calibrated {lineage.parent}"
     if lineage.mode == "from-scratch":
         return f"retrained from scratch, parent {lineage.parent}"
     return "trained"
@@ -91,4 +117,27 @@ def _rollback(args: argparse.Namespace) -> None:
     print(
         f"published {args.name} version {version}: version {args.to}'s weights, now served to "
         "requests that name no version"
+    )
+
+
+def _validate(args: argparse.Namespace) -> None:
+    from pdeserve.operators.validation import publish_validated
+
+    version, card = publish_validated(
+        args.repo,
+        args.name,
+        args.version,
+        args.samples,
+        args.sweep_samples,
+        args.seed,
+        args.coverage,
+        args.command_line,
+    )
+    low, high = card.validation.validated_range()
+    calibration = card.calibration
+    print(
+        f"published {args.name} version {version}: version {card.lineage.parent}'s weights; grid sides "
+        f"{low}..{high} within {card.validation.max_factor:g}x of the training side's error; error "
+        f"estimate {calibration.scale:.3g} x {calibration.indicator} at {calibration.coverage:.0%} coverage "
+        f"({calibration.n_samples} samples)"
     )

@@ -90,6 +90,13 @@ def add_train_command(commands: Commands) -> None:
     train.add_argument(
         "--output-steps", type=int, help="trajectory data: states predicted (default: all the rest)"
     )
+    train.add_argument(
+        "--validation-samples",
+        type=int,
+        default=4,
+        metavar="N",
+        help="fresh samples per grid side of the resolution sweep recorded in the card (0: no sweep)",
+    )
     train.add_argument("--resume", action="store_true", help="continue from the last finished epoch")
     train.add_argument("--tensorboard", metavar="DIR", help="also log the history for TensorBoard")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -106,7 +113,7 @@ def _train(args: argparse.Namespace) -> None:
     from pdeserve.operators.registry import get_architecture
     from pdeserve.operators.repository import ModelRepository, check_name
     from pdeserve.operators.settings import TrainingSettings
-    from pdeserve.operators.training import publish, train
+    from pdeserve.operators.training import publish, record_checks, train
 
     check_name(args.name)
     data = load_dataset(args.data)
@@ -132,7 +139,9 @@ def _train(args: argparse.Namespace) -> None:
     if not Distributed.from_environment().is_main:
         return
     lineage = train_lineage(args.data, data, surrogate.card, args.repo, args.command_line)
-    surrogate.card = surrogate.card.replace(lineage=lineage)
+    surrogate.card = record_checks(surrogate, data, args.validation_samples, settings.seed).replace(
+        lineage=lineage
+    )
     version = publish(args.repo, args.name, surrogate)
     shutil.rmtree(folder, ignore_errors=True)
     print(

@@ -9,6 +9,7 @@
   (``operators/estimates.py``) on held-out samples, so ``scale * indicator`` bounds the true relative L2
   error with the stated coverage on exchangeable samples.
 - :func:`input_ranges`: each input field's range over the training samples.
+- :func:`publish_validated`: all three for a published version, republished with the same weights.
 
 Fresh samples come from seed sequences ``[VALIDATION_STREAM, seed, side, i]``; datasets use
 ``[seed, i]``, so no validation sample repeats a training sample.
@@ -19,13 +20,24 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import shutil
 from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 
 from pdeserve.datagen.dataset import LoadedDataset
 from pdeserve.operators import estimates
-from pdeserve.operators.card import ErrorCalibration, ResolutionValidation, SideError, ValueRange
+from pdeserve.operators.card import (
+    ErrorCalibration,
+    Lineage,
+    ModelCard,
+    ResolutionValidation,
+    SideError,
+    ValueRange,
+)
 from pdeserve.operators.evaluation import predict_pairs, relative_l2
 from pdeserve.operators.pairs import OperatorPairs, operator_pairs
 from pdeserve.operators.resolution import ResolutionRule
@@ -189,3 +201,71 @@ def coverage(surrogate: Surrogate, x: np.ndarray, y: np.ndarray) -> float:
 def input_ranges(names: Sequence[str], x: np.ndarray) -> tuple[ValueRange, ...]:
     """Each input channel's range over ``x`` (``(sample, channel, *grid)``), named by ``names``."""
     return tuple(ValueRange(name, float(x[:, c].min()), float(x[:, c].max())) for c, name in enumerate(names))
+
+
+def publish_validated(
+    repo: str | os.PathLike,
+    name: str,
+    version: str | None,
+    n_samples: int,
+    sweep_samples: int,
+    seed: int,
+    coverage: float = 0.9,
+    command: Sequence[str] = (),
+) -> tuple[str, ModelCard]:
+    """Validate and calibrate a published version on fresh samples and publish its weights, byte for
+    byte, with the new card as the next version (lineage mode ``validate``, parent that version).
+
+    Parameters
+    ----------
+    repo : path
+        The model repository.
+    name : str
+        Model name.
+    version : str or None
+        The version to validate (None: the newest).
+    n_samples : int
+        Fresh samples at the training side that calibrate the error estimate.
+    sweep_samples : int
+        Fresh samples per side of the resolution sweep (seeded apart from the calibration's).
+    seed : int
+        Seeds the fresh samples.
+    coverage : float
+        Stated coverage of the estimate.
+    command : sequence of str
+        Command line recorded in the lineage.
+
+    Returns the new version and its card.
+    """
+    from pdeserve.operators.repository import LEGACY_METRICS_FILE, ModelRepository, write_card
+    from pdeserve.operators.surrogate import load_surrogate
+
+    repository = ModelRepository(repo)
+    version, source = repository.resolve(name, version)
+    surrogate = load_surrogate(source, name, version)
+    card = surrogate.card
+    calibration_pairs = validation_samples(surrogate, card.training_resolution[-1], n_samples, seed)
+    lineage = dataclasses.replace(
+        card.lineage or Lineage(mode="validate"),
+        mode="validate",
+        parent=version,
+        parent_weights_sha256=card.weights.sha256 if card.weights else None,
+        command=tuple(command),
+        gate=None,
+        rollback_of=None,
+        replaces=None,
+        published_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    card = card.replace(
+        calibration=calibrate(surrogate, calibration_pairs.x, calibration_pairs.y, coverage),
+        validation=validate_resolutions(surrogate, sweep_samples, seed + 1),
+        input_ranges=card.input_ranges or input_ranges(card.input_names, calibration_pairs.x),
+        lineage=lineage,
+    )
+
+    def write(folder: Path) -> None:
+        shutil.copytree(source, folder, dirs_exist_ok=True)
+        (folder / LEGACY_METRICS_FILE).unlink(missing_ok=True)  # the card holds the metrics now
+        write_card(folder, card)
+
+    return repository.publish(name, write), card
