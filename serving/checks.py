@@ -128,8 +128,9 @@ def samples(arrays: Mapping[str, np.ndarray], batched: bool) -> list[dict[str, n
 def estimate(
     card: ModelCard, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]
 ) -> estimates.Estimate | None:
-    """The answer's estimate; None when the model's PDE has no indicator yet."""
+    """The answer's estimate; None when the model's PDE has no indicator (or is unknown to this server)."""
     try:
+        estimates.indicator_name(card)  # before the PDE family is looked up
         return estimates.estimate(card, inputs, outputs)
     except estimates.RefinementUnavailableError:
         return None
