@@ -8,7 +8,7 @@ GRPC_PORT ?= 9000
 # resolves torch to a multi-GB CUDA wheel. GPU machines: `make install TORCH_SPEC=torch` (any CUDA build).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install serve test lint format protos helm-config bench bench-accuracy bundled-model clean
+.PHONY: install serve test lint format protos helm-config bench bench-accuracy bench-refine bundled-model clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ bench: $(STAMP)
 # All registered operators on the same small Darcy and Burgers data, 120 s of training each (~20 min).
 bench-accuracy: $(STAMP)
 	$(PY) bench/accuracy.py
+
+# Warm-starting Krylov solvers from a surrogate's answer vs from zero vs the direct solve (~1 min).
+bench-refine: $(STAMP)
+	$(PY) bench/refine.py
 
 protos: $(STAMP)
 	$(PY) -m pdeserve.protos.generate
