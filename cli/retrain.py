@@ -79,6 +79,13 @@ def add_retrain_command(commands: Commands) -> None:
     retrain.add_argument("--n", type=int, default=defaults.n, help="new samples to generate")
     retrain.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs")
     retrain.add_argument(
+        "--validation-samples",
+        type=int,
+        default=defaults.validation_samples,
+        metavar="N",
+        help="fresh samples per grid side of the resolution sweep recorded in the card (0: no sweep)",
+    )
+    retrain.add_argument(
         "--lr",
         type=float,
         help=f"learning rate (default: the parent's, times {FINE_TUNE_LR_FACTOR:g} when fine-tuning)",
@@ -140,6 +147,7 @@ def _retrain(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.quiet,
         command=args.command_line,
+        validation_samples=args.validation_samples,
     )
     result = retrain(options, log=print)
     print(f"held-out relative L2, parent v{result.parent} -> candidate (mean over each set's samples):")

@@ -202,7 +202,12 @@ class ModelRepository:
             command=tuple(command or ()),
             published_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
-        card = card.replace(lineage=lineage)
+        return self.republish(name, version, card.replace(lineage=lineage))
+
+    def republish(self, name: str, version: str, card: ModelCard) -> str:
+        """Publish ``version``'s files again, weights byte for byte, with ``card`` as the next version
+        (atomic like every publish). Returns the new version."""
+        _, source = self.resolve(name, version)
 
         def write(folder: Path) -> None:
             shutil.copytree(source, folder, dirs_exist_ok=True)

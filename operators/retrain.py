@@ -164,6 +164,8 @@ class RetrainOptions:
         Progress bars.
     command : sequence of str
         Command line recorded in the lineage.
+    validation_samples : int
+        Fresh samples per grid side of the resolution sweep recorded in the card (0: no sweep).
     """
 
     repo: str | os.PathLike
@@ -181,6 +183,7 @@ class RetrainOptions:
     device: str = "auto"
     progress: bool = True
     command: Sequence[str] = ()
+    validation_samples: int = 4
 
 
 @dataclass(frozen=True)
@@ -220,7 +223,7 @@ def retrain(options: RetrainOptions, log: Callable[[str], None] = lambda line: N
     """
     from pdeserve.operators.repository import ModelRepository
     from pdeserve.operators.surrogate import load_model
-    from pdeserve.operators.training import publish, split, train
+    from pdeserve.operators.training import publish, record_checks, split, train
 
     repo = ModelRepository(options.repo)
     parent = load_model(repo.root, options.name)
@@ -272,7 +275,8 @@ def retrain(options: RetrainOptions, log: Callable[[str], None] = lambda line: N
     held_out = held_out_errors(parent, candidate, datasets, new_record)
     if any(h.regressed(options.max_regression) for h in held_out):
         return RetrainResult(parent.version, None, held_out, path, metrics)
-    candidate.card = candidate.card.replace(
+    # A retrained version promises what a trained one does: its sweep, calibration and input ranges.
+    candidate.card = record_checks(candidate, combined, options.validation_samples, seed).replace(
         lineage=Lineage(
             mode="from-scratch" if options.from_scratch else "fine-tune",
             datasets=tuple(record for record, _ in datasets),

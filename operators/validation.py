@@ -21,10 +21,8 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 
@@ -237,7 +235,7 @@ def publish_validated(
 
     Returns the new version and its card.
     """
-    from pdeserve.operators.repository import LEGACY_METRICS_FILE, ModelRepository, write_card
+    from pdeserve.operators.repository import ModelRepository
     from pdeserve.operators.surrogate import load_surrogate
 
     repository = ModelRepository(repo)
@@ -263,9 +261,4 @@ def publish_validated(
         lineage=lineage,
     )
 
-    def write(folder: Path) -> None:
-        shutil.copytree(source, folder, dirs_exist_ok=True)
-        (folder / LEGACY_METRICS_FILE).unlink(missing_ok=True)  # the card holds the metrics now
-        write_card(folder, card)
-
-    return repository.publish(name, write), card
+    return repository.republish(name, version, card), card

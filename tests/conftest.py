@@ -26,6 +26,14 @@ def bundled_repo() -> Path:
 
 
 @pytest.fixture(scope="session")
+def bundled_versions(bundled_repo) -> list[str]:
+    """The bundled model's published versions, oldest first (the newest is what requests get)."""
+    from pdeserve.operators.repository import ModelRepository
+
+    return ModelRepository(bundled_repo).versions(BUNDLED_MODEL)
+
+
+@pytest.fixture(scope="session")
 def metrics_port() -> int:
     """Port where the session's Ray instance exports Prometheus metrics."""
     return free_port()

@@ -159,7 +159,7 @@ def test_a_model_without_lineage_needs_its_own_data_file(template, bundled_repo,
     shutil.copytree(bundled_repo / "darcy-fno", tmp_path / "repo" / "darcy-fno")
     args = ["datagen", "retrain", "--repo", str(tmp_path / "repo"), "--model", "darcy-fno"]
     assert main([*args, "--data", str(template[1])]) == 1
-    assert "is not the data darcy-fno v1 was trained on" in capsys.readouterr().err
+    assert "is not the data darcy-fno v2 was trained on" in capsys.readouterr().err
     # With the file it was trained on, the split recorded in its card is used; early cards did not
     # record the validation count: it is what the other splits leave.
     fingerprint = load_dataset(template[1]).fingerprint()

@@ -71,9 +71,10 @@ def test_model_ready_is_true_for_published_models_and_false_for_unknown_ones(cli
     assert client.is_model_ready(MODEL, "99", headers=HEADERS) is False
 
 
-def test_model_metadata_lists_versions_platform_and_tensor_signatures(client):
+def test_model_metadata_lists_versions_platform_and_tensor_signatures(client, bundled_versions):
     metadata = client.get_model_metadata(MODEL, headers=HEADERS)
-    assert (metadata.name, list(metadata.versions), metadata.platform) == (MODEL, ["1"], "pdeserve/fno")
+    described = (metadata.name, list(metadata.versions), metadata.platform)
+    assert described == (MODEL, bundled_versions, "pdeserve/fno")
     signature = [(t.name, t.datatype, list(t.shape)) for t in (*metadata.inputs, *metadata.outputs)]
     assert signature == [
         ("a", "FP32", [-1, -1, -1]),
@@ -88,14 +89,15 @@ def test_model_metadata_lists_versions_platform_and_tensor_signatures(client):
     )
 
 
-def test_raw_infer_matches_in_process_predict_and_solve(client, local, fields, grpc_target):
+def test_raw_infer_matches_in_process_predict_and_solve(client, local, fields, grpc_target, bundled_versions):
     expected = local.predict({"a": fields})["u"]
     result = infer(client, fields, request_id="req-7")
     batch = result.as_numpy("u")
     assert batch.shape == (3, 64, 64) and batch.dtype == np.float32
     np.testing.assert_allclose(batch, expected, atol=1e-5, rtol=0)
     response = result.get_response()
-    assert (response.model_name, response.model_version, response.id) == (MODEL, "1", "req-7")
+    newest = bundled_versions[-1]
+    assert (response.model_name, response.model_version, response.id) == (MODEL, newest, "req-7")
     single = infer(client, fields[0], model_version="1").as_numpy("u")
     assert single.shape == (64, 64)
     np.testing.assert_allclose(single, expected[0], atol=1e-5, rtol=0)

@@ -112,13 +112,13 @@ def test_concurrent_clients_are_batched_answered_correctly_and_counted(
 
 
 @pytest.fixture(scope="module")
-def damaged(serve_apps, bundled_repo, tmp_path_factory):
+def damaged(serve_apps, bundled_repo, bundled_versions, tmp_path_factory):
     """An application whose repository holds, beside the bundled model, a copy whose weights file is
     gone and a copy whose card names a PDE pdeserve does not know (it loads and solves, but its
     classical reference cannot be computed)."""
     repo = tmp_path_factory.mktemp("damaged")
-    for name in (MODEL, "darcy-unloadable", "darcy-unknown-pde"):
-        shutil.copytree(bundled_repo / MODEL, repo / name)
+    for name in (MODEL, "darcy-unloadable", "darcy-unknown-pde"):  # the newest version, as version 1
+        shutil.copytree(bundled_repo / MODEL / bundled_versions[-1], repo / name / "1")
     (repo / "darcy-unloadable" / "1" / "model.safetensors").unlink()
     card = repo / "darcy-unknown-pde" / "1" / "config.json"
     card.write_text(card.read_text().replace('"pde": "darcy"', '"pde": "no-such-pde"'))
@@ -188,10 +188,10 @@ def test_oversized_request_is_resource_exhausted_and_the_next_one_succeeds(secur
 
 
 def test_new_version_is_served_without_restart_or_failed_requests(
-    deploy_app, grpc_target, bundled_repo, tmp_path, field
+    deploy_app, grpc_target, bundled_repo, bundled_versions, tmp_path, field
 ):
     repo = tmp_path / "repo"
-    shutil.copytree(bundled_repo / MODEL, repo / MODEL)
+    shutil.copytree(bundled_repo / MODEL / bundled_versions[-1], repo / MODEL / "1")
     deploy_app("hot", repo)
     failures, versions, stop = [], [], threading.Event()
 
