@@ -48,6 +48,10 @@ bench-accuracy: $(STAMP)
 bench-refine: $(STAMP)
 	$(PY) bench/refine.py
 
+# Surrogate vs the best classical solver at equal accuracy, per family (~15 min; --quick < 1 min).
+bench-payoff: $(STAMP)
+	nice -n 10 $(PY) bench/payoff.py
+
 protos: $(STAMP)
 	$(PY) -m pdeserve.protos.generate
 

@@ -1,0 +1,127 @@
+"""The payoff benchmark: its quick mode end to end, and its equal-accuracy arithmetic."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+FAMILIES = {"darcy", "burgers", "navier-stokes", "helmholtz"}
+
+
+def load_payoff():
+    """bench/payoff.py as a module (the benchmarks are scripts that import their sibling ``common``)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        spec = importlib.util.spec_from_file_location("payoff", ROOT / "bench" / "payoff.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["payoff"] = module  # dataclasses resolve their annotations through it
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    return module
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory) -> tuple[dict, Path]:
+    folder = tmp_path_factory.mktemp("payoff")
+    out = folder / "payoff.json"
+    subprocess.run(
+        [sys.executable, "bench/payoff.py", "--quick", "--out", str(out), "--img-dir", str(folder / "img")],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    return json.loads(out.read_text()), folder / "img"
+
+
+def test_quick_mode_reports_every_family(quick) -> None:
+    results, _ = quick
+    assert set(results["families"]) == FAMILIES
+    for family, result in results["families"].items():
+        assert len(result["resolutions"]) >= 2, family
+        assert result["surrogate"]["generation_seconds"] > 0, family
+        assert result["surrogate"]["training_seconds"] > 0, family
+
+
+def test_quick_mode_errors_times_and_fronts(quick) -> None:
+    results, _ = quick
+    for family, result in results["families"].items():
+        for row in result["resolutions"]:
+            surrogate = row["surrogate"]
+            assert math.isfinite(surrogate["error"]) and surrogate["error"] > 0, family
+            assert surrogate["batch1_seconds"] > 0 and surrogate["best_batch_seconds"] > 0, family
+            for point in row["points"]:
+                assert math.isfinite(point["error"]) and point["seconds"] > 0, (family, point)
+            front = row["front"]
+            assert len(front) >= 1, family
+            costs = [min(p["seconds"], p["batched_seconds"] or math.inf) for p in front]
+            errors = [p["error"] for p in front]
+            assert costs == sorted(costs), family
+            assert all(b < a for a, b in itertools.pairwise(errors)), (family, errors)
+
+
+def test_quick_mode_speedup_and_break_even(quick) -> None:
+    results, _ = quick
+    for family, result in results["families"].items():
+        for row in result["resolutions"]:
+            for side in ("batch1", "best_batch"):
+                verdict = row[side]
+                assert verdict["speedup"] > 0 and math.isfinite(verdict["speedup"]), family
+                assert verdict["bound"] in ("interpolated", "upper", "lower"), family
+                assert verdict["break_even"] == "never" or verdict["break_even"] > 0, family
+                # break-even is "never" exactly when the classical front is at least as fast
+                assert (verdict["break_even"] == "never") == (verdict["speedup"] <= 1), family
+
+
+def test_quick_mode_plots_every_family(quick) -> None:
+    _, images = quick
+    for family in FAMILIES:
+        png = images / f"payoff-{family}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", family
+
+
+def point(payoff, seconds: float, error: float):
+    return payoff.Point("m", 8, None, seconds, None, error)
+
+
+def test_front_keeps_only_points_no_cheaper_point_beats() -> None:
+    payoff = load_payoff()
+    points = [
+        point(payoff, 1.0, 0.1),
+        point(payoff, 2.0, 0.2),
+        point(payoff, 4.0, 0.01),
+        point(payoff, 0.5, 0.3),
+    ]
+    front = payoff.front(points, lambda p: p.seconds)
+    assert [(p.seconds, p.error) for p in front] == [(0.5, 0.3), (1.0, 0.1), (4.0, 0.01)]
+
+
+def test_equal_accuracy_interpolates_in_log_log_and_counts_break_even() -> None:
+    payoff = load_payoff()
+    curve = [point(payoff, 1e-3, 1e-1), point(payoff, 1e-1, 1e-3)]
+    # error 1e-2 is half-way in log error: time 1e-2 (half-way in log time)
+    verdict = payoff.equal_accuracy(curve, lambda p: p.seconds, 1e-2, 2e-3, overhead=80.0)
+    assert verdict.bound == "interpolated"
+    assert verdict.classical_seconds == pytest.approx(1e-2)
+    assert verdict.speedup == pytest.approx(5.0)
+    assert verdict.break_even == pytest.approx(80.0 / 8e-3)
+
+
+def test_equal_accuracy_bounds_outside_the_front_and_never() -> None:
+    payoff = load_payoff()
+    curve = [point(payoff, 1e-3, 1e-1), point(payoff, 1e-1, 1e-3)]
+    worse = payoff.equal_accuracy(curve, lambda p: p.seconds, 0.5, 2e-3, overhead=10.0)
+    assert (worse.bound, worse.classical_seconds, worse.break_even) == ("upper", 1e-3, "never")
+    assert worse.speedup == pytest.approx(0.5)
+    better = payoff.equal_accuracy(curve, lambda p: p.seconds, 1e-4, 2e-3, overhead=10.0)
+    assert (better.bound, better.classical_seconds) == ("lower", 1e-1)
+    assert better.break_even == pytest.approx(10.0 / (1e-1 - 2e-3))
