@@ -10,13 +10,15 @@ process, ``--calls`` of each in alternating blocks of ``--block`` calls (a block
 block of the other; each block opened by one uncounted call), so that both see the same machine and
 neither pays for the other's idle threads (target: Solve p50 <= 1.25x predict p50). The replica's own
 time, ``inference_ms`` (from the request's entry into the replica to its answer), is reported beside.
-``--replicas`` replicas each reserve ``--replica-cpus`` CPUs, by default together as many as the
-in-process baseline's torch threads, so that both sides compute with the same cores (one replica of 2
-CPUs, or ``--replicas 2`` of one CPU and one torch thread each), and this process sets the replicas'
-malloc thresholds (serving/allocator.py).
+The server starts as ``pdeserve serve`` (and ``make serve``) starts it: ``--replicas`` replicas of
+``--replica-cpus`` CPUs each, by default from this machine's CPUs by the same rule
+(``pdeserve.serving.serve_config.local_scaling``), and this process sets the replicas' malloc
+thresholds (serving/allocator.py); ``--target HOST:PORT`` measures a server already running instead
+(e.g. ``make serve``).
 
 Usage: ``python bench/serving.py [--repo models] [--model darcy-fno] [--calls 200] [--block 10]
-[--clients 16] [--seconds 10] [--rounds 3] [--replicas 1] [--replica-cpus N] [--out FILE]``
+[--clients 16] [--seconds 10] [--rounds 3] [--replicas N] [--replica-cpus N] [--target HOST:PORT]
+[--out FILE]``
 (``make bench``). Prints tables and writes JSON (default ``bench/results/serving.json``).
 """
 
@@ -36,6 +38,7 @@ from pdeserve.operators import load_model
 from pdeserve.serving import server
 from pdeserve.serving.allocator import retain_freed_memory
 from pdeserve.serving.client import SolverClient
+from pdeserve.serving.serve_config import local_scaling, machine_cpus
 
 
 def batched_throughput(surrogate, fields: np.ndarray, batch: int, seconds: float) -> float:
@@ -79,18 +82,16 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each throughput round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating throughput rounds")
-    parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--replicas", type=int, help="default: as pdeserve serve on this machine")
     parser.add_argument(
-        "--replica-cpus",
-        type=float,
-        help="CPUs (torch threads) of each replica (default: the in-process baseline's threads / replicas)",
+        "--replica-cpus", type=float, help="CPUs (torch threads) of each replica (default: as pdeserve serve)"
     )
+    parser.add_argument("--target", help="HOST:PORT of a running server to measure instead of starting one")
     parser.add_argument("--out", default="bench/results/serving.json")
     args = parser.parse_args()
-    if min(args.calls, args.block, args.clients, args.rounds, args.replicas) < 1:
+    if min(args.calls, args.block, args.clients, args.rounds, args.replicas or 1) < 1:
         parser.error("--calls, --block, --clients, --rounds and --replicas must be at least 1")
-    if args.replica_cpus is None:
-        args.replica_cpus = torch.get_num_threads() / args.replicas
+    scaling = local_scaling(machine_cpus(), args.replicas, args.replica_cpus)
 
     retain_freed_memory()  # the replica's allocator settings, so that both sides allocate alike
     surrogate = load_model(args.repo, args.model)
@@ -101,22 +102,24 @@ def main() -> None:
     sweep = {b: batched_throughput(surrogate, fields, b, seconds=2.0) for b in (1, 2, 4, 8, 16, 32)}
     best_batch = max(sweep, key=sweep.get)
 
-    port = free_port()
     started = time.perf_counter()
-    server.start(
-        args.repo,
-        grpc_port=port,
-        http_port=free_port(),
-        replica_cpus=args.replica_cpus,
-        replicas=args.replicas,
-    )
+    if args.target is None:
+        port = free_port()
+        server.start(
+            args.repo,
+            grpc_port=port,
+            http_port=free_port(),
+            metrics_port=free_port(),
+            replica_cpus=scaling.num_cpus,
+            replicas=scaling.max_replicas,
+        )
+    target = args.target or f"127.0.0.1:{port}"
     startup_s = time.perf_counter() - started
     local_ms: list[float] = []
     remote_ms: list[float] = []
     replica_ms: list[float] = []  # inference_ms: from the request's entry into the replica to its answer
     in_process: list[float] = []
     served: list[float] = []
-    target = f"127.0.0.1:{port}"
     try:
         # Throughput first: the replica then has run large batches too, as the in-process sweep has.
         for _ in range(args.rounds):
@@ -143,13 +146,15 @@ def main() -> None:
                     replica_ms.append(client.solve_response(args.model, {"a": a}).inference_ms)
                     remote_ms.append((time.perf_counter() - tick) * 1e3)
     finally:
-        server.stop()
+        if args.target is None:
+            server.stop()
 
     local, remote = summary(np.asarray(local_ms)), summary(np.asarray(remote_ms))
     result = {
         "device": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads in-process",
-        "replicas": args.replicas,
-        "replica_cpus": args.replica_cpus,
+        "target": args.target or "started here",
+        "replicas": None if args.target else scaling.max_replicas,
+        "replica_cpus": None if args.target else scaling.num_cpus,
         "model": args.model,
         "resolution": side,
         "calls": args.calls,
@@ -172,12 +177,13 @@ def main() -> None:
     print(f"{'  of which inside the replica':<30}{inside['p50_ms']:>10.2f}{inside['p99_ms']:>10.2f}")
     ratio = result["p50_ratio_solve_over_predict"]
     print(f"p50 ratio Solve/predict: {ratio:.2f} (target <= 1.25); serve start-up {startup_s:.1f} s")
+    layout = f"{args.target}" if args.target else f"{scaling.max_replicas} x {scaling.num_cpus:g} CPU"
     rates = ", ".join(f"{b}: {r:.0f}" for b, r in sweep.items())
     print(f"in-process solutions/s by batch size (2 s each): {rates}")
     rounds = "; ".join(f"{p:.0f} vs {q:.0f}" for p, q in zip(in_process, served, strict=True))
     print(
         f"in-process at batch {best_batch} vs {args.clients} concurrent clients through Ray Serve "
-        f"({args.replicas} x {args.replica_cpus:g} CPU), "
+        f"({layout}), "
         f"solutions/s by round: {rounds}; ratio served / in-process: "
         f"{result['throughput_ratio_served_over_best_in_process']:.2f} (target >= 0.8)"
     )

@@ -14,13 +14,16 @@ from pdeserve.serving.options import (
     DEFAULT_HTTP_PORT,
     DEFAULT_METRICS_PORT,
     ServingOptions,
+    listen_host,
 )
-from pdeserve.serving.serve_config import ReplicaScaling
+from pdeserve.serving.serve_config import CPUS_PER_REPLICA, ReplicaScaling, local_scaling, machine_cpus
 
 SERVE_EXAMPLES = """examples:
-  pdeserve serve --repo models
+  pdeserve serve --repo models   # 127.0.0.1:9000, replicas and CPUs from this machine
   pdeserve serve --repo models --grpc-port 9000 --address auto   # join a running Ray cluster
-  pdeserve serve --repo models --replica-cpus 4   # the replica's torch computes on 4 cores
+  pdeserve serve --repo models --replicas 1 --replica-cpus 4   # one replica, torch on 4 cores
+  PDESERVE_AUTH_TOKEN=$(openssl rand -hex 32) pdeserve serve --repo models \\
+      --auth-token-env PDESERVE_AUTH_TOKEN   # with a token: every interface
 """
 
 SERVE_CONFIG_EXAMPLES = """examples:
@@ -43,6 +46,17 @@ def add_serve_commands(commands: Commands) -> None:
     serve.add_argument("--repo", required=True, help="model repository folder")
     serve.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT, help="port of the gRPC proxy")
     serve.add_argument(
+        "--http-port",
+        type=int,
+        default=DEFAULT_HTTP_PORT,
+        help="port of Serve's HTTP proxy (the gRPC one needs it)",
+    )
+    serve.add_argument(
+        "--host",
+        help="address the gRPC and HTTP ports listen on (default: 0.0.0.0, every interface, when calls need "
+        "a token (--auth-token-env), else 127.0.0.1, this machine only)",
+    )
+    serve.add_argument(
         "--address",
         default="local",
         help="'local' starts Ray in this process; 'auto' or HOST:PORT joins a cluster",
@@ -51,13 +65,18 @@ def add_serve_commands(commands: Commands) -> None:
         "--metrics-port", type=int, default=DEFAULT_METRICS_PORT, help="Prometheus metrics of a local Ray"
     )
     _add_serving_options(serve)
-    _add_replica_cpus(serve, scaling)
+    serve.add_argument(
+        "--replica-cpus",
+        type=float,
+        help="CPUs each replica reserves; its torch runs that many threads (default: the machine's CPUs "
+        "over the replicas)",
+    )
     serve.add_argument(
         "--replicas",
         type=int,
-        default=scaling.max_replicas,
-        help="replicas of the service; on CPUs, N replicas of --replica-cpus 1 serve more solutions/s "
-        "than one replica of N CPUs, which answers a lone request sooner",
+        help=f"replicas of the service (default: one per {CPUS_PER_REPLICA} of the CPUs this process may "
+        "use, its affinity and cgroup quota counted, at least one); on CPUs, N replicas of 1 CPU serve "
+        "more solutions/s than one replica of N CPUs, which answers a lone request sooner",
     )
     serve.set_defaults(func=_serve)
 
@@ -81,7 +100,12 @@ def add_serve_commands(commands: Commands) -> None:
         default=scaling.target_ongoing_requests,
         help="requests in flight per replica the autoscaler aims for",
     )
-    _add_replica_cpus(config, scaling)
+    config.add_argument(
+        "--replica-cpus",
+        type=float,
+        default=scaling.num_cpus,
+        help="CPUs each replica reserves; its torch runs that many threads",
+    )
     config.add_argument("--replica-gpus", type=float, default=scaling.num_gpus, help="GPUs per replica")
     config.add_argument(
         "--helm",
@@ -127,15 +151,6 @@ def _add_serving_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_replica_cpus(parser: argparse.ArgumentParser, scaling: ReplicaScaling) -> None:
-    parser.add_argument(
-        "--replica-cpus",
-        type=float,
-        default=scaling.num_cpus,
-        help="CPUs each replica reserves; its torch runs that many threads",
-    )
-
-
 def _serving_options(args: argparse.Namespace) -> ServingOptions:
     return ServingOptions(
         max_request_bytes=int(args.max_request_mb * 2**20),
@@ -149,19 +164,22 @@ def _serving_options(args: argparse.Namespace) -> ServingOptions:
 def _serve(args: argparse.Namespace) -> None:
     from pdeserve.serving.server import serve_forever
 
-    if args.replicas < 1:  # before Ray starts
+    if args.replicas is not None and args.replicas < 1:  # before Ray starts
         raise ValueError(f"--replicas must be at least 1, got {args.replicas}")
     options = _serving_options(args)
     if args.address == "local":  # the replicas inherit this environment: refuse a missing token now
         options.resolved_auth_token()
+    scaling = local_scaling(machine_cpus(), args.replicas, args.replica_cpus)
     serve_forever(
         args.repo,
         grpc_port=args.grpc_port,
+        http_port=args.http_port,
         address=args.address,
         metrics_port=args.metrics_port,
         options=options,
-        replica_cpus=args.replica_cpus,
-        replicas=args.replicas,
+        replica_cpus=scaling.num_cpus,
+        replicas=scaling.max_replicas,
+        host=listen_host(options, args.host),
     )
 
 

@@ -22,6 +22,7 @@ EXAMPLES = """examples:
   pdeserve solve --target 127.0.0.1:9000 --model darcy-fno --input data/darcy64.h5 --reference
   pdeserve solve --model darcy-fno --input a.npy --tolerance 1e-6 --out u.npy   # refined to a residual
   pdeserve solve --model ns-fno --input w0.npy --steps 20 --out trajectory.npy   # Rollout stream
+  pdeserve solve --target solver.example.org:443 --tls --model darcy-fno --input a.npy   # via a TLS ingress
 """
 
 
@@ -59,6 +60,19 @@ def add_solve_command(commands: Commands) -> None:
     solve.add_argument("--timeout", type=float, default=60.0, help="deadline in seconds (whole stream)")
     solve.add_argument(
         "--application", default="", help="Ray Serve application to route to, when a cluster runs several"
+    )
+    solve.add_argument(
+        "--tls",
+        action="store_true",
+        help="connect over TLS (to a TLS-terminating ingress or load balancer in front of the server), "
+        "verifying its certificate against the system's roots",
+    )
+    solve.add_argument(
+        "--tls-root-cert",
+        metavar="PEM",
+        type=Path,
+        help="verify the server's certificate against this PEM file instead (a private CA or a "
+        "self-signed certificate); implies --tls",
     )
     solve.add_argument(
         "--token-env",
@@ -145,7 +159,15 @@ def _solve(args: argparse.Namespace) -> None:
     if args.steps is not None and args.tolerance:
         raise ValueError("--tolerance refines a single Solve's answers; it does not apply to --steps")
     token = os.environ.get(args.token_env, "").strip() or None
-    with SolverClient(args.target, timeout=args.timeout, token=token, application=args.application) as client:
+    root_certificates = args.tls_root_cert.read_bytes() if args.tls_root_cert else None
+    with SolverClient(
+        args.target,
+        timeout=args.timeout,
+        token=token,
+        application=args.application,
+        tls=args.tls,
+        root_certificates=root_certificates,
+    ) as client:
         info = client.get_model(args.model, args.version)
         inputs, truth = _read_inputs(path, info)
         if args.steps is not None:

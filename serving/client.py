@@ -148,6 +148,12 @@ class SolverClient:
         backoff from 0.1 s; other errors are never retried.
     application : str, optional
         Serve application to route to, when one Ray cluster serves several.
+    tls : bool
+        Connect over TLS, to the TLS-terminating front of a server (an ingress or load balancer: Ray
+        Serve's gRPC proxy itself speaks plain gRPC only), verifying its certificate.
+    root_certificates : bytes, optional
+        PEM certificates to verify the server's certificate with (a private CA, a self-signed
+        certificate); None: the system's roots. Implies ``tls``.
     """
 
     def __init__(
@@ -157,12 +163,18 @@ class SolverClient:
         token: str | None = None,
         retries: int = 3,
         application: str | None = None,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
     ) -> None:
         options = [
             ("grpc.max_send_message_length", 1 << 30),
             ("grpc.max_receive_message_length", 1 << 30),
         ]
-        self.channel = grpc.insecure_channel(target, options=options)
+        if tls or root_certificates:
+            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+            self.channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
         self.stub = solver_pb2_grpc.SolverStub(self.channel)
         self.timeout = timeout
         self.retries = retries

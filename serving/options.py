@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Ports of a pdeserve server: one place for the CLI, the local server, Serve configs and the chart.
 DEFAULT_GRPC_PORT = 9000
@@ -48,7 +48,7 @@ class ServingOptions:
     """
 
     max_request_bytes: int = 64 * 2**20
-    auth_token: str = ""
+    auth_token: str = field(default="", repr=False)  # a secret: never in a repr, so never in a log
     auth_token_env: str = ""
     max_batch_size: int = 32
     batch_wait_s: float = 0.0
@@ -74,3 +74,12 @@ class ServingOptions:
         if not token:
             raise ValueError(f"auth_token_env: environment variable {self.auth_token_env} is unset or empty")
         return token
+
+
+def listen_host(options: ServingOptions, host: str | None = None) -> str:
+    """Where a local server listens: ``host`` when given, else every interface (``0.0.0.0``) when its
+    calls need a token, else this machine only (``127.0.0.1``), so that an unauthenticated server is
+    never reachable from the network by default."""
+    if host:
+        return host
+    return "0.0.0.0" if options.auth_token or options.auth_token_env else "127.0.0.1"

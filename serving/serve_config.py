@@ -12,8 +12,10 @@ Importable without torch or Ray, so printing the config is instant.
 from __future__ import annotations
 
 import copy
+import os
 import re
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -65,6 +67,61 @@ class ReplicaScaling:
             )
         if self.target_ongoing_requests <= 0 or self.num_cpus < 0 or self.num_gpus < 0:
             raise ValueError("target ongoing requests must be positive, replica CPUs and GPUs not negative")
+
+
+# CPUs (torch threads) per replica of a local server. On a 2-core machine one replica of both cores met
+# both serving targets (batch-1 latency within 1.25x of in-process, 16-client throughput above 0.8x of
+# in-process batches), where two replicas of one core missed the latency one (docs/benchmarks.md#serving);
+# a 64x64 forward pass gains little from more threads, so larger machines get more replicas instead.
+CPUS_PER_REPLICA = 2
+
+
+def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The CPU quota of this process's cgroup in CPUs (``cpu.max`` of cgroup v2, ``cpu.cfs_quota_us``
+    over ``cpu.cfs_period_us`` of v1), None when there is none or it cannot be read."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        try:
+            quota = (root / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (root / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    if quota in ("max", "-1"):
+        return None
+    return int(quota) / int(period)
+
+
+def machine_cpus(affinity: int | None = None, quota: float | None = None) -> int:
+    """CPUs this process may use: those its affinity mask allows (``os.sched_getaffinity``), capped by
+    its cgroup's CPU quota, at least one. Read from the operating system when not given."""
+    if affinity is None:
+        affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if quota is None:
+        quota = cgroup_cpu_quota()
+    return max(1, min(affinity, int(quota) if quota is not None else affinity))
+
+
+def local_scaling(
+    cpus: int, replicas: int | None = None, replica_cpus: float | None = None
+) -> ReplicaScaling:
+    """Replicas of a local server on ``cpus`` CPUs and what each reserves (Ray gives a replica's torch
+    ``floor(num_cpus)`` threads, at least one).
+
+    Parameters
+    ----------
+    cpus : int
+        CPUs of the machine (:func:`machine_cpus`).
+    replicas, replica_cpus : optional
+        Either or both, as given on the command line; what is not given fills the machine: by default
+        ``cpus // CPUS_PER_REPLICA`` replicas (at least one) of ``cpus // replicas`` CPUs each; with
+        more replicas than CPUs, each reserves its share (a fraction) so that all of them start.
+    """
+    if replicas is None:
+        replicas = max(1, int(cpus // (replica_cpus or CPUS_PER_REPLICA)))
+    if replica_cpus is None:
+        replica_cpus = (cpus // replicas) or cpus / replicas
+    return ReplicaScaling(min_replicas=replicas, max_replicas=replicas, num_cpus=replica_cpus)
 
 
 def serve_options(grpc_port: int, http_port: int, host: str = "127.0.0.1") -> dict:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from pdeserve.operators.repository import ModelRepository
+from pdeserve.serving.lifecycle import adopt_orphans, end_descendants, ensure_ports_free
 from pdeserve.serving.options import (
     DEFAULT_GRPC_PORT,
     DEFAULT_HTTP_PORT,
@@ -41,7 +42,7 @@ def start(
     options: ServingOptions | None = None,
     replica_cpus: float = ReplicaScaling.num_cpus,
     replicas: int = 1,
-    host: str = "0.0.0.0",
+    host: str = "127.0.0.1",
 ) -> None:
     """Start (or join) Ray, start Serve and deploy the application; returns once it is running.
 
@@ -65,8 +66,14 @@ def start(
         thread loses nothing to synchronising threads); one replica with more threads answers a lone
         request sooner (bench/serving.py).
     host : str
-        Address the ports listen on (HAProxy serves the gRPC port on the HTTP proxy's host): every
-        interface by default, as a container or a remote simulation needs.
+        Address the gRPC and HTTP ports listen on (HAProxy serves the gRPC port on the HTTP proxy's
+        host): this machine only by default; ``0.0.0.0`` for every interface, as a container or a
+        remote simulation needs (:func:`pdeserve.serving.options.listen_host`).
+
+    Raises
+    ------
+    PortInUseError
+        Before Ray starts, when a local instance's port is taken (naming the port and its holder).
     """
     import ray
     from ray import serve
@@ -81,6 +88,9 @@ def start(
     # alone can take longer.
     for name, value in SERVE_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
+    if address == "local" and not ray.is_initialized():
+        ports = {"gRPC": grpc_port, "HTTP": http_port, **({"metrics": metrics_port} if metrics_port else {})}
+        ensure_ports_free(ports, host)
     if not ray.is_initialized():
         ray.init(
             address=None if address == "local" else address,
@@ -99,7 +109,7 @@ def stop(address: str = "local") -> None:
     import ray
     from ray import serve
 
-    if address != "local":
+    if address != "local" and ray.is_initialized():
         serve.delete(APP_NAME)
     ray.shutdown()
 
@@ -107,40 +117,50 @@ def stop(address: str = "local") -> None:
 def serve_forever(
     repo: str | os.PathLike,
     grpc_port: int = DEFAULT_GRPC_PORT,
+    http_port: int = DEFAULT_HTTP_PORT,
     address: str = "local",
     metrics_port: int | None = DEFAULT_METRICS_PORT,
     options: ServingOptions | None = None,
     replica_cpus: float = ReplicaScaling.num_cpus,
     replicas: int = 1,
+    host: str = "127.0.0.1",
 ) -> None:
-    """``pdeserve serve``: start, print how to call the service, run until Ctrl-C or SIGTERM."""
-    started = time.perf_counter()
-    start(
-        repo,
-        grpc_port=grpc_port,
-        address=address,
-        metrics_port=metrics_port,
-        options=options,
-        replica_cpus=replica_cpus,
-        replicas=replicas,
-    )
-    names = ", ".join(ModelRepository(repo).names())
-    seconds = time.perf_counter() - started
-    print(
-        f"pdeserve is serving {names} on 127.0.0.1:{grpc_port} (gRPC), metrics on :{metrics_port}, "
-        f"started in {seconds:.1f} s",
-        flush=True,
-    )
-    print(
-        f"  try: pdeserve solve --target 127.0.0.1:{grpc_port} --model {names.split(', ')[0]} "
-        f"--input a.npy --out u.npy   (Ctrl-C stops)",
-        flush=True,
-    )
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    """``pdeserve serve``: start, print how to call the service, run until Ctrl-C or SIGTERM (to the
+    process or its whole group, from the start-up on), then stop with no process of it left behind."""
+    # SIGTERM takes Ctrl-C's path, so that a stop during start-up stops Ray too.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    if address == "local":
+        adopt_orphans()  # Serve's HAProxy outlives its actor when the group is signalled (lifecycle.py)
     try:
-        done.wait()
+        started = time.perf_counter()
+        start(
+            repo,
+            grpc_port=grpc_port,
+            http_port=http_port,
+            address=address,
+            metrics_port=metrics_port,
+            options=options,
+            replica_cpus=replica_cpus,
+            replicas=replicas,
+            host=host,
+        )
+        names = ", ".join(ModelRepository(repo).names())
+        seconds = time.perf_counter() - started
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        print(
+            f"pdeserve is serving {names} on {host}:{grpc_port} (gRPC; {replicas} x {replica_cpus:g} CPU), "
+            f"metrics on :{metrics_port}, started in {seconds:.1f} s",
+            flush=True,
+        )
+        print(
+            f"  try: pdeserve solve --target {shown}:{grpc_port} --model {names.split(', ')[0]} "
+            f"--input a.npy --out u.npy   (Ctrl-C stops)",
+            flush=True,
+        )
+        threading.Event().wait()
     except KeyboardInterrupt:
         pass
     finally:
         stop(address)
+        if address == "local":
+            end_descendants()

@@ -1,0 +1,152 @@
+"""`pdeserve serve` as an operator runs it: a real process (Ray, Serve, HAProxy) stopped with SIGTERM to its
+process group, as systemd and `docker stop` do, and a start refused when a port is taken."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pdeserve.serving.client import SolverClient, SolverError
+from pdeserve.serving.lifecycle import descendants, ensure_ports_free, port_holders, port_is_free
+
+STOP_BOUND_S = 90  # Ray's own shutdown plus the sweep of what it leaves; generous for a busy 2-core machine
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports (held together while picked, so none is picked twice)."""
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def serve_command(repo: Path, grpc_port: int, http_port: int, metrics_port: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "pdeserve.cli",
+        "serve",
+        "--repo",
+        str(repo),
+        "--grpc-port",
+        str(grpc_port),
+        "--http-port",
+        str(http_port),
+        "--metrics-port",
+        str(metrics_port),
+    ]
+
+
+def session_processes(sid: int) -> list[int]:
+    """Live processes of session ``sid`` (a process started with ``start_new_session`` and all it
+    spawned, wherever they were reparented)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses (hex, as ``/proc/net/tcp`` writes them) of IPv4 sockets listening on ``port``."""
+    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    return {r[1].split(":")[0] for r in rows if int(r[1].split(":")[1], 16) == port and r[3] == "0A"}
+
+
+def wait_serving(target: str, server: subprocess.Popen, bound_s: float = 300) -> None:
+    deadline = time.monotonic() + bound_s
+    while time.monotonic() < deadline:
+        assert server.poll() is None, f"pdeserve serve exited with {server.returncode}"
+        try:
+            with SolverClient(target, timeout=5, retries=0) as client:
+                if client.health() == "SERVING":
+                    return
+        except SolverError:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"{target} not serving after {bound_s} s")
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_sigterm_to_the_process_group_frees_the_ports_and_leaves_no_process(bundled_repo):
+    ports = dict(zip(("gRPC", "HTTP", "metrics"), free_ports(3), strict=True))
+    server = subprocess.Popen(
+        serve_command(bundled_repo, *ports.values()),
+        start_new_session=True,  # its own process group and session, as under systemd or make
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_serving(f"127.0.0.1:{ports['gRPC']}", server)
+        held = {role: port for role, port in ports.items() if not port_is_free(port)}
+        assert held == ports  # the check below means something: all three were in use while serving
+        loopback = "0100007F"  # 127.0.0.1: without a token, the service is not on the network
+        assert listening_addresses(ports["gRPC"]) == listening_addresses(ports["HTTP"]) == {loopback}
+        os.killpg(server.pid, signal.SIGTERM)
+        assert server.wait(timeout=STOP_BOUND_S) == 0
+        deadline = time.monotonic() + 10
+        while session_processes(server.pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = {pid: Path(f"/proc/{pid}/comm").read_text().strip() for pid in session_processes(server.pid)}
+        assert left == {}
+        assert {role: port for role, port in ports.items() if not port_is_free(port)} == {}
+    finally:
+        for pid in session_processes(server.pid):  # leave nothing behind when the test fails
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_taken_port_fails_the_start_at_once_with_one_line_naming_it(bundled_repo):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            serve_command(bundled_repo, *free_ports(1), port, *free_ports(1)),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"HTTP port {port} is already in use by pid {os.getpid()} (" in lines[0]
+    assert "ray" not in (result.stdout + result.stderr).lower()  # refused before Ray started
+
+
+def test_the_holder_of_a_port_is_named_from_proc():
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert not port_is_free(port, "127.0.0.1")  # every interface includes this one
+        assert (os.getpid(), Path("/proc/self/comm").read_text().strip()) in port_holders(port)
+        with pytest.raises(OSError, match=f"^metrics port {port} is already in use by pid {os.getpid()} "):
+            ensure_ports_free({"gRPC": free_ports(1)[0], "metrics": port})
+    assert port_is_free(port)
+
+
+def test_descendants_follow_the_process_tree():
+    child = subprocess.Popen(["sh", "-c", "sleep 30 & wait"], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while len(descendants(os.getpid())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        below = descendants(os.getpid())
+        assert child.pid in below and len(below) == 2  # the shell and its sleep
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
