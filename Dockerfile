@@ -43,7 +43,9 @@ ENV PYTHONUNBUFFERED=1
 EXPOSE 9000 8000 8080
 HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
     CMD ["python", "-m", "pdeserve.serving.healthcheck", "--target", "127.0.0.1:9000"]
-CMD ["pdeserve", "serve", "--repo", "/models"]
+# Every interface of the container (pdeserve serve alone listens on 127.0.0.1 without a token): `docker run
+# -p` decides what reaches it.
+CMD ["pdeserve", "serve", "--repo", "/models", "--host", "0.0.0.0"]
 
 # --- bundled (default): a model repository baked in at /models --------------------------------------
 FROM runtime AS bundled

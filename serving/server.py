@@ -127,7 +127,8 @@ def serve_forever(
 ) -> None:
     """``pdeserve serve``: start, print how to call the service, run until Ctrl-C or SIGTERM (to the
     process or its whole group, from the start-up on), then stop with no process of it left behind."""
-    # SIGTERM takes Ctrl-C's path, so that a stop during start-up stops Ray too.
+    # SIGTERM takes Ctrl-C's path (during ray.init and Serve's start-up, Ray's own handler exits through
+    # the same finally), so that a stop at any time stops Ray and what it started.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     if address == "local":
         adopt_orphans()  # Serve's HAProxy outlives its actor when the group is signalled (lifecycle.py)
@@ -144,6 +145,7 @@ def serve_forever(
             replicas=replicas,
             host=host,
         )
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # again: ray.init set Ray's own
         names = ", ".join(ModelRepository(repo).names())
         seconds = time.perf_counter() - started
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
@@ -161,6 +163,7 @@ def serve_forever(
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the clean-up short
         stop(address)
         if address == "local":
             end_descendants()
