@@ -2,7 +2,8 @@
 
 A version's ``config.json`` holds its card (``schema_version`` 2): architecture and arguments, fields,
 normaliser statistics, PDE and parameters, training grid, dataset summary, training settings and
-history, weights checksum, parameter count, metrics and lineage. Only the model repository reads and
+history, weights checksum, parameter count, metrics and lineage (each dataset with its generation recipe
+when recorded; cards written before recipes were decode with none). Only the model repository reads and
 writes the file (``operators/repository.py``); everything else works with :class:`ModelCard`.
 
 Versions written before the card (``format_version`` 1: ``config.json`` plus ``metrics.json``, like
@@ -135,6 +136,43 @@ class EpochRecord:
 
 
 @dataclass(frozen=True)
+class GenerationRecipe:
+    """How a dataset was generated: enough to run ``pdeserve datagen`` again and get the same arrays.
+
+    Parameters
+    ----------
+    family : str
+        The PDE family (``datagen`` registry name).
+    parameters : mapping
+        The family's parameters as generated, every ``datagen`` option that affects the data included,
+        with ``solve_resolution`` resolved (the file's ``parameters_json``).
+    seed : int
+        Root seed (sample ``i`` is drawn from ``SeedSequence([seed, i])``).
+    n : int
+        Number of samples.
+    resolution : int
+        Nodes per side of the stored fields.
+    dtype : str
+        Storage dtype (``float32`` or ``float64``).
+    pdeserve_version : str
+        The pdeserve that generated it: a different solver may produce different bits.
+    """
+
+    family: str
+    parameters: Mapping[str, Any]
+    seed: int
+    n: int
+    resolution: int
+    dtype: str
+    pdeserve_version: str
+
+    @property
+    def solve_resolution(self) -> int | None:
+        """Nodes per side of the solver grid (None for a family without one)."""
+        return self.parameters.get("solve_resolution")
+
+
+@dataclass(frozen=True)
 class DatasetRecord:
     """A dataset in a model's lineage.
 
@@ -148,6 +186,8 @@ class DatasetRecord:
         How its samples were split, in this order (the test samples are the held-out set).
     seed : int or None
         The root seed it was generated with, when recorded.
+    recipe : GenerationRecipe or None
+        How to generate it again (None: recorded before recipes were, or not from ``pdeserve datagen``).
     """
 
     path: str
@@ -156,6 +196,7 @@ class DatasetRecord:
     n_validation: int
     n_test: int
     seed: int | None = None
+    recipe: GenerationRecipe | None = None
 
     @property
     def n_samples(self) -> int:

@@ -229,7 +229,19 @@ def retrain(options: RetrainOptions, log: Callable[[str], None] = lambda line: N
     parent = load_model(repo.root, options.name)
     owner = f"{options.name} v{parent.version}"
     card = parent.card
-    old = lineage_data(card, owner, repo.root, options.data)
+    folder = repo.data_folder(options.name)
+
+    def regenerate(request: GenerationRequest) -> tuple[Path, LoadedDataset]:
+        log(f"{owner}: generating {request.n} {request.family.name} samples again from a recorded recipe")
+        return generate(
+            request,
+            folder,
+            workers=options.workers,
+            ray_address=options.ray_address,
+            progress=options.progress,
+        )
+
+    old = lineage_data(card, owner, repo.root, options.data, regenerate)
     total = sum(r.n_samples for r, _ in old)
     log(f"{owner}: {total} samples in {len(old)} dataset(s) of its lineage, fingerprints verified")
 
@@ -244,7 +256,7 @@ def retrain(options: RetrainOptions, log: Callable[[str], None] = lambda line: N
     request = GenerationRequest(family, parameters, options.n, card.training_resolution[0], seed)
     path, new = generate(
         request,
-        repo.data_folder(options.name),
+        folder,
         workers=options.workers,
         ray_address=options.ray_address,
         progress=options.progress,

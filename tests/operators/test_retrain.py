@@ -14,10 +14,10 @@ import pytest
 from pdeserve.cli import main
 from pdeserve.datagen.dataset import LoadedDataset, load_dataset
 from pdeserve.operators import load_model
-from pdeserve.operators.card import DatasetRecord, DatasetSummary
+from pdeserve.operators.card import DatasetRecord, DatasetSummary, GenerationRecipe
 from pdeserve.operators.evaluation import evaluate
 from pdeserve.operators.lineage import LineageError, dataset_path, lineage_data
-from pdeserve.operators.repository import ModelRepository, read_card
+from pdeserve.operators.repository import ModelRepository, read_card, write_card
 from pdeserve.operators.retrain import EXIT_REFUSED, RetrainOptions, combine, retrain
 from pdeserve.operators.training import subset
 
@@ -53,13 +53,24 @@ def test_train_records_its_data_file_in_the_lineage(template):
     assert lineage.mode == "train" and lineage.parent is None
     assert lineage.command[:2] == ("pdeserve", "train")
     [entry] = lineage.datasets
+    loaded = load_dataset(data)
+    parameters = {"alpha": 2.0, "coefficient": "piecewise", "contrast": "12/3", "forcing": 1.0, "tau": 3.0}
     assert entry == DatasetRecord(
         path=str(data.resolve()),
-        fingerprint=load_dataset(data).fingerprint(),
+        fingerprint=loaded.fingerprint(),
         n_train=36,
         n_validation=0,
         n_test=4,
         seed=0,
+        recipe=GenerationRecipe(
+            family="darcy",
+            parameters={**parameters, "solve_resolution": 32},
+            seed=0,
+            n=40,
+            resolution=32,
+            dtype="float32",
+            pdeserve_version=loaded.attrs["pdeserve_version"],
+        ),
     )
 
 
@@ -148,6 +159,36 @@ def test_missing_or_changed_data_is_refused(template, tmp_path):
     copy.unlink()
     with pytest.raises(LineageError, match=r"copy\.h5, which is missing"):
         lineage_data(card, "tiny v1", repo)
+
+
+def _moved(repo: Path, version: str, **changes) -> DatasetRecord:
+    """Rewrite ``version``'s lineage record of its data with ``changes``; returns the original."""
+    folder = repo / NAME / version
+    card = read_card(folder)
+    [record] = card.lineage.datasets
+    write_card(folder, card.replace(lineage=replace(card.lineage, datasets=(replace(record, **changes),))))
+    return record
+
+
+def test_retrain_regenerates_a_missing_data_file_from_its_recipe(repo, tmp_path, capsys):
+    original = _moved(repo, "1", path=str(tmp_path / "gone.h5"))
+    args = ["retrain", "--repo", str(repo), "--model", NAME, "--n", "4", "--epochs", "1", "--quiet"]
+    assert main([*args, "--max-regression", "10"]) == 0
+    assert "generating 40 darcy samples again from a recorded recipe" in capsys.readouterr().out
+    [old, _] = load_model(repo, NAME).card.lineage.datasets
+    # The same content, now found in the repository's data folder by the next retrain.
+    assert old == replace(original, path=f".data/{NAME}/{original.fingerprint}.h5")
+    assert load_dataset(repo / old.path).fingerprint() == original.fingerprint
+
+
+def test_a_recipe_that_does_not_reproduce_the_data_is_refused(repo, tmp_path, capsys):
+    original = _moved(repo, "1", path=str(tmp_path / "gone.h5"))
+    _moved(repo, "1", path=str(tmp_path / "gone.h5"), recipe=replace(original.recipe, seed=5))
+    assert main(["retrain", "--repo", str(repo), "--model", NAME, "--n", "4", "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"pdeserve: error: {tmp_path / 'gone.h5'} regenerated from")
+    assert f"recorded {original.fingerprint[:16]}..." in err
+    assert _versions(repo) == ["1"]
 
 
 def test_a_model_without_lineage_needs_its_own_data_file(template, bundled_repo, tmp_path, capsys):
