@@ -14,6 +14,7 @@ from pdeserve.cli.parsing import Commands
 from pdeserve.serving.options import DEFAULT_GRPC_PORT
 
 if TYPE_CHECKING:  # the client loads with the command, not with every command's --help
+    from pdeserve.datagen.dataset import LoadedDataset
     from pdeserve.protos.v1 import solver_pb2 as pb
     from pdeserve.serving.client import AnswerCheck, SolverClient
 
@@ -21,7 +22,7 @@ EXAMPLES = """examples:
   pdeserve solve --target 127.0.0.1:9000 --model darcy-fno --input a.npy --out u.npy
   pdeserve solve --target 127.0.0.1:9000 --model darcy-fno --input data/darcy64.h5 --reference
   pdeserve solve --model darcy-fno --input a.npy --tolerance 1e-6 --out u.npy   # refined to a residual
-  pdeserve solve --model ns-fno --input w0.npy --steps 20 --out trajectory.npy   # Rollout stream
+  pdeserve solve --model ns-fno --input data/ns64.h5 --steps 40 --out trajectory.npy   # Rollout stream
   pdeserve solve --target solver.example.org:443 --tls --model darcy-fno --input a.npy   # via a TLS ingress
 """
 
@@ -35,8 +36,9 @@ def add_solve_command(commands: Commands) -> None:
     solve.add_argument(
         "--input",
         required=True,
-        help=".npy of shape (R, R) or (B, R, R) for the model's single input, "
-        "or a pdeserve HDF5 dataset (its input fields are sent, its outputs compared)",
+        help=".npy of shape (R, R) or (B, R, R) for the model's single input, .npz of its inputs, "
+        "or a pdeserve HDF5 dataset (its input fields are sent, its outputs compared; for a model of "
+        "several states, a trajectory's first states are sent)",
     )
     solve.add_argument("--out", help="write the output: .npy (single output field) or .npz")
     solve.add_argument(
@@ -96,13 +98,35 @@ def _read_inputs(path: Path, info: pb.ModelInfo) -> tuple[dict[str, np.ndarray],
     from pdeserve.datagen.dataset import load_dataset
 
     data = load_dataset(path)
-    missing = [n for n in names if n not in data.inputs]
-    if missing:
+    if all(n in data.inputs for n in names):
+        return {n: data.inputs[n] for n in names}, data.outputs
+    window = _state_window(data, names)
+    if window is None:
         raise ValueError(
             f"model {info.name} reads {names}; {path.name} has inputs {sorted(data.inputs)}: "
             "pass the model's inputs in an .npz"
         )
-    return {n: data.inputs[n] for n in names}, data.outputs
+    return window
+
+
+def _state_window(
+    data: LoadedDataset, names: list[str]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:
+    """For a model of several states (``w@t=0``, ``w@t=1``, ...): the first ``len(names)`` states of a
+    trajectory dataset's samples as its inputs, and the state after them as the output to compare
+    with; None when the dataset's states are not the model's."""
+    from pdeserve.operators.pairs import TimeMap, operator_pairs
+
+    if not any(f.dims[:1] == ("t",) for f in data.family.outputs):
+        return None
+    try:
+        pairs = operator_pairs(data, TimeMap(len(names), 1))
+    except ValueError:  # too few stored states for the window
+        return None
+    if [f.name for f in pairs.inputs] != names:
+        return None
+    inputs = {name: pairs.x[:, i] for i, name in enumerate(names)}
+    return inputs, {f.name: pairs.y[:, i] for i, f in enumerate(pairs.outputs)}
 
 
 def _write_outputs(out: Path, outputs: Mapping[str, np.ndarray]) -> None:
