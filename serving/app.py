@@ -13,21 +13,35 @@ a bad request never disturbs the replica.
 
 Concurrent ``Solve`` calls for the same model and grid are stacked into one forward pass by
 ``@serve.batch``, admitted by a ``BatchGate`` so that the requests arriving during a pass form the next
-batch together (serving/batching.py); models load through ``@serve.multiplexed`` (each replica keeps
-the most recently used ones), and a request that names no version is resolved against the repository
-on every call, so a newly published version is served without a restart. Describing a model
-(``ListModels``, ``GetModel``, ``ModelMetadata``) reads its model card only, never its weights.
+batch together (serving/batching.py), and every forward pass covers a bounded number of grid points;
+models load through ``@serve.multiplexed`` (each replica keeps the most recently used ones).
+
+The event loop never lists the repository: a task lists it on a thread every ``INDEX_REFRESH_S``
+(``VersionIndex``) and loads each model's newest version as it appears, so a newly published version is
+served without a restart, and readiness (``Check``, ``ServerReady``) says whether some model's newest
+version loads now. A model whose files are damaged is refused with FAILED_PRECONDITION naming it, and
+``ListModels`` leaves it out: the other models keep serving. Describing a model (``ListModels``,
+``GetModel``, ``ModelMetadata``) reads its model card only, never its weights.
+
+Work a client can trigger is bounded: grid points per request, per Rollout stream and per reference
+solve, the time a stream or a reference solve may take; a stream stops when its client goes away (Serve
+cancels the handler) and computes a step only when the client has taken the previous one. Serve's
+``check_health`` fails when a torch job has run far longer than any bounded pass, so Serve replaces a
+wedged replica.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import math
+import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -39,15 +53,22 @@ from ray import serve
 from pdeserve.operators.card import FieldSpec, ModelCard
 from pdeserve.operators.errors import CheckpointError, InvalidInputError
 from pdeserve.operators.evaluation import relative_l2
-from pdeserve.operators.pairs import RolloutTimes, reference_outputs, rollout_times
+from pdeserve.operators.pairs import RolloutTimes, rollout_times
 from pdeserve.operators.registry import make_config
 from pdeserve.operators.repository import ModelNotFoundError, ModelRepository
 from pdeserve.operators.surrogate import Surrogate, load_surrogate
 from pdeserve.protos.v1 import solver_pb2 as pb
 from pdeserve.serving.allocator import retain_freed_memory
-from pdeserve.serving.batching import BatchGate
-from pdeserve.serving.checks import Answer, Checker, SampleCheck, answer, requested_tolerance
-from pdeserve.serving.errors import FailedPrecondition, NotFound, ResourceExhausted
+from pdeserve.serving.batching import BatchGate, micro_batches
+from pdeserve.serving.checks import (
+    Answer,
+    Checker,
+    SampleCheck,
+    answer,
+    classical_reference,
+    requested_tolerance,
+)
+from pdeserve.serving.errors import DeadlineExceeded, FailedPrecondition, NotFound, ResourceExhausted
 from pdeserve.serving.metrics import Metrics
 from pdeserve.serving.options import ServingOptions
 from pdeserve.serving.rpc import Call, response_types, rpc, streaming_rpc
@@ -64,6 +85,24 @@ HEALTH_SERVICES = ("", SERVICE_NAME, "inference.GRPCInferenceService")
 MODELS_PER_REPLICA = 8
 # Longest Rollout one request may ask for: a stream holds one of the replica's request slots until done.
 MAX_ROLLOUT_STEPS = 10_000
+# Most grid points (samples x points per sample) of one Solve or ModelInfer request, or of one Rollout
+# step: 16 MiB of float32 per channel (forward passes split them further, serving/batching.py).
+MAX_REQUEST_POINTS = 2**22
+# Most steps x grid points of one Rollout stream, and the longest it may run.
+MAX_ROLLOUT_POINTS = 2**26
+ROLLOUT_TIMEOUT_S = 600.0
+# Most grid points of one request's classical reference solves, and the longest they may take
+# (one solve at a time per replica: they compete with the forward passes for the same cores).
+MAX_REFERENCE_POINTS = 2**20
+REFERENCE_TIMEOUT_S = 60.0
+# How often a replica lists the repository: a newly published version is served within this.
+INDEX_REFRESH_S = 1.0
+# A torch job running longer than this is wedged (a pass covers at most MAX_PASS_POINTS grid points,
+# seconds on a CPU): Serve's health check fails and Serve replaces the replica.
+WEDGED_AFTER_S = 120.0
+# Ray Serve's size limit of a gRPC message its ingress server receives or sends (2 GiB by default),
+# read from the environment of the process that runs the server.
+GRPC_MESSAGE_SIZE_VARIABLE = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"
 
 
 def _field_specs(fields: tuple[FieldSpec, ...], shape: list[int]) -> list[pb.FieldSpec]:
@@ -129,6 +168,116 @@ def _time_axis(surrogate: Surrogate) -> RolloutTimes:
     return rollout_times(surrogate.card)
 
 
+def request_points(stacked: np.ndarray) -> int:
+    """Grid points of a validated ``(batch, channels, *grid)`` request, all samples together."""
+    return stacked.shape[0] * math.prod(stacked.shape[2:])
+
+
+def bound_points(points: int, limit: int, what: str) -> None:
+    """``ResourceExhausted`` naming ``what`` when ``points`` grid points are above ``limit``."""
+    if points > limit:
+        raise ResourceExhausted(
+            f"{what} covers {points} grid points (samples x points per sample), above this server's "
+            f"limit of {limit}; send fewer samples per request or a coarser grid"
+        )
+
+
+@contextlib.contextmanager
+def model_files(name: str, version: str) -> Iterator[None]:
+    """Reading model ``name``'s files at ``version`` ("" = newest): a failure the layers below do not
+    name (an unknown model and a damaged checkpoint they do) is FAILED_PRECONDITION naming the model and
+    the kind of failure, nothing of the server's files (the log has it in full)."""
+    try:
+        yield
+    except (ModelNotFoundError, CheckpointError):
+        raise
+    except Exception as exc:
+        logger.error("model %s version %s is unusable", name, version or "newest", exc_info=exc)
+        raise FailedPrecondition(
+            f"model {name} version {version or 'newest'} cannot be used ({type(exc).__name__}: its files "
+            "do not fit this server); other models are served, and the server log has details"
+        ) from None
+
+
+def health_problem(torch_busy_s: float, listing_stopped: bool) -> str:
+    """Why a replica is unhealthy ("" if it is not).
+
+    Parameters
+    ----------
+    torch_busy_s : float
+        Seconds the job in progress on the torch thread has run (0 when idle).
+    listing_stopped : bool
+        Whether the task that lists the model repository has ended.
+    """
+    if torch_busy_s > WEDGED_AFTER_S:
+        return f"one torch job has run for {torch_busy_s:.0f} s (limit {WEDGED_AFTER_S:g} s): wedged"
+    if listing_stopped:
+        return "the task that lists the model repository has stopped"
+    return ""
+
+
+def newest_or_highest(repository: ModelRepository, name: str, versions: tuple[str, ...]) -> str:
+    """The version a request without one gets: the newest intact one, or the highest when none is
+    (requests then name it and get what is wrong with it)."""
+    try:
+        return repository.newest(name, versions)
+    except Exception as exc:  # any damage of any model's files must not stop the listing
+        logger.warning("no intact version of %s: %s", name, exc)
+        return versions[-1]
+
+
+@dataclass(frozen=True)
+class VersionIndex:
+    """Published versions of every model, as one listing of the repository found them.
+
+    Parameters
+    ----------
+    versions : mapping of str to tuple of str
+        Versions by model name, oldest first.
+    newest : mapping of str to str
+        The version a request without one gets, by model name (see ``newest_or_highest``).
+    """
+
+    versions: Mapping[str, tuple[str, ...]]
+    newest: Mapping[str, str]
+
+    @classmethod
+    def scan(cls, repository: ModelRepository) -> VersionIndex:
+        """List ``repository`` (blocking: run it on a thread)."""
+        versions = {name: tuple(repository.versions(name)) for name in repository.names()}
+        return cls(versions, {name: newest_or_highest(repository, name, v) for name, v in versions.items()})
+
+    def resolve(self, name: str, version: str) -> str | None:
+        """The version that serves ``name`` at ``version`` ("" = newest); None if this listing lacks it."""
+        if not version:
+            return self.newest.get(name)
+        return version if version in self.versions.get(name, ()) else None
+
+
+class TorchThread:
+    """The replica's one thread for torch calls, and how long the job it runs has been running."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="pdeserve-torch")
+        self._started: float | None = None
+
+    def _timed(self, function: Callable[..., T], *args: Any) -> T:
+        self._started = time.monotonic()
+        try:
+            return function(*args)
+        finally:
+            self._started = None
+
+    async def run(self, function: Callable[..., T], *args: Any) -> T:
+        """``function(*args)`` on the thread, after the jobs before it."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._timed, function, *args)
+
+    def busy_for(self) -> float:
+        """Seconds the job in progress has run (0 when idle)."""
+        started = self._started
+        return 0.0 if started is None else time.monotonic() - started
+
+
 @serve.deployment(name="SolverService")  # queue bounds come from ServingOptions in build_app
 class SolverService:
     """Serves every model of a repository; a request without a version gets the newest one.
@@ -147,7 +296,9 @@ class SolverService:
         # solves, which may take long, keep their own threads): each thread that runs torch gets its own
         # OpenMP team, and two teams on the same cores slow each other's forward passes. A model load
         # therefore waits for the forward pass in progress, and the next pass for the load.
-        self._torch_thread = ThreadPoolExecutor(1, thread_name_prefix="pdeserve-torch")
+        self._torch = TorchThread()
+        # Reference solves take turns on a thread of their own: they compete for the same cores.
+        self._reference_pool = ThreadPoolExecutor(1, thread_name_prefix="pdeserve-reference")
         self.repository = ModelRepository(repo)
         self.options = ServingOptions(**(options or {}))
         self.auth_token = self.options.resolved_auth_token()
@@ -160,36 +311,80 @@ class SolverService:
         self._infer.set_max_batch_size(self.options.max_batch_size)
         self._infer.set_batch_wait_timeout_s(self.options.batch_wait_s)
         self._gate = BatchGate(self.options.batch_hold_fraction)
-        self._ready = 0
-        for name in self.repository.names():
+        self._index = VersionIndex({}, {})
+        self._newest: dict[str, tuple[str, bool]] = {}  # name -> (newest version tried, it loaded)
+        await self._refresh()
+        loaded = sum(ok for _, ok in self._newest.values())
+        logger.info("pdeserve replica loaded %d of %d model(s) from %s", loaded, len(self._newest), repo)
+        self._refresher = asyncio.get_running_loop().create_task(self._keep_refreshing())
+
+    async def _refresh(self) -> None:
+        """List the repository (on a thread) and load each model's newest version not tried yet."""
+        self._index = await asyncio.to_thread(VersionIndex.scan, self.repository)
+        for name, newest in self._index.newest.items():
+            if self._newest.get(name, ("",))[0] != newest:
+                self._newest[name] = (newest, await self._loads(name, newest))
+
+    async def _keep_refreshing(self) -> None:
+        while True:
+            await asyncio.sleep(INDEX_REFRESH_S)
             try:
-                await self._model(name, "")
-                self._ready += 1
-            except CheckpointError as exc:  # serve the healthy models; requests for this one fail clearly
-                logger.error("not serving %s: %s", name, exc)
-        logger.info("pdeserve replica loaded %d model(s) from %s", self._ready, repo)
+                await self._refresh()
+            except Exception:  # a failed listing (a storage hiccup) keeps the last index
+                logger.exception("listing the model repository failed")
+
+    async def _loads(self, name: str, version: str) -> bool:
+        """Whether version ``version`` of ``name`` loads (it stays in the replica's models if so)."""
+        try:
+            await self._model(name, version)
+        except Exception as exc:  # serve the healthy models; requests for this one fail clearly
+            logger.error("not serving %s version %s: %s", name, version, exc)
+            return False
+        return True
+
+    def _ready(self) -> bool:
+        """Whether some model's newest version loads: what readiness probes ask."""
+        return any(ok for name, (_, ok) in self._newest.items() if name in self._index.versions)
+
+    async def check_health(self) -> None:
+        """Ray Serve's periodic replica health check: fails when a torch job is wedged (it has run far
+        longer than a bounded forward pass or load) or the repository listing task died; Serve then
+        replaces the replica."""
+        problem = health_problem(self._torch.busy_for(), self._refresher.done())
+        if problem:
+            raise RuntimeError(problem)
 
     @serve.multiplexed(max_num_models_per_replica=MODELS_PER_REPLICA)
     async def _load(self, model_id: str) -> Surrogate:
         name, _, version = model_id.rpartition(":")
         started = time.perf_counter()
-        _, folder = self.repository.resolve(name, version)
-        surrogate = await self._on_torch_thread(load_surrogate, folder, name, version)
+        surrogate = await self._torch.run(self._load_version, name, version)
         self.metrics.load_seconds.set(time.perf_counter() - started, tags={"model": name, "version": version})
         return surrogate
 
-    async def _on_torch_thread(self, function: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._torch_thread, function, *args)
+    def _load_version(self, name: str, version: str) -> Surrogate:
+        return load_surrogate(self.repository.resolve(name, version)[1], name, version)
+
+    async def _resolve(self, name: str, version: str) -> str:
+        """The version serving ``name`` at ``version`` ("" = newest), from the index; one it lacks
+        (published since its last listing, or unknown: ``ModelNotFoundError``) from the repository."""
+        found = self._index.resolve(name, version)
+        if found:
+            return found
+        with model_files(name, version):
+            return (await asyncio.to_thread(self.repository.resolve, name, version))[0]
 
     async def _model(self, name: str, version: str) -> Surrogate:
-        # Resolved on every call: "newest" follows the repository as versions are published.
-        version, _ = self.repository.resolve(name, version)
-        return await self._load(f"{name}:{version}")
+        version = await self._resolve(name, version)
+        with model_files(name, version):
+            return await self._load(f"{name}:{version}")
 
     async def _describe(self, name: str, version: str) -> pb.ModelInfo:
         """``ModelInfo`` of ``name`` at ``version`` ("" = newest) from its card, without loading weights."""
-        version, card = await asyncio.to_thread(self.repository.card, name, version)
-        return model_info(name, version, card, self.repository.versions(name))
+        version = await self._resolve(name, version)
+        with model_files(name, version):
+            _, card = await asyncio.to_thread(self.repository.card, name, version)
+            return model_info(name, version, card, list(self._index.versions.get(name, (version,))))
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)  # set from ServingOptions in __init__
     async def _infer(self, items: list[tuple[Surrogate, np.ndarray]]) -> list[np.ndarray]:
@@ -206,8 +401,9 @@ class SolverService:
             surrogate = items[members[0]][0]
             stacked = np.concatenate([items[i][1] for i in members])
             self.metrics.batch_size.observe(len(members), tags={"model": name, "version": version})
-            self.metrics.forward_passes.inc(tags={"model": name, "version": version})
-            out = await self._on_torch_thread(surrogate.forward, stacked)
+            passes = micro_batches(len(stacked), math.prod(stacked.shape[2:]))
+            self.metrics.forward_passes.inc(len(passes), tags={"model": name, "version": version})
+            out = np.concatenate([await self._torch.run(surrogate.forward, stacked[part]) for part in passes])
             offsets = np.cumsum([0] + [len(items[i][1]) for i in members])
             for j, i in enumerate(members):
                 results[i] = out[offsets[j] : offsets[j + 1]]
@@ -258,6 +454,7 @@ class SolverService:
         surrogate = await self._lookup(request, call, model_field)
         inputs = decode(surrogate)
         stacked, batched = surrogate.validate(inputs)
+        bound_points(request_points(stacked), MAX_REQUEST_POINTS, "the request")
         outputs = _split(surrogate.output_names, await self._forward(surrogate, stacked), batched)
         call.forward_ms = (time.perf_counter() - call.started) * 1e3
         checks = await self.checker.check(surrogate.card, inputs, outputs, batched, tolerance)
@@ -277,6 +474,9 @@ class SolverService:
         the time since the request entered the replica until the forward pass's outputs were ready
         (validation, queueing for the batch and the forward pass)."""
         tolerance = requested_tolerance(request.tolerance, "SolveRequest.tolerance")
+        if request.reference:  # refused before any work
+            points = max((math.prod(t.shape) for t in request.inputs.values()), default=0)
+            bound_points(points, MAX_REFERENCE_POINTS, "the classical reference solve of the request")
         surrogate, inputs, checked = await self._predict(
             request, call, "SolveRequest.model", lambda _: _decode(request), tolerance
         )
@@ -291,7 +491,9 @@ class SolverService:
         for name, array in checked.outputs.items():
             response.outputs[name].CopyFrom(to_tensor(array))
         if request.reference:
-            await asyncio.to_thread(self._reference, surrogate, inputs, checked.outputs, response)
+            for name, (truth, error) in (await self._reference(surrogate, inputs, checked.outputs)).items():
+                response.reference_outputs[name].CopyFrom(to_tensor(truth))
+                response.reference_relative_l2[name] = error
             for value in response.reference_relative_l2.values():
                 self.metrics.reference_error.observe(
                     value, tags={"model": surrogate.name, "version": surrogate.version}
@@ -309,8 +511,18 @@ class SolverService:
         surrogate = await self._lookup(request, call, "RolloutRequest.model")
         times = _time_axis(surrogate)
         window, batched = surrogate.validate(_decode(request))
+        points = request_points(window)
+        bound_points(points, MAX_REQUEST_POINTS, "one step of the rollout")
+        bound_points(request.steps * points, MAX_ROLLOUT_POINTS, f"the rollout of {request.steps} steps")
+        # Each step is computed once the client has taken the previous one (the handler waits at its
+        # yield), and a client that goes away cancels the handler: no step is computed for nobody.
         step = 0
         while step < request.steps:
+            if time.perf_counter() - call.started > ROLLOUT_TIMEOUT_S:
+                raise DeadlineExceeded(
+                    f"the rollout ran for this server's limit of {ROLLOUT_TIMEOUT_S:g} s after {step} of "
+                    f"{request.steps} steps; continue it from the last state in another request"
+                )
             out = await self._forward(surrogate, window)
             checks = await self.checker.check(
                 surrogate.card,
@@ -335,28 +547,37 @@ class SolverService:
             # Sliding window: the newest input_steps states, predictions included, are the next input.
             window = np.concatenate([window, out], axis=1)[:, -window.shape[1] :]
 
-    @staticmethod
-    def _reference(
-        surrogate: Surrogate,
-        inputs: dict[str, np.ndarray],
-        outputs: dict[str, np.ndarray],
-        response: pb.SolveResponse,
-    ) -> None:
-        batched = next(iter(inputs.values())).ndim == surrogate.ndim + 1
-        batch = {k: v if batched else v[None] for k, v in inputs.items()}
-        n = len(next(iter(batch.values())))
-        solved = [reference_outputs(surrogate.card, {k: v[i] for k, v in batch.items()}) for i in range(n)]
-        for name in surrogate.output_names:
-            truth = np.stack([s[name] for s in solved]).astype(np.float32)
-            pred = outputs[name] if batched else outputs[name][None]
-            response.reference_outputs[name].CopyFrom(to_tensor(truth if batched else truth[0]))
-            response.reference_relative_l2[name] = relative_l2(pred[:, None], truth[:, None])
+    async def _reference(
+        self, surrogate: Surrogate, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]
+    ) -> dict[str, tuple[np.ndarray, float]]:
+        """The classical solution of every sample and the answer's relative L2 error against it, by
+        output name, on the replica's reference thread within ``REFERENCE_TIMEOUT_S`` (waiting for the
+        thread included). Work left when the time is up or the client goes away stops after the sample
+        in progress."""
+        stop = threading.Event()
+        work = asyncio.get_running_loop().run_in_executor(
+            self._reference_pool, reference_solutions, surrogate, inputs, outputs, stop
+        )
+        try:
+            return await asyncio.wait_for(work, REFERENCE_TIMEOUT_S)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"the classical reference solve took longer than this server's limit of "
+                f"{REFERENCE_TIMEOUT_S:g} s; ask for it with fewer samples per request"
+            ) from None
+        finally:
+            stop.set()
 
     @rpc()
     async def ListModels(self, request: pb.ListModelsRequest, call: Call) -> pb.ListModelsResponse:
-        """Every model's newest version, from the model cards (no weights are loaded)."""
-        names = self.repository.names()
-        return pb.ListModelsResponse(models=await asyncio.gather(*(self._describe(n, "") for n in names)))
+        """Every model's newest version, from the model cards (no weights are loaded); a model whose
+        card cannot be read is left out (GetModel and Solve say what is wrong with it)."""
+        names = list(self._index.versions)
+        infos = await asyncio.gather(*(self._describe(n, "") for n in names), return_exceptions=True)
+        for name, info in zip(names, infos, strict=True):
+            if isinstance(info, BaseException):
+                logger.warning("ListModels leaves out %s: %s", name, info)
+        return pb.ListModelsResponse(models=[info for info in infos if isinstance(info, pb.ModelInfo)])
 
     @rpc()
     async def GetModel(self, request: pb.GetModelRequest, call: Call) -> pb.ModelInfo:
@@ -367,14 +588,14 @@ class SolverService:
     async def Check(
         self, request: health_pb2.HealthCheckRequest, call: Call
     ) -> health_pb2.HealthCheckResponse:
-        """grpc.health.v1: SERVING once at least one model is loaded (probes need no token)."""
+        """grpc.health.v1: SERVING while some model's newest version loads (probes need no token)."""
         if request.service not in HEALTH_SERVICES:
             raise NotFound(
                 f"unknown service {request.service!r}; this server has {', '.join(HEALTH_SERVICES[1:])}"
             )
         serving = (
             health_pb2.HealthCheckResponse.SERVING
-            if self._ready
+            if self._ready()
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         return health_pb2.HealthCheckResponse(status=serving)
@@ -388,8 +609,8 @@ class SolverService:
 
     @rpc(auth=False)
     async def ServerReady(self, request: oip_pb.ServerReadyRequest, call: Call) -> oip_pb.ServerReadyResponse:
-        """Ready once at least one model is loaded, like ``Check`` (probes need no token)."""
-        return self.oip.pb.ServerReadyResponse(ready=self._ready > 0)
+        """Ready while some model's newest version loads, like ``Check`` (probes need no token)."""
+        return self.oip.pb.ServerReadyResponse(ready=self._ready())
 
     @rpc()
     async def ModelReady(self, request: oip_pb.ModelReadyRequest, call: Call) -> oip_pb.ModelReadyResponse:
@@ -397,7 +618,7 @@ class SolverService:
         ready" with status OK, and so is a damaged checkpoint."""
         try:
             await self._model(request.name, request.version)
-        except (ModelNotFoundError, CheckpointError):
+        except (ModelNotFoundError, CheckpointError, FailedPrecondition):
             return self.oip.pb.ModelReadyResponse(ready=False)
         return self.oip.pb.ModelReadyResponse(ready=True)
 
@@ -413,8 +634,11 @@ class SolverService:
         self, request: oip_pb.ModelMetadataRequest, call: Call
     ) -> oip_pb.ModelMetadataResponse:
         """The model's tensor signatures, from its card (its weights are not loaded)."""
-        _, card = await asyncio.to_thread(self.repository.card, request.name, request.version)
-        return self.oip.model_metadata(request.name, card, self.repository.versions(request.name))
+        version = await self._resolve(request.name, request.version)
+        with model_files(request.name, version):
+            _, card = await asyncio.to_thread(self.repository.card, request.name, version)
+            versions = list(self._index.versions.get(request.name, (version,)))
+            return self.oip.model_metadata(request.name, card, versions)
 
     @rpc(model_fields=("model_name", "model_version"))
     async def ModelInfer(self, request: oip_pb.ModelInferRequest, call: Call) -> oip_pb.ModelInferResponse:
@@ -445,11 +669,43 @@ def build_app(
     options = options or ServingOptions()
     deployment = SolverService.options(
         **({"num_replicas": replicas} if replicas is not None else {}),
-        ray_actor_options={"num_cpus": replica_cpus},
+        ray_actor_options={
+            "num_cpus": replica_cpus,
+            "runtime_env": {"env_vars": replica_environment(options)},
+        },
         max_ongoing_requests=options.max_ongoing_requests,
         max_queued_requests=options.max_queued_requests,
     )
     return deployment.bind(str(Path(repo).resolve()), asdict(options))
+
+
+def replica_environment(options: ServingOptions) -> dict[str, str]:
+    """Environment of the replicas: their gRPC ingress (Serve's direct ingress, on by default in
+    pdeserve) refuses a message above twice ``max_request_bytes`` before reading it into memory
+    (Serve's own limit is 2 GiB), while the replica refuses the rest above the limit with its own
+    message. Twice: the limit also bounds answers, which carry as many grid points as their request
+    (with float64 refinements or reference solutions, both bounded in points)."""
+    return {GRPC_MESSAGE_SIZE_VARIABLE: str(2 * options.max_request_bytes)}
+
+
+def reference_solutions(
+    surrogate: Surrogate, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray], stop: threading.Event
+) -> dict[str, tuple[np.ndarray, float]]:
+    """The classical solutions of a request's samples (in its batch layout, float32) and the answer's
+    relative L2 error against them, by output name; {} once ``stop`` is set (its caller has gone)."""
+    batched = next(iter(inputs.values())).ndim == surrogate.ndim + 1
+    batch = {k: v if batched else v[None] for k, v in inputs.items()}
+    solved = []
+    for i in range(len(next(iter(batch.values())))):
+        if stop.is_set():
+            return {}
+        solved.append(classical_reference(surrogate.card, {k: v[i] for k, v in batch.items()}))
+    result = {}
+    for name in surrogate.output_names:
+        truth = np.stack([s[name] for s in solved]).astype(np.float32)
+        pred = outputs[name] if batched else outputs[name][None]
+        result[name] = (truth if batched else truth[0], relative_l2(pred[:, None], truth[:, None]))
+    return result
 
 
 def app_builder(args: dict[str, str]) -> serve.Application:

@@ -17,6 +17,10 @@ next requests), for at most ``hold_fraction`` of the time the batch spent inside
 ``MAX_HOLD_S``. A lone client fills its own quota of one at once and never waits.
 Other newcomers during a hold wait up to its end: the hold pays off for closed-loop clients, and costs
 open-loop traffic at most that fraction of a pass.
+
+However many requests a batch stacks, each forward pass covers at most ``MAX_PASS_POINTS`` grid points
+(``micro_batches``): one large request cannot exhaust a replica's memory and fail every request
+stacked with it.
 """
 
 from __future__ import annotations
@@ -29,6 +33,26 @@ T = TypeVar("T")
 # Returning clients take a few ms; a batch that spent long inside (queued behind a model load, say)
 # must not hold the next one for a tenth of that.
 MAX_HOLD_S = 0.05
+# Most grid points (samples x points per sample) of one forward pass: a network's activations grow
+# with them (tens of channels per point), so a stacked batch runs as passes of at most this many.
+MAX_PASS_POINTS = 2**20
+
+
+def micro_batches(samples: int, points_per_sample: int, max_points: int = MAX_PASS_POINTS) -> list[slice]:
+    """Consecutive slices of a batch of ``samples`` with at most ``max_points`` grid points each (a
+    sample larger than that alone in its slice).
+
+    Parameters
+    ----------
+    samples : int
+        Samples in the stacked batch.
+    points_per_sample : int
+        Grid points of one sample.
+    max_points : int
+        Most grid points of one slice.
+    """
+    per_pass = max(1, max_points // max(1, points_per_sample))
+    return [slice(start, min(start + per_pass, samples)) for start in range(0, samples, per_pass)]
 
 
 class BatchGate:

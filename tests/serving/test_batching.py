@@ -1,15 +1,17 @@
 """BatchGate: requests that arrive while a batch is in flight enter the batcher together, a batch that
 leaves holds the gate briefly for its clients' next requests (never a lone client's), and no caller
-(finished, failed or cancelled) can leave the gate shut. The live batching test is in
-test_serving_features.py."""
+(finished, failed or cancelled) can leave the gate shut; a stacked batch runs as forward passes of
+bounded size that answer what one pass does. The live batching test is in test_serving_features.py,
+the live bounds in test_bounds.py."""
 
 from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
 
-from pdeserve.serving.batching import MAX_HOLD_S, BatchGate
+from pdeserve.serving.batching import MAX_HOLD_S, BatchGate, micro_batches
 
 
 class Batcher:
@@ -219,3 +221,25 @@ def test_the_hold_ends_after_its_fraction_of_the_batch_time_capped_and_a_lone_cl
         assert MAX_HOLD_S * 0.8 < waited < MAX_HOLD_S + 0.04, waited
 
     asyncio.run(scenario())
+
+
+def test_micro_batches_cover_a_batch_in_order_within_the_point_limit() -> None:
+    assert micro_batches(10, 100, max_points=300) == [slice(0, 3), slice(3, 6), slice(6, 9), slice(9, 10)]
+    assert micro_batches(4, 100, max_points=400) == [slice(0, 4)]
+    # A sample above the limit runs alone.
+    assert micro_batches(3, 1000, max_points=300) == [slice(0, 1), slice(1, 2), slice(2, 3)]
+    assert micro_batches(1024, 64 * 64) == [slice(i, i + 256) for i in range(0, 1024, 256)]  # MAX_PASS_POINTS
+
+
+def test_a_split_forward_pass_answers_what_one_pass_does(bundled_repo) -> None:
+    from pdeserve.datagen.darcy import DarcyParameters, darcy_sample
+    from pdeserve.operators import load_model
+
+    model = load_model(bundled_repo, "darcy-fno")
+    rng = np.random.default_rng(4)
+    fields = np.stack([darcy_sample(DarcyParameters(), 64, rng)["a"] for _ in range(12)]).astype(np.float32)
+    stacked, _ = model.validate({"a": fields})
+    parts = micro_batches(len(stacked), 64 * 64, max_points=5 * 64 * 64)
+    assert [p.stop - p.start for p in parts] == [5, 5, 2]
+    split = np.concatenate([model.forward(stacked[p]) for p in parts])
+    np.testing.assert_allclose(split, model.forward(stacked), atol=1e-6, rtol=0)

@@ -1,6 +1,9 @@
 """Overload and faults through the real Ray Serve gRPC proxy: a bounded queue refuses quickly instead of
-hanging, deadlines are honoured, and a killed replica is replaced while clients keep calling."""
+hanging, deadlines are honoured, a killed replica is replaced while clients keep calling, and malformed
+models are refused one by one while the others keep serving."""
 
+import json
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -129,3 +132,31 @@ def test_replicas_option_runs_that_many_replicas_behind_one_port(deploy_app, bun
 
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(call, range(16))) == [(64, 64)] * 16
+
+
+def test_malformed_models_are_isolated_and_the_others_keep_serving(
+    deploy_app, bundled_repo, bundled_versions, tmp_path, fields
+):
+    """A card naming an argument its architecture lacks, and an older-format version whose metrics file
+    holds a list: the replica starts, lists the good model only, and refuses the broken ones by name."""
+    repo = tmp_path / "repo"
+    shutil.copytree(bundled_repo / MODEL / bundled_versions[-1], repo / MODEL / "1")
+    shutil.copytree(bundled_repo / MODEL / bundled_versions[-1], repo / "bad-arguments" / "1")
+    card = repo / "bad-arguments" / "1" / "config.json"
+    document = json.loads(card.read_text())
+    document["arguments"]["no_such_argument"] = 1
+    card.write_text(json.dumps(document))
+    shutil.copytree(bundled_repo / MODEL / "1", repo / "bad-metrics" / "1")  # the older card format
+    (repo / "bad-metrics" / "1" / "metrics.json").write_text("[1, 2]")
+
+    target = deploy_app("isolated", repo)
+    with SolverClient(target, application="isolated", retries=0) as c:
+        assert [m.name for m in c.list_models()] == [MODEL]
+        assert c.health() == "SERVING"
+        for name in ("bad-arguments", "bad-metrics"):
+            for call, args in ((c.solve, (name, {"a": fields[0]})), (c.get_model, (name,))):
+                with pytest.raises(SolverError) as err:
+                    call(*args)
+                assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION, err.value
+                assert f"model {name} version 1" in str(err.value) and str(tmp_path) not in str(err.value)
+        assert c.solve(MODEL, {"a": fields[0]})["u"].shape == (64, 64)

@@ -1,22 +1,30 @@
 """Server-streaming Rollout of time-dependent models: tiny Navier-Stokes models trained here, served as a
-second application on the session's Ray instance, streamed and compared with in-process autoregression."""
+second application on the session's Ray instance, streamed and compared with in-process autoregression;
+a stream's work is bounded, follows a slow reader and stops when its client goes away."""
 
+import shutil
 import subprocess
 import sys
+import time
 
 import grpc
 import numpy as np
 import pytest
 from ray import serve
+from test_serving_features import _poll, _scrape, _total
 
 from pdeserve.datagen.dataset import load_dataset
 from pdeserve.operators import load_model
-from pdeserve.serving.app import MAX_ROLLOUT_STEPS
+from pdeserve.protos.v1 import solver_pb2 as pb
+from pdeserve.protos.v1 import solver_pb2_grpc
+from pdeserve.serving.app import MAX_ROLLOUT_POINTS, MAX_ROLLOUT_STEPS
 from pdeserve.serving.client import SolverClient, SolverError
 from pdeserve.serving.server import APP_NAME
+from pdeserve.serving.tensors import to_tensor
 
 APP = "rollout"
 RECORD_EVERY = 0.5
+STREAMED = "ns-streamed"
 pytestmark = pytest.mark.ray
 
 
@@ -40,6 +48,7 @@ def trained(tmp_path_factory):
             "--input-steps", steps, "--output-steps", steps, "--epochs", "2", "--device", "cpu",
             "--arg", "hidden_channels=8", "--arg", "n_modes=[6,6]", "--quiet",
         )  # fmt: skip
+    shutil.copytree(repo / "ns-1", repo / STREAMED)  # its counters count the stream test's steps only
     return load_dataset(data), repo
 
 
@@ -104,6 +113,9 @@ def test_bad_rollouts_get_precise_statuses(client, trained, grpc_target):
     assert status("ns-1", {"a": w0}, 3)[0] == grpc.StatusCode.INVALID_ARGUMENT
     assert status("ns-1", {"w0": np.full_like(w0, np.inf)}, 3)[0] == grpc.StatusCode.INVALID_ARGUMENT
     assert status("no-such-model", {"w0": w0}, 3)[0] == grpc.StatusCode.NOT_FOUND
+    # Steps x grid points above the stream's budget: 64 samples of 32 x 32 for 1025 steps.
+    code, message = status("ns-1", {"w0": np.resize(w0, (64, 32, 32))}, MAX_ROLLOUT_POINTS // 64 // 1024 + 1)
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and str(MAX_ROLLOUT_POINTS) in message
     # A steady model (the bundled Darcy FNO, in the main application) cannot be rolled out.
     code, message = status("darcy-fno", {"a": np.ones((64, 64), np.float32)}, 3, application=APP_NAME)
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "not time-dependent" in message
@@ -125,3 +137,47 @@ def test_solve_cli_streams_a_rollout_and_stacks_it(client, trained, grpc_target,
     np.testing.assert_allclose(np.load(tmp_path / "w.npy"), np.stack(expected), atol=1e-6, rtol=0)
     assert main([*command[:-2], "--reference"]) == 1
     assert "does not apply to --steps" in capsys.readouterr().err
+
+
+def test_a_stream_waits_for_a_slow_reader_and_stops_when_its_client_goes_away(
+    client, trained, grpc_target, metrics_port
+):
+    """Steps computed, read from Prometheus (each step counts its 64 samples): a client that stops reading
+    holds the stream at what gRPC buffers, and a cancelled stream computes no more steps."""
+    samples, steps = 64, 1000  # 256 KiB per step, within the stream's budget
+    request = pb.RolloutRequest(model=STREAMED, steps=steps)
+    request.inputs["w0"].CopyFrom(to_tensor(np.resize(trained[0].inputs["w0"], (samples, 32, 32))))
+    stub = solver_pb2_grpc.SolverStub(client.channel)
+
+    def computed() -> float:
+        return _total(_scrape(metrics_port), "ray_pdeserve_answers_total", model=STREAMED) / samples
+
+    def settled(after: float) -> float:
+        """Steps computed once more than ``after`` show and two scrapes 20 s apart agree (Ray exports
+        metrics every 10 s); a stream that kept computing agrees only at its last step."""
+        _poll(
+            metrics_port, lambda s: _total(s, "ray_pdeserve_answers_total", model=STREAMED) > after * samples
+        )
+        previous, deadline = computed(), time.monotonic() + 900
+        while time.monotonic() < deadline:
+            time.sleep(20)
+            if (now := computed()) == previous:
+                return now
+            previous = now
+        raise AssertionError(f"the count of steps kept changing: {previous}")
+
+    slow = stub.Rollout(request, timeout=600, metadata=[("application", APP)])
+    assert [next(slow).step for _ in range(2)] == [0, 1]
+    held = settled(0)
+    slow.cancel()
+    assert 2 <= held < 100, held
+
+    fast = stub.Rollout(request, timeout=600, metadata=[("application", APP)])
+    assert [next(fast).step for _ in range(20)] == list(range(20))
+    fast.cancel()
+    stopped = settled(held + 20)
+    assert stopped - held < 100, (held, stopped)
+    print(
+        f"rollout: a stalled reader held the stream at {held:.0f} steps; cancelled after 20 read, "
+        f"{stopped - held:.0f} steps were computed (of {steps} asked)"
+    )

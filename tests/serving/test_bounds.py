@@ -1,0 +1,121 @@
+"""Work a request can make a replica do is bounded, through a real Ray Serve gRPC channel: a request at the
+grid-point limit runs as several bounded forward passes while small requests stacked with it are
+answered, requests above the limits are refused before any work, and a message far above the size limit
+is refused by the gRPC ingress itself."""
+
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+from test_serving_features import _poll, _total
+
+from pdeserve.datagen.darcy import DarcyParameters, darcy_sample
+from pdeserve.operators import load_model
+from pdeserve.serving.app import MAX_REFERENCE_POINTS, MAX_REQUEST_POINTS, reference_solutions
+from pdeserve.serving.batching import MAX_PASS_POINTS
+from pdeserve.serving.client import SolverClient, SolverError
+from pdeserve.serving.options import ServingOptions
+
+APP = "bounds"
+NAME = "darcy-bounded"  # a name no other test calls: its counters start from zero
+SIDE = 64
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def fields() -> np.ndarray:
+    rng = np.random.default_rng(8)
+    return np.stack([darcy_sample(DarcyParameters(), SIDE, rng)["a"] for _ in range(8)]).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def bounded(serve_apps, bundled_repo, bundled_versions, tmp_path_factory):
+    """The bundled model as ``darcy-bounded``, with a request limit of 24 MiB (a request at the
+    grid-point limit is 16 MiB of float32)."""
+    repo = tmp_path_factory.mktemp("bounds")
+    shutil.copytree(bundled_repo / "darcy-fno" / bundled_versions[-1], repo / NAME / "1")
+    yield serve_apps.deploy(APP, repo, ServingOptions(max_request_bytes=24 * 2**20))
+    serve_apps.delete(APP)
+
+
+def _status(target: str, inputs: dict, reference: bool = False) -> tuple[grpc.StatusCode, str]:
+    with (
+        SolverClient(target, application=APP, retries=0, timeout=120) as c,
+        pytest.raises(SolverError) as err,
+    ):
+        c.solve_response(NAME, inputs, reference=reference)
+    return err.value.code, str(err.value)
+
+
+def test_a_request_at_the_point_limit_runs_in_bounded_passes_beside_small_ones(
+    bounded, bundled_repo, metrics_port, fields
+):
+    samples = MAX_REQUEST_POINTS // SIDE**2  # 1024 samples of 64 x 64
+    large = np.resize(fields, (samples, SIDE, SIDE))
+    model = load_model(bundled_repo, "darcy-fno")
+    expected = model.predict({"a": fields})["u"]
+    with SolverClient(bounded, application=APP, timeout=300) as c:
+        answer = c.solve(NAME, {"a": large})["u"]
+    assert answer.shape == (samples, SIDE, SIDE)
+    np.testing.assert_allclose(answer[-8:], expected, atol=1e-5, rtol=0)
+
+    def passes(samples_now):
+        return _total(samples_now, "ray_pdeserve_forward_passes_total", model=NAME)
+
+    def answered(samples_now):
+        return _total(samples_now, "ray_pdeserve_requests_total", model=NAME, code="OK")
+
+    counted = _poll(metrics_port, lambda s: answered(s) == 1 and passes(s) > 0)
+    # One request, split into passes of at most MAX_PASS_POINTS grid points.
+    assert passes(counted) == samples * SIDE**2 // MAX_PASS_POINTS == 4
+
+    # Small requests arriving while the large one runs are answered, and equal to one-by-one answers.
+    def solve(a: np.ndarray) -> np.ndarray:
+        with SolverClient(bounded, application=APP, timeout=300) as c:
+            return c.solve(NAME, {"a": a})["u"]
+
+    with ThreadPoolExecutor(7) as pool:
+        big = pool.submit(solve, large)
+        smalls = list(pool.map(solve, [fields[i % 8] for i in range(12)]))
+    np.testing.assert_allclose(big.result(), answer, atol=1e-5, rtol=0)
+    for i, u in enumerate(smalls):
+        np.testing.assert_allclose(u, expected[i % 8], atol=1e-5, rtol=0)
+
+
+def test_requests_above_the_point_limits_are_refused_before_any_work(bounded, fields):
+    over = np.resize(fields, (MAX_REQUEST_POINTS // SIDE**2 + 1, SIDE, SIDE))  # 16 MiB + one sample
+    code, message = _status(bounded, {"a": over})
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"{MAX_REQUEST_POINTS + SIDE**2} grid points" in message and str(MAX_REQUEST_POINTS) in message
+    reference = np.resize(fields, (MAX_REFERENCE_POINTS // SIDE**2 + 1, SIDE, SIDE))
+    code, message = _status(bounded, {"a": reference}, reference=True)
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "reference" in message and str(MAX_REFERENCE_POINTS) in message
+    with SolverClient(bounded, application=APP) as c:  # the replica keeps serving
+        assert c.solve(NAME, {"a": fields[0]})["u"].shape == (SIDE, SIDE)
+
+
+def test_a_message_far_above_the_size_limit_is_refused_by_the_grpc_ingress(bounded, fields):
+    # 25 MiB: above the 24 MiB limit, below the ingress's twice that: parsed, refused by the replica.
+    code, message = _status(bounded, {"a": np.resize(fields, (800, SIDE, SIDE)).astype(np.float64)})
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "above this server's limit" in message
+    # 52 MiB: gRPC refuses it before handing it to Serve (Serve's own limit is 2 GiB).
+    code, message = _status(bounded, {"a": np.resize(fields, (1600, SIDE, SIDE)).astype(np.float64)})
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"vs. {2 * 24 * 2**20}" in message, message
+    with SolverClient(bounded, application=APP) as c:
+        assert c.solve(NAME, {"a": fields[0]})["u"].shape == (SIDE, SIDE)
+
+
+def test_reference_solves_stop_once_their_caller_has_gone(bundled_repo, fields):
+    model = load_model(bundled_repo, "darcy-fno")
+    inputs = {"a": fields[:2]}
+    outputs = model.predict(inputs)
+    stop = threading.Event()
+    truth, error = reference_solutions(model, inputs, outputs, stop)["u"]
+    assert truth.shape == (2, SIDE, SIDE) and 0 < error < 0.1
+    stop.set()  # what a timed-out or cancelled request does: the samples left are not solved
+    assert reference_solutions(model, inputs, outputs, stop) == {}
