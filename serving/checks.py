@@ -3,7 +3,9 @@
 The numerics live in ``operators/estimates.py`` (an indicator per PDE family, the card's calibration,
 refinement by an iterative solver); this module runs them for a request's samples on a bounded pool of
 threads, apart from the replica's torch thread, within the limits below (grid points a refinement may
-cover per sample and per request, iterations, seconds), and gives the failures their status. A model
+cover per sample and per request, iterations, seconds), and gives the failures their status: an input
+a classical solver cannot take (a non-positive coefficient, an amplitude its time step does not
+resolve) is an invalid argument, for the estimate, a refinement and the reference solve alike. A model
 whose PDE has no indicator yet answers without an estimate; a request for a tolerance on such a model is
 refused (it asked for a guarantee the server cannot give).
 """
@@ -20,6 +22,7 @@ import numpy as np
 
 from pdeserve.operators import estimates
 from pdeserve.operators.card import ModelCard
+from pdeserve.operators.pairs import reference_outputs
 from pdeserve.protos.v1 import solver_pb2 as pb
 from pdeserve.serving.errors import (
     DeadlineExceeded,
@@ -125,15 +128,46 @@ def samples(arrays: Mapping[str, np.ndarray], batched: bool) -> list[dict[str, n
     return [{name: array[i] for name, array in arrays.items()} for i in range(n)]
 
 
+def refused_input(exc: ValueError) -> InvalidArgument:
+    """The status of an input a classical solver refused (``exc`` says which precondition failed)."""
+    return InvalidArgument(f"the classical solver of this model's PDE cannot take this input: {exc}")
+
+
+def finite(arrays: Mapping[str, np.ndarray], work: str) -> dict[str, np.ndarray]:
+    """``arrays``, the result of a classical solve (``work`` says which); ``InvalidArgument`` if one
+    is not finite: the input lies beyond what the solver resolves (an explicit time step is stable up
+    to some amplitude), and a NaN answer checks nothing."""
+    blown = sorted(name for name, array in arrays.items() if not np.all(np.isfinite(array)))
+    if blown:
+        raise InvalidArgument(
+            f"{work} of this input is not finite in {blown}: its amplitude is beyond what the classical "
+            "solver resolves; send inputs in the model's training range (GetModel lists it)"
+        )
+    return dict(arrays)
+
+
+def classical_reference(card: ModelCard, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The classical solver's answer for one sample (``reference_outputs``); ``InvalidArgument`` for an
+    input the solver cannot take or whose solution it does not resolve."""
+    try:
+        solved = reference_outputs(card, inputs)
+    except ValueError as exc:
+        raise refused_input(exc) from None
+    return finite(solved, "the reference solve")
+
+
 def estimate(
     card: ModelCard, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]
 ) -> estimates.Estimate | None:
-    """The answer's estimate; None when the model's PDE has no indicator (or is unknown to this server)."""
+    """The answer's estimate; None when the model's PDE has no indicator (or is unknown to this server),
+    ``InvalidArgument`` for an input the indicator's solver cannot take."""
     try:
         estimates.indicator_name(card)  # before the PDE family is looked up
         return estimates.estimate(card, inputs, outputs)
     except estimates.RefinementUnavailableError:
         return None
+    except ValueError as exc:
+        raise refused_input(exc) from None
 
 
 def check_sample(
@@ -152,7 +186,8 @@ def check_sample(
     except estimates.RefinementUnavailableError as exc:
         raise FailedPrecondition(f"cannot refine to a tolerance: {exc}") from None
     except ValueError as exc:
-        raise InvalidArgument(str(exc)) from None
+        raise refused_input(exc) from None
+    finite(refined.outputs, "refining the answer")
     if refined.iterations == 0 and refined.path == estimates.REFINED:  # met it already
         return SampleCheck(outputs, estimate(card, inputs, outputs), residual=refined.residual)
     return SampleCheck(

@@ -19,6 +19,19 @@ from pdeserve.operators.errors import CheckpointError, InvalidInputError
 from pdeserve.operators.repository import ModelNotFoundError
 
 logger = logging.getLogger("pdeserve")
+# Longest client string echoed in a message, and longest message: a 1 MB name is not sent back.
+MAX_ECHO_CHARS = 64
+MAX_DETAILS_CHARS = 1024
+
+
+def cut(text: str, limit: int) -> str:
+    """``text``, or its first ``limit`` characters and how long it was."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def shown(text: str) -> str:
+    """A client's string as a message quotes it: its ``repr``, cut to :data:`MAX_ECHO_CHARS`."""
+    return cut(repr(text), MAX_ECHO_CHARS)
 
 
 class RequestError(Exception):

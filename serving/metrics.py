@@ -7,13 +7,27 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import grpc
 from ray.serve import metrics
 
 # Every metric is per model and version.
 MODEL_TAGS = ("model", "version")
+# The label of a name the repository does not publish, and of an empty one.
+UNKNOWN = "unknown"
+EMPTY = "-"
+
+
+def model_labels(model: str, version: str, published: Sequence[str]) -> tuple[str, str]:
+    """The ``model`` and ``version`` labels of a request that names ``model`` and ``version``, where
+    ``published`` are the versions the repository has of ``model`` (empty if it has no such model): a
+    name only when the repository publishes it, else :data:`UNKNOWN` (each label value is a series of
+    its own, and clients, even unauthenticated ones, choose these strings)."""
+    return (
+        EMPTY if not model else model if published else UNKNOWN,
+        EMPTY if not version else version if version in published else UNKNOWN,
+    )
 
 
 class Metrics:
@@ -77,7 +91,8 @@ class Metrics:
 
     def request(self, method: str, model: str, version: str, code: grpc.StatusCode, started: float) -> None:
         """Count one finished inference request, whatever its outcome, and its latency since ``started``
-        (``time.perf_counter()`` when it entered the replica)."""
-        tags = {"model": model or "-", "version": version or "-", "method": method}
+        (``time.perf_counter()`` when it entered the replica); ``model`` and ``version`` are labels
+        (:func:`model_labels`)."""
+        tags = {"model": model, "version": version, "method": method}
         self.requests.inc(tags={**tags, "code": code.name})
         self.latency.observe((time.perf_counter() - started) * 1e3, tags=tags)

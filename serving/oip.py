@@ -33,6 +33,7 @@ from pdeserve.operators.errors import InvalidInputError
 from pdeserve.operators.surrogate import Surrogate
 from pdeserve.protos.inference import grpc_service_pb2 as pb
 from pdeserve.serving.checks import Answer
+from pdeserve.serving.errors import MAX_ECHO_CHARS, cut, shown
 from pdeserve.serving.tensors import array_from_bytes, checked_shape
 
 SERVER_NAME = "pdeserve"
@@ -91,15 +92,15 @@ def tolerance(request: pb.ModelInferRequest) -> float:
 def _decode(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> np.ndarray:
     name = tensor.name
     if tensor.datatype not in DATATYPES:
-        given = tensor.datatype or "(none)"
+        given = cut(tensor.datatype, MAX_ECHO_CHARS) if tensor.datatype else "(none)"
         raise InvalidInputError(
-            f"input {name!r} has datatype {given}; expected one of {', '.join(DATATYPES)}"
+            f"input {shown(name)} has datatype {given}; expected one of {', '.join(DATATYPES)}"
         )
     dtype, field = DATATYPES[tensor.datatype]
     if raw is not None:
         if tensor.HasField("contents"):
             raise InvalidInputError(
-                f"input {name!r} has typed contents in a request that uses raw_input_contents; "
+                f"input {shown(name)} has typed contents in a request that uses raw_input_contents; "
                 "use one or the other"
             )
         return array_from_bytes(raw, tensor.shape, dtype, name, tensor.datatype)
@@ -108,7 +109,7 @@ def _decode(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) ->
     count = math.prod(shape)
     if len(values) != count:
         raise InvalidInputError(
-            f"input {name!r}: shape {shape} needs {count} values in contents.{field}, got {len(values)}"
+            f"input {shown(name)}: shape {shape} needs {count} values in contents.{field}, got {len(values)}"
         )
     return np.asarray(values, dtype=dtype).reshape(shape)
 
@@ -124,12 +125,13 @@ def decode_inputs(request: pb.ModelInferRequest, surrogate: Surrogate) -> dict[s
     arrays: dict[str, np.ndarray] = {}
     for i, tensor in enumerate(request.inputs):
         if tensor.name in arrays:
-            raise InvalidInputError(f"input {tensor.name!r} is given twice")
+            raise InvalidInputError(f"input {shown(tensor.name)} is given twice")
         arrays[tensor.name] = _decode(tensor, raw[i] if raw else None)
     known = [*surrogate.output_names, *CHECK_OUTPUTS]
     unknown = sorted({o.name for o in request.outputs} - set(known))
     if unknown:
-        raise InvalidInputError(f"model {surrogate.name} has no outputs {unknown}; its outputs are {known}")
+        named = ", ".join(shown(name) for name in unknown[:4])
+        raise InvalidInputError(f"model {surrogate.name} has no outputs {named}; its outputs are {known}")
     return arrays
 
 

@@ -10,6 +10,7 @@ and counts an inference RPC in pdeserve's metrics (serving/metrics.py), whatever
 from __future__ import annotations
 
 import hmac
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -20,8 +21,22 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import FileDescriptor
 from google.protobuf.message import Message
 
-from pdeserve.serving.errors import RequestError, Unauthenticated, as_request_error
-from pdeserve.serving.metrics import Metrics
+from pdeserve.operators.repository import ModelRepository
+from pdeserve.serving.errors import (
+    MAX_DETAILS_CHARS,
+    InvalidArgument,
+    RequestError,
+    Unauthenticated,
+    as_request_error,
+    cut,
+    shown,
+)
+from pdeserve.serving.metrics import Metrics, model_labels
+
+# A request's model name and version, matched in full (``$`` alone would let a trailing newline pass):
+# a name as the repository publishes it, a version as a number.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+VERSION = re.compile(r"[0-9]{1,18}")
 
 
 class Servicer(Protocol):
@@ -29,6 +44,7 @@ class Servicer(Protocol):
 
     auth_token: str  # "" when calls need no token
     metrics: Metrics
+    repository: ModelRepository  # the models whose names the metrics may carry as labels
     response_types: dict[str, type[Message]]  # by method name, see response_types()
 
 
@@ -68,10 +84,26 @@ class Call:
         model, version = (getattr(request, field) for field in model_fields)
         return cls(method, time.perf_counter(), model, version, counted=True)
 
+    def check_names(self) -> None:
+        """``InvalidArgument`` unless the model name and version of an inference RPC are well formed
+        (an empty name is refused later, with the field it came from)."""
+        if self.model and not MODEL_NAME.fullmatch(self.model):
+            raise InvalidArgument(
+                f"model name {shown(self.model)} is invalid: use up to 128 letters, digits, '.', '_' and "
+                "'-', starting with a letter or digit (ListModels lists the models)"
+            )
+        if self.version and not VERSION.fullmatch(self.version):
+            raise InvalidArgument(
+                f"version {shown(self.version)} is invalid: a version is a number (empty for the newest)"
+            )
+
     def finish(self, servicer: Servicer, code: grpc.StatusCode) -> None:
-        """Count a finished inference RPC in the metrics, whatever its outcome."""
+        """Count a finished inference RPC in the metrics, whatever its outcome, labelled with the model
+        and version only where the repository publishes them (clients choose these strings)."""
         if self.counted:
-            servicer.metrics.request(self.method, self.model, self.version, code, self.started)
+            published = servicer.repository.versions(self.model) if MODEL_NAME.fullmatch(self.model) else []
+            model, version = model_labels(self.model, self.version, published)
+            servicer.metrics.request(self.method, model, version, code, self.started)
 
 
 def response_types(*files: FileDescriptor) -> dict[str, type[Message]]:
@@ -100,7 +132,7 @@ def _refuse(grpc_context, exc: Exception, call: Call) -> RequestError:
     """Set the status ``exc`` answers with on the call and return it."""
     error = as_request_error(exc, call.method)
     grpc_context.set_code(error.code)
-    grpc_context.set_details(str(error))
+    grpc_context.set_details(cut(str(error), MAX_DETAILS_CHARS))
     return error
 
 
@@ -126,6 +158,7 @@ def rpc(*, auth: bool = True, model_fields: tuple[str, str] | None = None) -> Ca
             try:
                 if auth:
                     authorize(self, grpc_context)
+                call.check_names()
                 response = await handler(self, request, call)
             except Exception as exc:  # every failure gets its status; the replica keeps serving
                 call.finish(self, _refuse(grpc_context, exc, call).code)
@@ -146,6 +179,7 @@ def streaming_rpc(*, model_fields: tuple[str, str]) -> Callable:
             call = Call.enter(handler.__name__, request, model_fields)
             try:
                 authorize(self, grpc_context)
+                call.check_names()
                 async for message in handler(self, request, call):
                     yield message
             except Exception as exc:

@@ -15,6 +15,11 @@ from pdeserve.protos.v1 import solver_pb2 as pb
 
 NUMPY_DTYPES: dict[int, np.dtype] = {pb.DTYPE_FLOAT32: np.dtype("<f4"), pb.DTYPE_FLOAT64: np.dtype("<f8")}
 PROTO_DTYPES: dict[np.dtype, int] = {v: k for k, v in NUMPY_DTYPES.items()}
+# Most dimensions of a tensor on the wire (numpy stops at 64), and most elements its non-zero dimensions
+# may multiply to: far above any request size limit, and below what numpy can index even when a zero
+# dimension makes the tensor empty.
+MAX_RANK = 32
+MAX_ELEMENTS = 2**48
 
 
 def to_tensor(array: np.ndarray) -> pb.Tensor:
@@ -39,10 +44,16 @@ def from_tensor(tensor: pb.Tensor, name: str) -> np.ndarray:
 
 
 def checked_shape(shape: Sequence[int], name: str) -> tuple[int, ...]:
-    """``shape`` as a tuple; ``InvalidInputError`` naming input ``name`` if a dimension is negative."""
+    """``shape`` as a tuple; ``InvalidInputError`` naming input ``name`` if a dimension is negative, it
+    has more than :data:`MAX_RANK` dimensions, or its non-zero dimensions multiply to more than
+    :data:`MAX_ELEMENTS`."""
+    if len(shape) > MAX_RANK:
+        raise InvalidInputError(f"input {name!r} has {len(shape)} dimensions; at most {MAX_RANK} are allowed")
     shape = tuple(shape)
     if any(s < 0 for s in shape):
         raise InvalidInputError(f"input {name!r} has a negative dimension in shape {shape}")
+    if math.prod(s for s in shape if s) > MAX_ELEMENTS:
+        raise InvalidInputError(f"input {name!r} has shape {shape}: more than {MAX_ELEMENTS} elements")
     return shape
 
 
