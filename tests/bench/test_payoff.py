@@ -75,8 +75,10 @@ def test_quick_mode_speedup_and_break_even(quick) -> None:
         for row in result["resolutions"]:
             for side in ("batch1", "best_batch"):
                 verdict = row[side]
-                assert verdict["speedup"] > 0 and math.isfinite(verdict["speedup"]), family
-                assert verdict["bound"] in ("interpolated", "upper", "lower"), family
+                assert verdict["speedup"] >= 0 and math.isfinite(verdict["speedup"]), family
+                assert verdict["bound"] in ("interpolated", "upper", "lower", "no skill"), family
+                # no skill exactly when the surrogate is no better than answering zero
+                assert (verdict["bound"] == "no skill") == (row["surrogate"]["error"] >= 1), family
                 assert verdict["break_even"] == "never" or verdict["break_even"] > 0, family
                 # break-even is "never" exactly when the classical front is at least as fast
                 assert (verdict["break_even"] == "never") == (verdict["speedup"] <= 1), family
@@ -125,3 +127,17 @@ def test_equal_accuracy_bounds_outside_the_front_and_never() -> None:
     better = payoff.equal_accuracy(curve, lambda p: p.seconds, 1e-4, 2e-3, overhead=10.0)
     assert (better.bound, better.classical_seconds) == ("lower", 1e-1)
     assert better.break_even == pytest.approx(10.0 / (1e-1 - 2e-3))
+
+
+def test_no_skill_and_answers_worse_than_zero() -> None:
+    payoff = load_payoff()
+    points = [point(payoff, 1e-3, 1.5), point(payoff, 1e-2, 0.5), point(payoff, 1e-1, 0.05)]
+    # the cheapest answer is worse than answering zero: not on the front
+    assert [p.error for p in payoff.front(points, lambda p: p.seconds)] == [0.5, 0.05]
+    none = payoff.equal_accuracy(points, lambda p: p.seconds, 1.0, 1e-4, overhead=1.0)
+    assert (none.bound, none.speedup, none.break_even) == ("no skill", 0.0, "never")
+    # skill, but no classical answer better than zero: the costliest point bounds the classical time
+    useless = [point(payoff, 1e-3, 1.5), point(payoff, 1e-2, 1.2)]
+    bounded = payoff.equal_accuracy(useless, lambda p: p.seconds, 0.3, 1e-3, overhead=1.0)
+    assert (bounded.bound, bounded.classical_seconds) == ("lower", 1e-2)
+    assert bounded.speedup == pytest.approx(10.0)
