@@ -56,3 +56,9 @@ def render(values: dict) -> list[dict]:
 
 def of_kind(objects: list[dict], kind: str) -> list[dict]:
     return [o for o in objects if o["kind"] == kind]
+
+
+def named(objects: list[dict], kind: str, name: str) -> dict:
+    """The one object of ``kind`` called ``name``."""
+    (found,) = [o for o in of_kind(objects, kind) if o["metadata"]["name"] == name]
+    return found

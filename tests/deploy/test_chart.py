@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from chart_support import CHART, NAMESPACE, chart_values, of_kind, render
+from chart_support import CHART, NAMESPACE, chart_values, named, of_kind, render
 
 CRDS = Path(__file__).parents[2].parent / "shared/k8s/crds"
 RAYSERVICE_CRD = CRDS / "ray.io_rayservices.yaml"
@@ -49,20 +49,22 @@ def test_helm_lint_has_no_warnings(case):
 def test_each_case_renders_its_objects(rendered):
     case, _, objects = rendered
     kinds = sorted(o["kind"] for o in objects)
+    # every case: the Ray pods' NetworkPolicy and disruption budget, Ray's token Secret, two Services
+    common = ["NetworkPolicy", "PodDisruptionBudget", "RayService", "Secret", "Service", "Service"]
     expected = {
-        "default": ["RayService", "Service"],
-        "gpu-autoscaling": ["PodMonitor", "RayService", "Service"],
+        "default": [],
+        "gpu-autoscaling": ["PodMonitor"],
+        # retraining adds its job and the job's own NetworkPolicy
         "pvc-cronjob-servicemonitor": [
             "CronJob",
+            "NetworkPolicy",
             "PersistentVolumeClaim",
-            "RayService",
-            "Service",
             "ServiceAccount",
             "ServiceMonitor",
         ],
-        "claim-job-gpu-retrain": ["Job", "RayService", "Service"],
+        "claim-job-gpu-retrain": ["Job", "NetworkPolicy"],
     }
-    assert kinds == expected[case]
+    assert kinds == sorted(common + expected[case])
     for obj in objects:
         labels = obj["metadata"]["labels"]
         assert labels["app.kubernetes.io/name"] == "pdeserve"
@@ -254,7 +256,8 @@ def test_gpu_autoscaling_values():
 def test_ray_pods_probes_security_and_model_mounts(rendered):
     _, values, objects = rendered
     (rayservice,) = of_kind(objects, "RayService")
-    (service,) = of_kind(objects, "Service")
+    service = named(objects, "Service", "demo-pdeserve")
+    metrics = named(objects, "Service", "demo-pdeserve-metrics")
     storage = values.get("modelStorage", {}).get("type", "image")
     for group, template in ray_pod_templates(rayservice).items():
         pod = template["spec"]
@@ -266,12 +269,13 @@ def test_ray_pods_probes_security_and_model_mounts(rendered):
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         models = [m for m in container["volumeMounts"] if m["name"] == "models"]
         assert [m.get("readOnly") for m in models] == ([] if storage == "image" else [True])
-        # The Service selects every Ray pod by its labels, and targets ports the containers name.
-        assert service["spec"]["selector"].items() <= template["metadata"]["labels"].items()
+        # The Services select every Ray pod by its labels, and target ports the containers name.
         names = {p["name"] for p in container["ports"]}
-        assert {p["targetPort"] for p in service["spec"]["ports"]} <= names
-    ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
-    assert (ports["serve-grpc"], ports["metrics"]) == (9000, 8080)
+        for svc in (service, metrics):
+            assert svc["spec"]["selector"].items() <= template["metadata"]["labels"].items()
+            assert {p["targetPort"] for p in svc["spec"]["ports"]} <= names
+    assert [(p["name"], p["port"]) for p in service["spec"]["ports"]] == [("serve-grpc", 9000)]
+    assert [(p["name"], p["port"]) for p in metrics["spec"]["ports"]] == [("metrics", 8080)]
 
 
 def test_ray_pods_carry_the_serve_environment_of_pdeserve_serve(rendered):
@@ -312,7 +316,7 @@ def test_monitors_select_what_exports_metrics(rendered):
     _, _, objects = rendered
     monitors = of_kind(objects, "PodMonitor") + of_kind(objects, "ServiceMonitor")
     (rayservice,) = of_kind(objects, "RayService")
-    (service,) = of_kind(objects, "Service")
+    service = named(objects, "Service", "demo-pdeserve-metrics")
     for monitor in monitors:
         selector = monitor["spec"]["selector"]["matchLabels"].items()
         if monitor["kind"] == "PodMonitor":

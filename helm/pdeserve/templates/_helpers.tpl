@@ -52,6 +52,13 @@ app.kubernetes.io/component: ray
 {{- end }}
 {{- end }}
 
+{{/* The Secret holding Ray's own token (key auth_token), or "" when Ray's token authentication is off. */}}
+{{- define "pdeserve.rayAuthSecretName" -}}
+{{- if .Values.rayAuth.enabled }}
+{{- default (printf "%s-ray-auth" (include "pdeserve.fullname" .)) .Values.rayAuth.existingSecret }}
+{{- end }}
+{{- end }}
+
 {{/* The variable holding the auth token in the Ray pods, or "" when authentication is off. */}}
 {{- define "pdeserve.authTokenEnv" -}}
 {{- if .Values.auth.existingSecret }}PDESERVE_AUTH_TOKEN{{ end }}
@@ -85,11 +92,12 @@ app.kubernetes.io/component: ray
 {{- end }}
 {{- end }}
 
-{{/* Writable emptyDirs under a read-only root filesystem, as volumes ... */}}
+{{/* Writable emptyDirs under a read-only root filesystem, each with its size limit, as volumes ... */}}
 {{- define "pdeserve.writableVolumes" -}}
 {{- range $i, $dir := .Values.writableDirs }}
 - name: writable-{{ $i }}
-  emptyDir: {}
+  emptyDir:
+    sizeLimit: {{ $dir.sizeLimit }}
 {{- end }}
 {{- end }}
 
@@ -97,19 +105,24 @@ app.kubernetes.io/component: ray
 {{- define "pdeserve.writableMounts" -}}
 {{- range $i, $dir := .Values.writableDirs }}
 - name: writable-{{ $i }}
-  mountPath: {{ $dir }}
+  mountPath: {{ $dir.path }}
 {{- end }}
 {{- end }}
 
-{{/* Pod-level settings shared by every pod of the chart. */}}
+{{/*
+Pod-level settings shared by every pod of the chart: (dict "root" $ "kubernetesApi" false). Only a pod
+that calls the Kubernetes API (the Ray head when it runs KubeRay's autoscaler) gets a service account token.
+*/}}
 {{- define "pdeserve.podSettings" -}}
-serviceAccountName: {{ include "pdeserve.serviceAccountName" . }}
-{{- with .Values.imagePullSecrets }}
+{{- $values := .root.Values }}
+serviceAccountName: {{ include "pdeserve.serviceAccountName" .root }}
+automountServiceAccountToken: {{ .kubernetesApi }}
+{{- with $values.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | trim | nindent 2 }}
 {{- end }}
 securityContext:
-  {{- toYaml .Values.podSecurityContext | trim | nindent 2 }}
+  {{- toYaml $values.podSecurityContext | trim | nindent 2 }}
 {{- end }}
 
 {{/* Scheduling of one group: (dict "group" .Values.head) */}}
@@ -160,7 +173,7 @@ metadata:
     {{- include "pdeserve.labels" $root | trim | nindent 4 }}
     app.kubernetes.io/component: ray
 spec:
-  {{- include "pdeserve.podSettings" $root | trim | nindent 2 }}
+  {{- include "pdeserve.podSettings" (dict "root" $root "kubernetesApi" (and .head $values.autoscaler.enabled)) | trim | nindent 2 }}
   {{- with include "pdeserve.scheduling" (dict "group" .group) }}
 {{- . | trim | nindent 2 }}
 {{- end }}
@@ -208,6 +221,16 @@ spec:
         - name: {{ $name }}
           value: {{ $value | toString | quote }}
         {{- end }}
+        {{- with include "pdeserve.rayAuthSecretName" $root }}
+        # Ray's token authentication (GCS, dashboard, Ray client); KubeRay reads the same Secret.
+        - name: RAY_AUTH_MODE
+          value: token
+        - name: RAY_AUTH_TOKEN
+          valueFrom:
+            secretKeyRef:
+              name: {{ . }}
+              key: auth_token
+        {{- end }}
         {{- with include "pdeserve.authTokenEnv" $root }}
         - name: {{ . }}
           valueFrom:
@@ -237,9 +260,12 @@ spec:
           port: {{ $values.service.grpcPort }}
         {{- toYaml $values.probes.readiness | trim | nindent 8 }}
       {{- if .head }}
+      # Ray's control plane only (dashboard and GCS; public under token authentication), never the data
+      # plane: a head without a serving replica is unready, not restarted.
       livenessProbe:
-        grpc:
-          port: {{ $values.service.grpcPort }}
+        httpGet:
+          path: /api/gcs_healthz
+          port: dashboard
         {{- toYaml $values.probes.liveness | trim | nindent 8 }}
       {{- end }}
       securityContext:
@@ -260,12 +286,11 @@ spec:
     - name: shared-memory
       emptyDir:
         medium: Memory
-        {{- with $values.sharedMemorySize }}
-        sizeLimit: {{ . }}
-        {{- end }}
+        sizeLimit: {{ $values.sharedMemorySize }}
     {{- include "pdeserve.writableVolumes" $root | trim | nindent 4 }}
     {{- if eq $storage.type "objectStore" }}
     - name: sync-tmp
-      emptyDir: {}
+      emptyDir:
+        sizeLimit: {{ $storage.objectStore.tmpSizeLimit }}
     {{- end }}
 {{- end }}
