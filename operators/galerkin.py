@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pdeserve.operators.acceleration import truncated_spectral_conv
 from pdeserve.operators.resolution import ResolutionRule
 
 ATTENTIONS = ("galerkin", "fourier")
@@ -443,6 +444,27 @@ class SpectralConv(nn.Module):
             out[index] = torch.einsum(self._equation, spectrum[index], w)
         y = torch.fft.irfftn(out, s=sides, dim=axes, norm="ortho").movedim(1, -1)
         return F.silu(y + residual)
+
+
+class TruncatedSpectralConv(SpectralConv):
+    """The same layer, parameters and answers, computed by forming only the kept modes.
+
+    The inference twin of :class:`SpectralConv` (``operators/acceleration.py`` swaps it in): DFT matrix
+    products restricted to the kept modes instead of full-size FFTs. Other than float32 inputs run the
+    reference forward pass.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``(batch, *grid, in_channels)`` -> ``(batch, *grid, out_channels)``."""
+        if x.dtype != torch.float32:
+            return super().forward(x)
+        m = self.modes
+        # In 2D the reference's blocks in order: the first axis' low, then high (negative) frequencies.
+        first = (*range(m), *range(-m, 0))
+        frequencies = (first, tuple(range(m))) if self.dim == 2 else (tuple(range(m)),)
+        weight = torch.cat([torch.view_as_complex(w) for w in self.weights], dim=2)
+        y = truncated_spectral_conv(x.movedim(-1, 1), weight, frequencies, "ortho").movedim(1, -1)
+        return F.silu(y + self.linear(x))
 
 
 class SpectralRegressor(nn.Module):

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from neuralop.layers.spectral_convolution import SpectralConv
 
+from pdeserve.operators.acceleration import truncated_spectral_conv
+
 
 class ResolutionInvariantSpectralConv(SpectralConv):
     """neuraloperator's ``SpectralConv`` with a mode selection that is right on odd grid sides too.
@@ -22,8 +24,12 @@ class ResolutionInvariantSpectralConv(SpectralConv):
     half precision, resolution scaling) run neuraloperator's own forward pass unchanged.
     """
 
+    def plain(self) -> bool:
+        """Real data, full precision, no resolution scaling: the configurations this class handles."""
+        return not (self.complex_data or self.fno_block_precision != "full" or self.resolution_scaling_factor)
+
     def forward(self, x: torch.Tensor, output_shape: tuple[int, ...] | None = None) -> torch.Tensor:
-        if self.complex_data or self.fno_block_precision != "full" or self.resolution_scaling_factor:
+        if not self.plain():
             return super().forward(x, output_shape)
         dims = tuple(range(-self.order, 0))
         sides = tuple(x.shape[2:])
@@ -47,4 +53,30 @@ class ResolutionInvariantSpectralConv(SpectralConv):
         if shifts:
             out = torch.roll(out, [-s for s in shifts], dims[:-1])
         y = torch.fft.irfftn(out, s=output_shape or sides, dim=dims, norm=self.fft_norm)
+        return y if self.bias is None else y + self.bias
+
+
+class TruncatedSpectralConv(ResolutionInvariantSpectralConv):
+    """The same layer, parameters and answers, computed by :func:`truncated_spectral_conv`.
+
+    The inference twin of :class:`ResolutionInvariantSpectralConv` (``operators/acceleration.py`` swaps it
+    in): it forms only the kept modes instead of full-size spectra. Separable weights and explicit output
+    shapes run the reference forward pass.
+    """
+
+    def forward(self, x: torch.Tensor, output_shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        if not self.plain() or self.separable or output_shape is not None or x.dtype != torch.float32:
+            return super().forward(x, output_shape)
+        weight_modes = self.weight.shape[-self.order :]
+        sides = x.shape[2:]
+        kept = [min(n, m) for n, m in zip((*sides[:-1], sides[-1] // 2 + 1), weight_modes, strict=True)]
+        # The reference forward's modes: on every axis but the last, frequencies -k//2 .. k - k//2 - 1
+        # against the centred kept entries of the weight; on the last, the first k of each.
+        pairs = zip(weight_modes[:-1], kept, strict=False)
+        weight = self.weight[
+            (slice(None), slice(None), *(slice((m - k) // 2, (m + k) // 2) for m, k in pairs))
+        ]
+        weight = weight[..., : kept[-1]] if torch.is_tensor(weight) else weight.to_tensor()[..., : kept[-1]]
+        frequencies = (*(tuple(range(-(k // 2), k - k // 2)) for k in kept[:-1]), tuple(range(kept[-1])))
+        y = truncated_spectral_conv(x, weight, frequencies, self.fft_norm)
         return y if self.bias is None else y + self.bias
