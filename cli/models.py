@@ -78,7 +78,7 @@ def _list(args: argparse.Namespace) -> None:
     if not names:
         raise LookupError(f"no published models in {args.repo}")
     for name in names:
-        versions = repo.versions(name)
+        versions, served = repo.versions(name), repo.resolve(name)[0]
         print(f"{name} (* = served to requests that name no version)")
         print(f"  {'version':<9}{'published':<27}{'held-out rel L2':<17}{'datasets':<10}origin")
         for version in versions:
@@ -87,7 +87,7 @@ def _list(args: argparse.Namespace) -> None:
             published = (lineage and lineage.published_at) or card.created_at
             datasets = len(lineage.datasets) if lineage else 0
             error = card.metrics.get("test_relative_l2")
-            marker = "*" if version == versions[-1] else " "
+            marker = "*" if version == served else " "
             print(
                 f"  {version + marker:<9}{published:<27}"
                 f"{'-' if error is None else f'{error:.4f}':<17}"

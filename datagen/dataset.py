@@ -6,12 +6,16 @@ variables. Root attributes record the PDE, every parameter needed to regenerate 
 the schema and pdeserve versions, and which variables are inputs and outputs.
 
 Writing goes to ``<out>.partial`` chunk by chunk; a killed run started again with the same command
-continues after the last finished chunk, and the file appears under its final name only when complete.
+continues after the last finished chunk, and the file appears under its final name only when complete
+(flushed to disk first). A run holds ``<out>.lock`` while it works: a second run with the same output
+fails at once with :class:`OutputLockedError` instead of writing into the first one's partial file.
 Sample ``i`` is drawn from ``SeedSequence([seed, i])``, so the data do not depend on chunking or workers.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import multiprocessing
@@ -168,6 +172,36 @@ def _open_pool(workers: int, ray_address: str | None) -> tuple[Any, bool]:
     return None, False
 
 
+class OutputLockedError(RuntimeError):
+    """Another run is writing the same output file."""
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """Hold ``<out>.lock`` (an ``flock``, released if the process dies) while writing ``out``; removed
+    when done. HDF5 locks the partial file only while a chunk is written, so two runs would take turns
+    writing into it."""
+    lock = out.with_name(out.name + ".lock")
+    while True:
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputLockedError(
+                f"another run is writing {out}; wait for it to finish or choose another --out"
+            ) from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        os.close(fd)  # the holder before us removed the file we locked: lock the one now there
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+
+
 def _chunks(start: int, n: int, size: int) -> Iterator[range]:
     for lo in range(start, n, size):
         yield range(lo, min(lo + size, n))
@@ -203,15 +237,38 @@ def write_dataset(
     progress : bool
         Show a progress bar.
     """
-    from tqdm import tqdm
-
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
     if workers < 1 or chunk_size < 1:
         raise ValueError(f"--workers and --chunk-size must be at least 1, got {workers} and {chunk_size}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
+    with _exclusive(out):
+        if out.exists() and not overwrite:  # under the lock: a run that held it may have just made it
+            raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+        partial = out.with_name(out.name + ".partial")
+        _fill(request, partial, workers, ray_address, chunk_size, progress)
+        with open(partial, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(partial, out)
+        directory = os.open(out.parent, os.O_RDONLY)  # and the rename itself
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    return out
+
+
+def _fill(
+    request: GenerationRequest,
+    partial: Path,
+    workers: int,
+    ray_address: str | None,
+    chunk_size: int,
+    progress: bool,
+) -> None:
+    """Generate the samples ``partial`` does not hold yet (all of them unless it is a resumable partial
+    file of ``request``); see :func:`write_dataset` for the parameters."""
+    from tqdm import tqdm
+
     start = _resume_point(partial, request) if partial.exists() else None
     if start is None:
         _create(partial, request)
@@ -245,10 +302,6 @@ def write_dataset(
             import ray
 
             ray.shutdown()
-    with open(partial, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(partial, out)
-    return out
 
 
 @dataclass(frozen=True)

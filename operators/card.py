@@ -109,6 +109,11 @@ class Weights:
     file: str
     sha256: str
 
+    def __post_init__(self) -> None:
+        # A card is data from disk: a path in it must not reach files outside the version's folder.
+        if self.file in ("", ".", "..") or any(c in self.file for c in "/\\\0"):
+            raise ValueError(f"the weights file {self.file[:40]!r} is not a bare file name")
+
 
 @dataclass(frozen=True)
 class EpochRecord:
@@ -239,7 +244,11 @@ class HeldOut:
         return 0.0 if self.candidate == 0 else math.inf
 
     def regressed(self, max_regression: float) -> bool:
-        """Whether this old set refuses the candidate."""
+        """Whether this set refuses the candidate: a non-finite candidate error on any set (NaN never
+        compares greater, so it must be caught before the comparison), or on an old set a change
+        above ``max_regression``."""
+        if not math.isfinite(self.candidate):
+            return True
         return not self.new and self.change > max_regression
 
 

@@ -20,3 +20,8 @@ class InvalidInputError(ValueError):
 
 class CheckpointError(ValueError):
     """A model card or checkpoint that is missing, malformed, tampered with or does not fit its model."""
+
+
+class StaleParentError(RuntimeError):
+    """A publish that required its parent to still be the newest version found another one newest
+    (a rollback or another publish happened meanwhile); nothing was published."""

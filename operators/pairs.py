@@ -45,8 +45,23 @@ def stack_fields(fields: Mapping[str, np.ndarray], names: list[str]) -> np.ndarr
     return np.stack([fields[n] for n in names], axis=1).astype(np.float32, copy=False)
 
 
+def check_finite(data: LoadedDataset) -> None:
+    """``ValueError`` naming the first field of ``data`` that holds NaN or Inf: one such value turns
+    every loss and error computed on it into NaN."""
+    for name, values in {**data.inputs, **data.outputs}.items():
+        bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+        if bad.any():
+            raise ValueError(
+                f"the dataset's field {name!r} holds NaN or Inf values in {int(bad.sum())} of "
+                f"{len(values)} samples (first: sample {int(np.argmax(bad))}); models are trained and "
+                "evaluated on finite data only"
+            )
+
+
 def operator_pairs(data: LoadedDataset, time_map: TimeMap | None = None) -> OperatorPairs:
-    """The ``(x, y)`` pairs of ``data``; ``time_map`` applies to trajectory datasets only."""
+    """The ``(x, y)`` pairs of ``data`` (``ValueError`` if a field holds NaN or Inf); ``time_map``
+    applies to trajectory datasets only."""
+    check_finite(data)
     family = data.family
     trajectories = [f for f in family.outputs if f.dims[:1] == ("t",)]
     if not trajectories:

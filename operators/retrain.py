@@ -25,10 +25,13 @@ What a lineage records, and why a version published before lineage needs ``--dat
 ``operators/lineage.py``.
 
 Concurrent retrains of one model are safe: each generates into its own temporary folder and moves the
-file to its content-addressed name, and ``ModelRepository.publish`` gives each its own version number
-(both parents are the version that was newest when each started; the later number becomes the newest).
+file to its content-addressed name, and a candidate is published only if its parent is still the
+newest version (checked under the repository's publish lock): a retrain that finds another version
+newest, published or rolled back to while it ran, publishes nothing and fails with
+``StaleParentError`` naming that version, to be started again from it.
 A refused candidate publishes nothing; its generated data stay in ``.data`` (another retrain may be
-using the same content-addressed file).
+using the same content-addressed file). After a publish, ``.data/NAME`` keeps every dataset a lineage
+names and the ``keep_data`` newest of the others (``ModelRepository.prune_data``).
 """
 
 from __future__ import annotations
@@ -166,6 +169,9 @@ class RetrainOptions:
         Command line recorded in the lineage.
     validation_samples : int
         Fresh samples per grid side of the resolution sweep recorded in the card (0: no sweep).
+    keep_data : int
+        Generated datasets in ``.data/NAME`` that no lineage names (refused or superseded retrains)
+        kept after a publish, newest first; older ones are removed.
     """
 
     repo: str | os.PathLike
@@ -184,6 +190,7 @@ class RetrainOptions:
     progress: bool = True
     command: Sequence[str] = ()
     validation_samples: int = 4
+    keep_data: int = 2
 
 
 @dataclass(frozen=True)
@@ -298,7 +305,8 @@ def retrain(options: RetrainOptions, log: Callable[[str], None] = lambda line: N
             gate=Gate(options.max_regression, tuple(held_out)),
         )
     )
-    version = publish(repo.root, options.name, candidate)
+    version = publish(repo.root, options.name, candidate, parent=parent.version)
+    repo.prune_data(options.name, options.keep_data)
     return RetrainResult(parent.version, version, held_out, path, metrics)
 
 

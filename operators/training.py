@@ -248,13 +248,14 @@ def record_checks(
     )
 
 
-def publish(repo: str | Path, name: str, surrogate: Surrogate) -> str:
+def publish(repo: str | Path, name: str, surrogate: Surrogate, parent: str | None = None) -> str:
     """Publish a trained surrogate as the next version of ``name``: its weights, then its card with
-    their checksum and the parameter count. Returns the version."""
+    their checksum and the parameter count. Returns the version. With ``parent``, only if that version
+    is still the newest (``StaleParentError`` otherwise, see ``ModelRepository.publish``)."""
 
     def write(folder: Path) -> None:
         weights = save_weights(folder, surrogate.model)
         card = surrogate.card.replace(weights=weights, parameter_count=surrogate.parameter_count())
         write_card(folder, card)
 
-    return ModelRepository(repo).publish(name, write)
+    return ModelRepository(repo).publish(name, write, parent)

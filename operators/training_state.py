@@ -2,24 +2,27 @@
 scaler and shuffling RNG, every epoch.
 
 One safetensors file holds every tensor (flattened to dotted keys) and, in its metadata, the JSON of
-everything else. It is written beside and renamed, so a run killed at any moment resumes from its last
-finished epoch with all of it from that epoch, and nothing is ever unpickled.
+everything else. It is written beside, flushed to disk and renamed (then the rename flushed), so a run
+killed at any moment, or a machine that loses power, resumes from its last finished epoch with all of it
+from that epoch, and nothing is ever unpickled. A state file damaged otherwise (copied while written,
+truncated) is refused with ``CheckpointError``, never half-loaded.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from pdeserve.operators.card import EpochRecord
 from pdeserve.operators.checkpoint import tensor_state
+from pdeserve.operators.errors import CheckpointError
+from pdeserve.operators.repository import replace_durably
 
 STATE = "state.safetensors"
 _RECORD = "record"  # the metadata key of the JSON part
@@ -107,15 +110,24 @@ def save_state(folder: Path, state: TrainingState, components: dict[str, Any]) -
     }
     partial = folder / (STATE + ".partial")
     save_file(tensors, str(partial), metadata={_RECORD: json.dumps(record, allow_nan=True)})
-    os.replace(partial, folder / STATE)
+    replace_durably(partial, folder / STATE)
+
+
+def _damaged(path: Path, reason: object) -> CheckpointError:
+    return CheckpointError(
+        f"the training state {path} is damaged ({reason}); remove it, or train without --resume"
+    )
 
 
 def _record(folder: Path) -> dict[str, Any] | None:
     path = folder / STATE
     if not path.is_file():
         return None
-    with safe_open(str(path), framework="pt") as handle:
-        return json.loads(handle.metadata()[_RECORD])
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return json.loads(handle.metadata()[_RECORD])
+    except (SafetensorError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise _damaged(path, exc) from None
 
 
 def _state(record: dict[str, Any]) -> TrainingState:
@@ -135,7 +147,10 @@ def load_state(folder: Path, components: dict[str, Any]) -> TrainingState | None
     record = _record(folder)
     if record is None:
         return None
-    tensors = load_file(str(folder / STATE))
+    try:
+        tensors = load_file(str(folder / STATE))
+    except SafetensorError as exc:
+        raise _damaged(folder / STATE, exc) from None
     for name, obj in components.items():
         obj.load_state_dict(_unflatten(record["components"][name], tensors))
     state = _state(record)

@@ -15,6 +15,7 @@ from pdeserve.cli import main
 from pdeserve.datagen.dataset import LoadedDataset, load_dataset
 from pdeserve.operators import load_model
 from pdeserve.operators.card import DatasetRecord, DatasetSummary, GenerationRecipe
+from pdeserve.operators.errors import StaleParentError
 from pdeserve.operators.evaluation import evaluate
 from pdeserve.operators.lineage import LineageError, dataset_path, lineage_data
 from pdeserve.operators.repository import ModelRepository, read_card, write_card
@@ -271,17 +272,33 @@ def test_publishers_racing_for_one_number_get_distinct_versions(repo):
     assert sorted(versions) == ["2", "3"] and store.versions(NAME) == ["1", "2", "3"]
 
 
-def test_concurrent_retrains_publish_distinct_versions(repo):
-    results = []
+def test_concurrent_retrains_of_one_parent_publish_once(repo):
+    # Both have loaded version 1 before either publishes: the first publishes 2, the second finds its
+    # parent no longer newest and publishes nothing.
+    results, refused, barrier = [], [], threading.Barrier(2)
     options = RetrainOptions(repo, NAME, n=8, epochs=1, max_regression=100.0, progress=False)
-    threads = [threading.Thread(target=lambda: results.append(retrain(options))) for _ in range(2)]
+
+    def log(line: str) -> None:
+        if line.startswith("fine-tuning"):
+            barrier.wait(timeout=120)
+
+    def run() -> None:
+        try:
+            results.append(retrain(options, log))
+        except StaleParentError as exc:
+            refused.append(str(exc))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert sorted(r.version for r in results) == ["2", "3"]
-    assert [r.parent for r in results] == ["1", "1"]
-    assert _versions(repo) == ["1", "2", "3"]
+    assert [(r.parent, r.version) for r in results] == [("1", "2")]
+    assert refused == [
+        "tiny version 2 became the newest while a successor of version 1 was made; nothing published: "
+        "start again from version 2"
+    ]
+    assert _versions(repo) == ["1", "2"]
     # Same seed, same content: both lineages name the one content-addressed file.
     assert len(list((repo / ".data" / NAME).glob("*.h5"))) == 1
     assert not list((repo / ".data" / NAME).glob(".generating-*"))
