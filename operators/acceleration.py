@@ -66,7 +66,11 @@ def dft_matrices(
 
 
 def truncated_spectral_conv(
-    x: torch.Tensor, weight: torch.Tensor, frequencies: tuple[tuple[int, ...], ...], norm: str
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    frequencies: tuple[tuple[int, ...], ...],
+    norm: str,
+    add_to: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``irfftn(W . rfftn(x))`` where ``W`` is zero but at the kept frequencies, without full FFTs.
 
@@ -86,6 +90,9 @@ def truncated_spectral_conv(
         Per axis, the frequency of each kept entry of ``weight`` (the last axis: non-negative ones).
     norm : str
         ``torch.fft``'s normalisation of the transform pair.
+    add_to : torch.Tensor, optional
+        A contiguous ``(batch, out_channels, *sides)`` tensor the result is added to in place (by the
+        last matrix product, saving a pass over the grid) and returned.
 
     Returns
     -------
@@ -115,8 +122,11 @@ def truncated_spectral_conv(
     out = torch.bmm(modes, w).permute(1, 2, 0).reshape(batch, -1, *mode_shape)
     for matrix in reversed(inverse[:-1]):
         out = (out @ matrix).movedim(-1, 2)
-    real = torch.view_as_real(out.contiguous()).reshape(-1, 2 * kept[-1]) @ inverse[-1]
-    return real.reshape(batch, -1, *sides)
+    modes = torch.view_as_real(out.contiguous()).reshape(-1, 2 * kept[-1])
+    if add_to is None:
+        return (modes @ inverse[-1]).reshape(batch, -1, *sides)
+    add_to.view(-1, sides[-1]).addmm_(modes, inverse[-1])
+    return add_to
 
 
 class PointwiseConv1d(nn.Conv1d):
@@ -147,6 +157,7 @@ def _twin_classes() -> dict[type, type]:
 
     return {
         spectral.ResolutionInvariantSpectralConv: spectral.TruncatedSpectralConv,
+        spectral.FNOBlocks: spectral.TruncatedFNOBlocks,
         galerkin.SpectralConv: galerkin.TruncatedSpectralConv,
     }
 

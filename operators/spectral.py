@@ -12,6 +12,9 @@ rolling the spectrum, which is exact on every side.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from neuralop.layers.fno_block import FNOBlocks
+from neuralop.layers.skip_connections import SoftGating
 from neuralop.layers.spectral_convolution import SpectralConv
 
 from pdeserve.operators.acceleration import truncated_spectral_conv
@@ -60,13 +63,22 @@ class TruncatedSpectralConv(ResolutionInvariantSpectralConv):
     """The same layer, parameters and answers, computed by :func:`truncated_spectral_conv`.
 
     The inference twin of :class:`ResolutionInvariantSpectralConv` (``operators/acceleration.py`` swaps it
-    in): it forms only the kept modes instead of full-size spectra. Separable weights and explicit output
-    shapes run the reference forward pass.
+    in): it forms only the kept modes instead of full-size spectra. Separable weights, explicit output
+    shapes and other than float32 inputs run the reference forward pass.
     """
 
+    def handles(self, x: torch.Tensor, output_shape: tuple[int, ...] | None = None) -> bool:
+        """Whether :meth:`add_into` computes this layer for ``x``."""
+        return self.plain() and not self.separable and output_shape is None and x.dtype == torch.float32
+
     def forward(self, x: torch.Tensor, output_shape: tuple[int, ...] | None = None) -> torch.Tensor:
-        if not self.plain() or self.separable or output_shape is not None or x.dtype != torch.float32:
+        if not self.handles(x, output_shape):
             return super().forward(x, output_shape)
+        return self.add_into(x)
+
+    def add_into(self, x: torch.Tensor, add_to: torch.Tensor | None = None) -> torch.Tensor:
+        """The layer's answer for ``x``, added in place to ``add_to`` (contiguous, the answer's shape)
+        when given."""
         weight_modes = self.weight.shape[-self.order :]
         sides = x.shape[2:]
         kept = [min(n, m) for n, m in zip((*sides[:-1], sides[-1] // 2 + 1), weight_modes, strict=True)]
@@ -78,5 +90,42 @@ class TruncatedSpectralConv(ResolutionInvariantSpectralConv):
         ]
         weight = weight[..., : kept[-1]] if torch.is_tensor(weight) else weight.to_tensor()[..., : kept[-1]]
         frequencies = (*(tuple(range(-(k // 2), k - k // 2)) for k in kept[:-1]), tuple(range(kept[-1])))
-        y = truncated_spectral_conv(x, weight, frequencies, self.fft_norm)
-        return y if self.bias is None else y + self.bias
+        y = truncated_spectral_conv(x, weight, frequencies, self.fft_norm, add_to)
+        return y if self.bias is None else y.add_(self.bias)
+
+
+class TruncatedFNOBlocks(FNOBlocks):
+    """neuraloperator's ``FNOBlocks`` with the same parameters and answers, in fewer passes over the grid.
+
+    The inference twin (``operators/acceleration.py`` swaps it in) of the blocks ``FNOConfig`` builds
+    (post-activation, linear skip, channel MLP with a soft-gating skip, GELU, no normalisation): the
+    spectral convolution adds itself into the skip's output, the activations run in place and the
+    gating skip is one fused multiply-add. Other configurations run the reference forward pass.
+    """
+
+    def handles(self, x: torch.Tensor, index: int, output_shape: tuple[int, ...] | None) -> bool:
+        conv = self.convs[index]
+        return (
+            isinstance(conv, TruncatedSpectralConv)
+            and conv.handles(x, output_shape)
+            and not (self.preactivation or self.complex_data or self.stabilizer or self.norm is not None)
+            and self.fno_skips is not None
+            and self.use_channel_mlp
+            and isinstance(self.channel_mlp_skips[index], SoftGating)
+            and self.non_linearity is F.gelu
+        )
+
+    def forward(
+        self, x: torch.Tensor, index: int = 0, output_shape: tuple[int, ...] | None = None
+    ) -> torch.Tensor:
+        if not self.handles(x, index, output_shape):
+            return super().forward(x, index, output_shape)
+        activate = index < self.n_layers - 1
+        h = self.convs[index].add_into(x, self.fno_skips[index](x).contiguous())
+        if activate:
+            h = torch.ops.aten.gelu_(h)
+        gating = self.channel_mlp_skips[index]
+        y = self.channel_mlp[index](h).addcmul_(gating.weight, x)
+        if gating.bias is not None:
+            y = y.add_(gating.bias)
+        return torch.ops.aten.gelu_(y) if activate else y
