@@ -128,8 +128,14 @@ def samples(arrays: Mapping[str, np.ndarray], batched: bool) -> list[dict[str, n
     return [{name: array[i] for name, array in arrays.items()} for i in range(n)]
 
 
-def refused_input(exc: ValueError) -> InvalidArgument:
-    """The status of an input a classical solver refused (``exc`` says which precondition failed)."""
+# What the classical solvers raise for an input they cannot take: a failed precondition (ValueError), or
+# a system that is singular for it (scipy's sparse LU, e.g. Helmholtz with a wave speed so large that
+# only the Neumann Laplacian is left).
+SOLVER_REFUSALS = (ValueError, RuntimeError)
+
+
+def refused_input(exc: Exception) -> InvalidArgument:
+    """The status of an input a classical solver refused (``exc`` says why)."""
     return InvalidArgument(f"the classical solver of this model's PDE cannot take this input: {exc}")
 
 
@@ -151,7 +157,7 @@ def classical_reference(card: ModelCard, inputs: Mapping[str, np.ndarray]) -> di
     input the solver cannot take or whose solution it does not resolve."""
     try:
         solved = reference_outputs(card, inputs)
-    except ValueError as exc:
+    except SOLVER_REFUSALS as exc:
         raise refused_input(exc) from None
     return finite(solved, "the reference solve")
 
@@ -185,7 +191,7 @@ def check_sample(
         refined = estimates.refine(card, inputs, outputs, tolerance, max_iterations)
     except estimates.RefinementUnavailableError as exc:
         raise FailedPrecondition(f"cannot refine to a tolerance: {exc}") from None
-    except ValueError as exc:
+    except SOLVER_REFUSALS as exc:
         raise refused_input(exc) from None
     finite(refined.outputs, "refining the answer")
     if refined.iterations == 0 and refined.path == estimates.REFINED:  # met it already
