@@ -155,7 +155,7 @@ def _intact(folder: Path, signature: tuple) -> bool:
             if hashlib.file_digest(handle, "sha256").hexdigest() != card.weights.sha256:
                 raise CheckpointError(f"{card.weights.file} does not match the checksum in its model card")
     except (CheckpointError, OSError) as exc:
-        message = exc.strerror if isinstance(exc, OSError) else str(exc)
+        message = f"{Path(exc.filename or '').name}: {exc.strerror}" if isinstance(exc, OSError) else str(exc)
         logger.warning(
             "%s version %s is damaged, not served as newest: %s", folder.parent.name, folder.name, message
         )

@@ -2,11 +2,10 @@
 first finishes the file alone. Real processes, real HDF5."""
 
 import fcntl
+import signal
 import subprocess
 import sys
 import time
-
-import h5py
 
 from pdeserve.datagen.dataset import load_dataset
 
@@ -33,25 +32,24 @@ def test_a_run_refuses_an_output_whose_lock_another_run_holds(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.h5"]  # no lock file left behind
 
 
-def _samples(partial) -> int:
-    try:
-        with h5py.File(partial, "r") as f:
-            return int(f.attrs["samples_written"])
-    except (OSError, KeyError, TypeError):
-        return 0  # not created yet, or caught mid-write (an attribute not yet a scalar)
-
-
 def test_a_second_run_on_the_same_output_fails_while_the_first_finishes(tmp_path):
     out, partial = tmp_path / "x.h5", tmp_path / "x.h5.partial"
-    slow = [*ARGS, "--n", "12", "--solve-resolution", "257", "--seed", "3", "--out", str(out)]
-    first = subprocess.Popen([sys.executable, "-m", "pdeserve.cli", "datagen", *slow])
+    args = [*ARGS, "--n", "20", "--seed", "3", "--out", str(out)]
+    first = subprocess.Popen([sys.executable, "-m", "pdeserve.cli", "datagen", *args])
     deadline = time.monotonic() + 120
-    while _samples(partial) < 1 and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    second = datagen(*slow)
+    while not partial.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    first.send_signal(signal.SIGSTOP)  # holds its lock, paused, however fast the machine is
+    try:
+        assert partial.exists(), "the first run ended before it was paused"
+        second = datagen(*args)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert second.returncode == 1
+    assert second.stderr.strip().splitlines() == [
+        f"pdeserve: error: another run is writing {out}; wait for it to finish or choose another --out"
+    ]
     assert first.wait(timeout=300) == 0
-    assert second.returncode == 1 and f"another run is writing {out}" in second.stderr
-    assert len(second.stderr.strip().splitlines()) == 1
     reference = tmp_path / "ref.h5"
-    assert datagen(*slow[:-1], str(reference)).returncode == 0
+    assert datagen(*args[:-1], str(reference)).returncode == 0
     assert load_dataset(out).fingerprint() == load_dataset(reference).fingerprint()
