@@ -241,31 +241,38 @@ def fourier_resample(values: np.ndarray, n: int, axes: Sequence[int]) -> np.ndar
 # Classical methods per family
 
 
+def on_node_grid(r: int, m: int, solve_one: Callable[[np.ndarray], np.ndarray]) -> SolveFn:
+    """A per-sample solve on the ``m``-node grid of inputs and answers on the ``r``-node grid, both
+    interpolated bilinearly (one channel out)."""
+    down, up = node_interpolation(r, m), node_interpolation(m, r)
+
+    def solve(inputs: np.ndarray) -> np.ndarray:
+        return np.stack([up @ solve_one(down @ s @ down.T) @ up.T for s in inputs])[:, None]
+
+    return solve
+
+
+def amg_pcg(a: np.ndarray, grid: UnitSquareGrid, forcing: float, tol: float) -> np.ndarray:
+    """Darcy by CG preconditioned by one smoothed-aggregation V-cycle (set-up included), on ``grid``."""
+    m = grid.n
+    matrix = darcy.assemble_darcy(a, grid).tocsr()
+    hierarchy = pyamg.smoothed_aggregation_solver(matrix, symmetry="hermitian")
+    u = np.zeros((m, m))
+    rhs = np.full((m - 2) ** 2, forcing)
+    u[1:-1, 1:-1] = hierarchy.solve(rhs, tol=tol, accel="cg", maxiter=500).reshape(m - 2, m - 2)
+    return u
+
+
 def darcy_methods(params: darcy.DarcyParameters, r: int, grids: Sequence[int]) -> list[Method]:
     """The direct LDL^T solve and AMG-preconditioned CG (two tolerances) on each grid."""
     methods = []
     for m in grids:
-        grid = UnitSquareGrid(m)
-        down, up = node_interpolation(r, m), node_interpolation(m, r)
-        solver = darcy.DarcySolver(grid)
-        rhs = np.full((m - 2) ** 2, params.forcing)
-
-        def direct(a: np.ndarray, down=down, up=up, solver=solver) -> np.ndarray:
-            return np.stack([up @ solver.solve(down @ s @ down.T, params.forcing) @ up.T for s in a])[:, None]
-
-        def amg(a: np.ndarray, tol: float, down=down, up=up, grid=grid, rhs=rhs, m=m) -> np.ndarray:
-            out = []
-            for s in a:
-                matrix = darcy.assemble_darcy(down @ s @ down.T, grid).tocsr()
-                hierarchy = pyamg.smoothed_aggregation_solver(matrix, symmetry="hermitian")
-                u = np.zeros((m, m))
-                u[1:-1, 1:-1] = hierarchy.solve(rhs, tol=tol, accel="cg", maxiter=500).reshape(m - 2, m - 2)
-                out.append(up @ u @ up.T)
-            return np.stack(out)[:, None]
-
+        grid, solver = UnitSquareGrid(m), darcy.DarcySolver(UnitSquareGrid(m))
+        direct = on_node_grid(r, m, lambda a, solver=solver: solver.solve(a, params.forcing))
         methods.append(Method("direct LDL^T", m, None, direct, False))
         for tol in (1e-2, 1e-6):
-            methods.append(Method(f"AMG-PCG rtol {tol:g}", m, None, lambda a, f=amg, t=tol: f(a, t), False))
+            amg = on_node_grid(r, m, lambda a, grid=grid, tol=tol: amg_pcg(a, grid, params.forcing, tol))
+            methods.append(Method(f"AMG-PCG rtol {tol:g}", m, None, amg, False))
     return methods
 
 
@@ -274,13 +281,9 @@ def helmholtz_methods(params: helmholtz.HelmholtzParameters, r: int, grids: Sequ
     methods = []
     for m in grids:
         grid = UnitSquareGrid(m)
-        down, up = node_interpolation(r, m), node_interpolation(m, r)
         solver = helmholtz.HelmholtzSolver(grid, params.omega)
         load = helmholtz.benchmark_load(params, grid)
-
-        def direct(c: np.ndarray, down=down, up=up, solver=solver, load=load) -> np.ndarray:
-            return np.stack([up @ solver.solve(down @ s @ down.T, load) @ up.T for s in c])[:, None]
-
+        direct = on_node_grid(r, m, lambda c, solver=solver, load=load: solver.solve(c, load))
         methods.append(Method("direct LU", m, None, direct, False))
     return methods
 
