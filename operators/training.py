@@ -180,6 +180,7 @@ def train(
         trainer.resume()
     started = time.perf_counter()
     state = trainer.fit(progress, tensorboard_dir)
+    surrogate.to(device)  # its served twin snapshots weights: take the trained ones
     metrics = final_metrics(surrogate, data, run, state, time.perf_counter() - started)
     surrogate.card = surrogate.card.replace(metrics=metrics, history=tuple(state.history))
     dist.barrier()
