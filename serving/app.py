@@ -293,7 +293,7 @@ class SolverService:
     async def __init__(self, repo: str, options: dict | None = None) -> None:
         retain_freed_memory()  # batched forward passes reuse their memory (serving/allocator.py)
         # Every surrogate's torch calls (loads and forward passes) run on this one thread (reference
-        # solves, which may take long, keep their own threads): each thread that runs torch gets its own
+        # solves, which may take long, keep their own): each thread that runs torch gets its own
         # OpenMP team, and two teams on the same cores slow each other's forward passes. A model load
         # therefore waits for the forward pass in progress, and the next pass for the load.
         self._torch = TorchThread()
@@ -681,11 +681,10 @@ def build_app(
 
 def replica_environment(options: ServingOptions) -> dict[str, str]:
     """Environment of the replicas: their gRPC ingress (Serve's direct ingress, on by default in
-    pdeserve) refuses a message above twice ``max_request_bytes`` before reading it into memory
-    (Serve's own limit is 2 GiB), while the replica refuses the rest above the limit with its own
-    message. Twice: the limit also bounds answers, which carry as many grid points as their request
-    (with float64 refinements or reference solutions, both bounded in points)."""
-    return {GRPC_MESSAGE_SIZE_VARIABLE: str(2 * options.max_request_bytes)}
+    pdeserve) refuses a message above ``max_request_bytes`` with RESOURCE_EXHAUSTED before reading it
+    into memory (Serve's own limit is 2 GiB). The limit bounds answers too: the point limits keep them
+    within the default's 64 MiB (an answer above a smaller limit is refused the same way)."""
+    return {GRPC_MESSAGE_SIZE_VARIABLE: str(options.max_request_bytes)}
 
 
 def reference_solutions(

@@ -1,7 +1,7 @@
 """Work a request can make a replica do is bounded, through a real Ray Serve gRPC channel: a request at the
 grid-point limit runs as several bounded forward passes while small requests stacked with it are
-answered, requests above the limits are refused before any work, and a message far above the size limit
-is refused by the gRPC ingress itself."""
+answered, requests above the limits are refused before any work, and a message above the size limit is
+refused by the gRPC ingress itself."""
 
 import shutil
 import threading
@@ -98,14 +98,11 @@ def test_requests_above_the_point_limits_are_refused_before_any_work(bounded, fi
         assert c.solve(NAME, {"a": fields[0]})["u"].shape == (SIDE, SIDE)
 
 
-def test_a_message_far_above_the_size_limit_is_refused_by_the_grpc_ingress(bounded, fields):
-    # 25 MiB: above the 24 MiB limit, below the ingress's twice that: parsed, refused by the replica.
+def test_a_message_above_the_size_limit_is_refused_by_the_grpc_ingress(bounded, fields):
+    # 25 MiB against a 24 MiB limit: gRPC refuses it before Serve parses it (Serve's limit is 2 GiB).
     code, message = _status(bounded, {"a": np.resize(fields, (800, SIDE, SIDE)).astype(np.float64)})
-    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "above this server's limit" in message
-    # 52 MiB: gRPC refuses it before handing it to Serve (Serve's own limit is 2 GiB).
-    code, message = _status(bounded, {"a": np.resize(fields, (1600, SIDE, SIDE)).astype(np.float64)})
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert f"vs. {2 * 24 * 2**20}" in message, message
+    assert f"vs. {24 * 2**20})" in message, message
     with SolverClient(bounded, application=APP) as c:
         assert c.solve(NAME, {"a": fields[0]})["u"].shape == (SIDE, SIDE)
 

@@ -10,10 +10,9 @@ import time
 import grpc
 import numpy as np
 import pytest
+import tritonclient.grpc as triton
 
 from pdeserve.operators.repository import ModelRepository
-from pdeserve.protos.inference import grpc_service_pb2 as oip_pb
-from pdeserve.protos.inference import grpc_service_pb2_grpc as oip_grpc
 from pdeserve.serving.app import WEDGED_AFTER_S, TorchThread, health_problem
 from pdeserve.serving.client import SolverClient, SolverError
 
@@ -22,11 +21,9 @@ MODEL = "darcy-fno"
 
 
 def _server_ready(target: str) -> bool:
-    with grpc.insecure_channel(target) as channel:
-        stub = oip_grpc.GRPCInferenceServiceStub(channel)
-        return stub.ServerReady(
-            oip_pb.ServerReadyRequest(), metadata=[("application", APP)], timeout=30
-        ).ready
+    """The Open Inference Protocol's ServerReady, through Triton's client."""
+    with triton.InferenceServerClient(target) as client:
+        return client.is_server_ready(headers={"application": APP})
 
 
 @pytest.mark.ray
