@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -81,16 +84,15 @@ def start(
     from pdeserve.serving.app import build_app
 
     repo = Path(repo).resolve()
-    if not ModelRepository(repo).names():
+    if address == "local" and not ray.is_initialized():
+        preflight(repo, grpc_port, http_port, metrics_port, host)
+    elif not ModelRepository(repo).names():
         raise FileNotFoundError(f"no published models in {repo}; train one with `pdeserve train`")
     # Ray processes started from here inherit these (a user's own setting wins). Serve gives a starting
     # proxy 5 s to report ready, then kills it and starts over; on a small, busy machine its imports
     # alone can take longer.
     for name, value in SERVE_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
-    if address == "local" and not ray.is_initialized():
-        ports = {"gRPC": grpc_port, "HTTP": http_port, **({"metrics": metrics_port} if metrics_port else {})}
-        ensure_ports_free(ports, host)
     if not ray.is_initialized():
         ray.init(
             address=None if address == "local" else address,
@@ -101,6 +103,19 @@ def start(
         )
     serve.start(**serve_options(grpc_port, http_port, host))
     serve.run(build_app(repo, options, replica_cpus, replicas), name=APP_NAME, blocking=False)
+
+
+def preflight(
+    repo: str | os.PathLike, grpc_port: int, http_port: int, metrics_port: int | None, host: str
+) -> None:
+    """What must hold before a local Ray starts: models to serve in ``repo`` and free ports (else
+    FileNotFoundError, PortInUseError naming the port and its holder)."""
+    if not ModelRepository(repo).names():
+        raise FileNotFoundError(
+            f"no published models in {Path(repo).resolve()}; train one with `pdeserve train`"
+        )
+    ports = {"gRPC": grpc_port, "HTTP": http_port, **({"metrics": metrics_port} if metrics_port else {})}
+    ensure_ports_free(ports, host)
 
 
 def stop(address: str = "local") -> None:
@@ -126,36 +141,79 @@ def serve_forever(
     host: str = "127.0.0.1",
 ) -> None:
     """``pdeserve serve``: start, print how to call the service, run until Ctrl-C or SIGTERM (to the
-    process or its whole group, from the start-up on), then stop with no process of it left behind."""
-    # SIGTERM takes Ctrl-C's path (during ray.init and Serve's start-up, Ray's own handler exits through
-    # the same finally), so that a stop at any time stops Ray and what it started.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    if address == "local":
-        adopt_orphans()  # Serve's HAProxy outlives its actor when the group is signalled (lifecycle.py)
+    process or its whole group, at any time), then stop with no process of it left behind.
+
+    A local instance's Ray driver runs in a child process; this one never imports Ray. It adopts the
+    orphans of the child's tree (Serve's HAProxy outlives its actor when the group is signalled, and a
+    driver whose GCS went first may abort; serving/lifecycle.py), passes a stop signal sent to it alone
+    on to the child, and once the child has ended, ends whatever is left.
+    """
+    run = functools.partial(
+        _serve_until_stopped,
+        repo,
+        grpc_port=grpc_port,
+        http_port=http_port,
+        address=address,
+        metrics_port=metrics_port,
+        options=options,
+        replica_cpus=replica_cpus,
+        replicas=replicas,
+        host=host,
+    )
+    if address != "local":
+        run()
+        return
+    preflight(repo, grpc_port, http_port, metrics_port, host)  # one-line errors, from this process
+    adopt_orphans()
+    driver = multiprocessing.get_context("fork").Process(target=run, name="pdeserve-serve")
+    stop_signals: list[int] = []
+
+    def pass_on(signum: int, _frame: object) -> None:
+        stop_signals.append(signum)
+        if driver.pid is not None and driver.pid != os.getpid():
+            # A second signal to this process (Ctrl-C twice) stops the driver at once; the sweep follows.
+            os.kill(driver.pid, signum if len(stop_signals) == 1 else signal.SIGKILL)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, pass_on)
+    sys.stdout.flush()
+    driver.start()
+    if stop_signals:  # one came while the driver was being started
+        os.kill(driver.pid, stop_signals[0])
+    driver.join()
+    end_descendants()
+    if driver.exitcode != 0 and not stop_signals:
+        raise RuntimeError(f"the server stopped unexpectedly (exit code {driver.exitcode})")
+
+
+def _stop_requested(signum: int, _frame: object) -> None:
+    """The first SIGTERM or SIGINT interrupts serving like Ctrl-C; later ones are ignored, so that a
+    signal sent both to the group and passed on by the supervisor cannot cut the clean-up short."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def _serve_until_stopped(repo: str | os.PathLike, address: str, **kwargs) -> None:
+    """Start (``start``'s arguments), print how to call the service, wait for a stop signal, stop."""
+    # Ray's own SIGTERM handler (set by ray.init) exits through the same finally during the start-up.
+    signal.signal(signal.SIGTERM, _stop_requested)
+    signal.signal(signal.SIGINT, _stop_requested)
     try:
         started = time.perf_counter()
-        start(
-            repo,
-            grpc_port=grpc_port,
-            http_port=http_port,
-            address=address,
-            metrics_port=metrics_port,
-            options=options,
-            replica_cpus=replica_cpus,
-            replicas=replicas,
-            host=host,
-        )
-        signal.signal(signal.SIGTERM, signal.default_int_handler)  # again: ray.init set Ray's own
+        start(repo, address=address, **kwargs)
+        signal.signal(signal.SIGTERM, _stop_requested)  # again: ray.init set Ray's own
         names = ", ".join(ModelRepository(repo).names())
         seconds = time.perf_counter() - started
+        host, port, metrics_port = kwargs["host"], kwargs["grpc_port"], kwargs["metrics_port"]
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         print(
-            f"pdeserve is serving {names} on {host}:{grpc_port} (gRPC; {replicas} x {replica_cpus:g} CPU), "
-            f"metrics on :{metrics_port}, started in {seconds:.1f} s",
+            f"pdeserve is serving {names} on {host}:{port} (gRPC; {kwargs['replicas']} x "
+            f"{kwargs['replica_cpus']:g} CPU), metrics on :{metrics_port}, started in {seconds:.1f} s",
             flush=True,
         )
         print(
-            f"  try: pdeserve solve --target {shown}:{grpc_port} --model {names.split(', ')[0]} "
+            f"  try: pdeserve solve --target {shown}:{port} --model {names.split(', ')[0]} "
             f"--input a.npy --out u.npy   (Ctrl-C stops)",
             flush=True,
         )
@@ -163,7 +221,4 @@ def serve_forever(
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the clean-up short
         stop(address)
-        if address == "local":
-            end_descendants()
