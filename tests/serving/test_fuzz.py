@@ -13,10 +13,10 @@ import pytest
 from hostile_models import DARCY, build_repository
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tritonclient.grpc import service_pb2 as oip_pb  # the same messages as ours (see serving/oip.py)
+from tritonclient.grpc import service_pb2_grpc as oip_grpc
 
 from pdeserve.datagen.darcy import DarcyParameters, darcy_sample
-from pdeserve.protos.inference import grpc_service_pb2 as oip_pb
-from pdeserve.protos.inference import grpc_service_pb2_grpc as oip_grpc
 from pdeserve.protos.v1 import solver_pb2 as pb
 from pdeserve.protos.v1 import solver_pb2_grpc
 from pdeserve.serving.options import ServingOptions

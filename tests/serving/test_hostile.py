@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from hostile_models import DARCY, build_repository
 from prometheus_client.parser import text_string_to_metric_families
+from tritonclient.grpc import service_pb2 as oip_pb  # the same messages as ours (see serving/oip.py)
+from tritonclient.grpc import service_pb2_grpc as oip_grpc
 
 from pdeserve.datagen.darcy import DarcyParameters, darcy_sample
-from pdeserve.protos.inference import grpc_service_pb2 as oip_pb
-from pdeserve.protos.inference import grpc_service_pb2_grpc as oip_grpc
 from pdeserve.protos.v1 import solver_pb2 as pb
 from pdeserve.protos.v1 import solver_pb2_grpc
 from pdeserve.serving.tensors import to_tensor
