@@ -2,6 +2,7 @@
 with and without one, and regenerating the recorded data bit for bit (real datagen, real HDF5)."""
 
 import json
+import os
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -125,9 +126,41 @@ def _bundled_recipes() -> list[tuple[str, str, DatasetRecord]]:
     return found
 
 
+def test_the_bundled_ns_model_records_the_recipe_of_make_bundled_ns_model():
+    [record] = [r for name, _, r in _bundled_recipes() if name == "ns-fno"]
+    recipe = record.recipe
+    assert (recipe.family, recipe.seed, recipe.n, recipe.resolution, recipe.dtype) == (
+        "navier-stokes",
+        0,
+        192,
+        64,
+        "float32",
+    )
+    assert {k: recipe.parameters[k] for k in ("viscosity", "final_time", "record_every", "time_step")} == {
+        "viscosity": 1e-3,
+        "final_time": 10.0,
+        "record_every": 1.0,
+        "time_step": 0.0033,
+    }
+    assert recipe.solve_resolution == 64 and record.n_samples == 192
+
+
+# Models whose data take minutes to generate on a 2-core CPU (ns-fno: 192 trajectories of 3000 solver
+# steps); PDESERVE_SLOW_TESTS=1 regenerates them too.
+SLOW_TO_REGENERATE = {"ns-fno"}
+SLOW = pytest.mark.skipif(
+    os.environ.get("PDESERVE_SLOW_TESTS") != "1", reason="minutes of data generation: PDESERVE_SLOW_TESTS=1"
+)
+
+
 @pytest.mark.parametrize(
     ("name", "version", "record"),
-    [pytest.param(*entry, id=f"{entry[0]}-v{entry[1]}") for entry in _bundled_recipes()],
+    [
+        pytest.param(
+            *entry, id=f"{entry[0]}-v{entry[1]}", marks=[SLOW] if entry[0] in SLOW_TO_REGENERATE else []
+        )
+        for entry in _bundled_recipes()
+    ],
 )
 def test_bundled_recipes_regenerate_their_recorded_fingerprints(name, version, record, tmp_path):
     request = generation_request(record.recipe)
