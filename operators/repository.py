@@ -13,8 +13,9 @@ on every request hashes each version's weights once, not per call.
 
 A publish flushes the staged files and folder to disk before the rename and the model folder after
 it, so a crash or power loss never leaves a version under its final name without its bytes. The rename
-happens under a lock (``NAME/.publish.lock``), so a publisher can demand that the version it started
-from is still the newest (``parent``): a retrain never publishes over a rollback made while it ran.
+happens under a lock on the model's folder (``flock``, no lock file), so a publisher can demand that
+the version it started from is still the newest (``parent``): a retrain never publishes over a
+rollback made while it ran.
 A publish interrupted by an exception or SIGTERM removes its staging folder; one killed outright
 leaves it, and the next publish removes staging folders older than :data:`STALE_SECONDS`.
 
@@ -55,7 +56,6 @@ from pdeserve.operators.errors import CheckpointError, StaleParentError, model_f
 
 CARD_FILE = "config.json"
 LEGACY_METRICS_FILE = "metrics.json"
-LOCK_FILE = ".publish.lock"
 STAGING_PREFIX = ".staging-"
 GENERATING_PREFIX = ".generating-"
 STALE_SECONDS = 3600.0
@@ -165,10 +165,11 @@ def _intact(folder: Path, signature: tuple) -> bool:
 
 def _remove_stale(folder: Path, prefix: str, now: float) -> None:
     """Remove ``folder``'s subfolders named ``prefix*`` left by killed processes: untouched (the folder
-    and its files) for :data:`STALE_SECONDS`."""
+    and its files) for :data:`STALE_SECONDS`. Change times, not modification times: a copy that keeps
+    its source's modification times (``copytree``) is still new."""
     for stale in folder.glob(prefix + "*"):
         try:
-            touched = max(p.stat().st_mtime for p in (stale, *stale.rglob("*")))
+            touched = max(p.stat().st_ctime for p in (stale, *stale.rglob("*")))
         except FileNotFoundError:  # its owner finished or cleaned up meanwhile
             continue
         if now - touched > STALE_SECONDS:
@@ -176,11 +177,15 @@ def _remove_stale(folder: Path, prefix: str, now: float) -> None:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if missing); it also excludes other threads."""
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield  # closing the file releases the lock
+def _locked(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` itself (no lock file left in it); it also excludes other
+    threads, each holding its own descriptor."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @contextlib.contextmanager
@@ -309,7 +314,7 @@ class ModelRepository:
             with _terminate_raises():
                 write(staging)
                 _fsync_tree(staging)  # a full disk fails here, before the version has a name
-                with _locked(folder / LOCK_FILE):
+                with _locked(folder):
                     version = self._rename(name, staging, parent)
                 fsync_path(folder)
                 return version

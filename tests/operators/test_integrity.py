@@ -22,9 +22,9 @@ from pdeserve.cli import main
 from pdeserve.datagen.darcy import DarcyParameters
 from pdeserve.datagen.dataset import GenerationRequest, write_dataset
 from pdeserve.datagen.families import get_family
-from pdeserve.operators import load_model
+from pdeserve.operators import load_model, repository
 from pdeserve.operators.errors import CheckpointError, StaleParentError
-from pdeserve.operators.repository import CARD_FILE, STALE_SECONDS, ModelRepository, read_card
+from pdeserve.operators.repository import CARD_FILE, ModelRepository, read_card
 from pdeserve.operators.training_state import STATE, TrainingState, load_state, read_state, save_state
 
 NAME = "darcy-fno"
@@ -179,13 +179,12 @@ def test_sigterm_while_staging_removes_the_staging_folder(repo, tmp_path):
     assert _staging(repo) == [] and ModelRepository(repo).versions(NAME) == ["1", "2"]
 
 
-def test_stale_staging_folders_are_removed_at_the_next_publish(repo):
+def test_stale_staging_folders_are_removed_at_the_next_publish(repo, monkeypatch):
+    monkeypatch.setattr(repository, "STALE_SECONDS", 1.0)
     old, fresh = repo / NAME / ".staging-killed", repo / NAME / ".staging-running"
-    for folder in (old, fresh):
-        shutil.copytree(repo / NAME / "2", folder)
-    past = time.time() - STALE_SECONDS - 60
-    for path in (old, *old.iterdir()):
-        os.utime(path, (past, past))
+    shutil.copytree(repo / NAME / "2", old)
+    time.sleep(1.5)
+    shutil.copytree(repo / NAME / "2", fresh)  # keeps the source's modification times: still fresh
     assert ModelRepository(repo).publish(NAME, _copy_of(repo / NAME / "1")) == "3"
     assert _staging(repo) == [".staging-running"]
 

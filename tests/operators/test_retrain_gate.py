@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from pdeserve.cli import main
+from pdeserve.operators import repository
 from pdeserve.operators.card import HeldOut
 from pdeserve.operators.errors import StaleParentError
-from pdeserve.operators.repository import STALE_SECONDS, ModelRepository, read_card
+from pdeserve.operators.repository import ModelRepository, read_card
 from pdeserve.operators.retrain import RetrainOptions, retrain
 
 NAME = "tiny"
@@ -84,7 +85,8 @@ def _age(path: Path, seconds: float) -> None:
     os.utime(path, (past, past))
 
 
-def test_generated_data_no_lineage_names_are_pruned_after_a_publish_keeping_the_newest(repo):
+def test_generated_data_no_lineage_names_are_pruned_after_a_publish_keeping_the_newest(repo, monkeypatch):
+    monkeypatch.setattr(repository, "STALE_SECONDS", 1.0)  # the retrain takes longer than this
     data = repo / ".data" / NAME
     data.mkdir(parents=True)
     refused = [data / f"refused{i}.h5" for i in range(4)]  # from retrains that published nothing
@@ -94,8 +96,6 @@ def test_generated_data_no_lineage_names_are_pruned_after_a_publish_keeping_the_
     killed = data / ".generating-killed"
     killed.mkdir()
     (killed / "new.h5.partial").write_bytes(b"x")
-    _age(killed / "new.h5.partial", STALE_SECONDS + 60)
-    _age(killed, STALE_SECONDS + 60)
 
     result = retrain(_options(repo, keep_data=2))
     assert result.version == "2"
