@@ -519,12 +519,13 @@ def grpc_seconds(target: str, model: str, samples: Samples, repeats: int = 3) ->
 # Equal accuracy
 
 
-def front(points: Sequence[Point], cost: Callable[[Point], float]) -> list[Point]:
+def front(points: Sequence[Point], cost: Callable[[Point], float], trivial: float = 1.0) -> list[Point]:
     """The Pareto front: points sorted by ``cost`` whose error is below every cheaper point's. An
-    answer with relative error 1 or more is no better than answering zero: it is not on the front."""
+    answer no more accurate than a trivial one (``trivial``: the error of answering zero, 1, or of
+    answering the samples' mean, if lower) has no skill: it is not on the front."""
     out: list[Point] = []
     for point in sorted(points, key=cost):
-        if point.error < min(1.0, out[-1].error if out else 1.0):
+        if point.error < min(trivial, out[-1].error if out else trivial):
             out.append(point)
     return out
 
@@ -545,17 +546,22 @@ def classical_time_at(
 
 
 def equal_accuracy(
-    points: Sequence[Point], cost: Callable[[Point], float], error: float, seconds: float, overhead: float
+    points: Sequence[Point],
+    cost: Callable[[Point], float],
+    error: float,
+    seconds: float,
+    overhead: float,
+    trivial: float = 1.0,
 ) -> EqualAccuracy:
     """The surrogate (``error``, ``seconds`` per answer, ``overhead`` seconds of data generation and
     training) against the front of ``points`` under ``cost``.
 
-    A surrogate no better than answering zero (error >= 1) has no skill: speedup 0, it never pays. With
-    skill but no classical point better than zero, the costliest point bounds the classical time from
-    below."""
-    if error >= 1.0:
+    A surrogate no more accurate than the trivial answer (error ``trivial``, see ``front``) has no
+    skill: speedup 0, it never pays. With skill but no classical point with skill, the costliest point
+    bounds the classical time from below."""
+    if error >= trivial:
         return EqualAccuracy(seconds, math.nan, "no skill", 0.0, "never")
-    curve = front(points, cost)
+    curve = front(points, cost, trivial)
     if curve:
         classical, bound = classical_time_at(curve, error, cost)
     else:
@@ -914,17 +920,20 @@ def run_family(plan: Plan, args: argparse.Namespace, folder: Path) -> dict:
         points, cost = measure(methods, surrogate, samples, args.batches)
         if args.target and provenance.name:
             cost = replace(cost, grpc_batch1_seconds=grpc_seconds(args.target, provenance.name, samples))
+        # The trivial answer: zero (error 1) or the samples' mean field, whichever is more accurate.
+        trivial = min(1.0, mean_error(np.broadcast_to(samples.y.mean(axis=0), samples.y.shape), samples.y))
         rows.append(
             {
                 "resolution": r,
+                "trivial_error": trivial,
                 "points": points,
-                "front": front(points, lambda p: p.best_seconds),
+                "front": front(points, lambda p: p.best_seconds, trivial),
                 "surrogate": cost,
                 "batch1": equal_accuracy(
-                    points, lambda p: p.seconds, cost.error, cost.batch1_seconds, overhead
+                    points, lambda p: p.seconds, cost.error, cost.batch1_seconds, overhead, trivial
                 ),
                 "best_batch": equal_accuracy(
-                    points, lambda p: p.best_seconds, cost.error, cost.best_batch_seconds, overhead
+                    points, lambda p: p.best_seconds, cost.error, cost.best_batch_seconds, overhead, trivial
                 ),
             }
         )

@@ -67,6 +67,7 @@ def test_quick_mode_errors_times_and_fronts(quick) -> None:
             errors = [p["error"] for p in front]
             assert costs == sorted(costs), family
             assert all(b < a for a, b in itertools.pairwise(errors)), (family, errors)
+            assert errors[0] < row["trivial_error"], family
 
 
 def test_quick_mode_speedup_and_break_even(quick) -> None:
@@ -77,8 +78,10 @@ def test_quick_mode_speedup_and_break_even(quick) -> None:
                 verdict = row[side]
                 assert verdict["speedup"] >= 0 and math.isfinite(verdict["speedup"]), family
                 assert verdict["bound"] in ("interpolated", "upper", "lower", "no skill"), family
-                # no skill exactly when the surrogate is no better than answering zero
-                assert (verdict["bound"] == "no skill") == (row["surrogate"]["error"] >= 1), family
+                # no skill exactly when the surrogate is no better than the trivial answer
+                assert 0 < row["trivial_error"] <= 1, family
+                no_skill = row["surrogate"]["error"] >= row["trivial_error"]
+                assert (verdict["bound"] == "no skill") == no_skill, family
                 assert verdict["break_even"] == "never" or verdict["break_even"] > 0, family
                 # break-even is "never" exactly when the classical front is at least as fast
                 assert (verdict["break_even"] == "never") == (verdict["speedup"] <= 1), family
@@ -141,3 +144,11 @@ def test_no_skill_and_answers_worse_than_zero() -> None:
     bounded = payoff.equal_accuracy(useless, lambda p: p.seconds, 0.3, 1e-3, overhead=1.0)
     assert (bounded.bound, bounded.classical_seconds) == ("lower", 1e-2)
     assert bounded.speedup == pytest.approx(10.0)
+
+
+def test_answers_no_better_than_the_mean_field_have_no_skill() -> None:
+    payoff = load_payoff()
+    points = [point(payoff, 1e-3, 0.5), point(payoff, 1e-2, 0.2)]
+    assert [p.error for p in payoff.front(points, lambda p: p.seconds, trivial=0.4)] == [0.2]
+    verdict = payoff.equal_accuracy(points, lambda p: p.seconds, 0.45, 1e-4, overhead=1.0, trivial=0.4)
+    assert (verdict.bound, verdict.speedup, verdict.break_even) == ("no skill", 0.0, "never")
