@@ -64,7 +64,7 @@ publish (or data pruning) removes it. Writing a version takes seconds to minutes
 
 logger = logging.getLogger(__name__)
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # matched in full: "x\n" is no name
 
 
 def read_card(folder: Path) -> ModelCard:
@@ -215,7 +215,7 @@ class ModelNotFoundError(LookupError):
 
 def check_name(name: str) -> str:
     """``name`` if it is a valid model name (letters, digits, ``.``, ``_``, ``-``; no path separators)."""
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise ValueError(f"invalid model name {name!r}: use letters, digits, '.', '_' and '-' (at most 128)")
     return name
 
@@ -239,7 +239,7 @@ class ModelRepository:
         return sorted(
             p.name
             for p in self.root.iterdir()
-            if p.is_dir() and _NAME.match(p.name) and self.versions(p.name)
+            if p.is_dir() and _NAME.fullmatch(p.name) and self.versions(p.name)
         )
 
     def training_folder(self, name: str) -> Path:
@@ -273,7 +273,7 @@ class ModelRepository:
 
     def resolve(self, name: str, version: str | int | None = None) -> tuple[str, Path]:
         """``(version, folder)`` of ``name`` at ``version`` (None or "" = the newest intact one)."""
-        versions = self.versions(name) if _NAME.match(name) else []
+        versions = self.versions(name) if _NAME.fullmatch(name) else []
         if not versions:
             known = ", ".join(self.names()) or "none"
             raise ModelNotFoundError(f"unknown model {name!r}; published models: {known}")

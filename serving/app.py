@@ -70,7 +70,7 @@ from pdeserve.serving.checks import (
 )
 from pdeserve.serving.errors import DeadlineExceeded, FailedPrecondition, NotFound, ResourceExhausted
 from pdeserve.serving.metrics import Metrics
-from pdeserve.serving.options import ServingOptions
+from pdeserve.serving.options import ServingOptions, replica_environment
 from pdeserve.serving.rpc import Call, response_types, rpc, streaming_rpc
 from pdeserve.serving.tensors import from_tensor, to_tensor
 
@@ -100,9 +100,6 @@ INDEX_REFRESH_S = 1.0
 # A torch job running longer than this is wedged (a pass covers at most MAX_PASS_POINTS grid points,
 # seconds on a CPU): Serve's health check fails and Serve replaces the replica.
 WEDGED_AFTER_S = 120.0
-# Ray Serve's size limit of a gRPC message its ingress server receives or sends (2 GiB by default),
-# read from the environment of the process that runs the server.
-GRPC_MESSAGE_SIZE_VARIABLE = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"
 
 
 def _field_specs(fields: tuple[FieldSpec, ...], shape: list[int]) -> list[pb.FieldSpec]:
@@ -363,7 +360,9 @@ class SolverService:
         return surrogate
 
     def _load_version(self, name: str, version: str) -> Surrogate:
-        return load_surrogate(self.repository.resolve(name, version)[1], name, version)
+        surrogate = load_surrogate(self.repository.resolve(name, version)[1], name, version)
+        surrogate.warm_up()  # the served pass's first call builds its per-grid tables: not on a request
+        return surrogate
 
     async def _resolve(self, name: str, version: str) -> str:
         """The version serving ``name`` at ``version`` ("" = newest), from the index; one it lacks
@@ -677,14 +676,6 @@ def build_app(
         max_queued_requests=options.max_queued_requests,
     )
     return deployment.bind(str(Path(repo).resolve()), asdict(options))
-
-
-def replica_environment(options: ServingOptions) -> dict[str, str]:
-    """Environment of the replicas: their gRPC ingress (Serve's direct ingress, on by default in
-    pdeserve) refuses a message above ``max_request_bytes`` with RESOURCE_EXHAUSTED before reading it
-    into memory (Serve's own limit is 2 GiB). The limit bounds answers too: the point limits keep them
-    within the default's 64 MiB (an answer above a smaller limit is refused the same way)."""
-    return {GRPC_MESSAGE_SIZE_VARIABLE: str(options.max_request_bytes)}
 
 
 def reference_solutions(

@@ -83,3 +83,16 @@ def listen_host(options: ServingOptions, host: str | None = None) -> str:
     if host:
         return host
     return "0.0.0.0" if options.auth_token or options.auth_token_env else "127.0.0.1"
+
+
+# Ray Serve's size limit of a gRPC message its ingress server receives or sends (2 GiB by default),
+# read from the environment of the process that runs the server.
+GRPC_MESSAGE_SIZE_VARIABLE = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"
+
+
+def replica_environment(options: ServingOptions) -> dict[str, str]:
+    """Environment of the replicas: their gRPC ingress (Serve's direct ingress, on by default in
+    pdeserve) refuses a message above ``max_request_bytes`` with RESOURCE_EXHAUSTED before reading it
+    into memory (Serve's own limit is 2 GiB). The limit bounds answers too: the point limits keep them
+    within the default's 64 MiB (an answer above a smaller limit is refused the same way)."""
+    return {GRPC_MESSAGE_SIZE_VARIABLE: str(options.max_request_bytes)}

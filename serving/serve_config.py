@@ -20,7 +20,13 @@ from typing import Any
 
 import yaml
 
-from pdeserve.serving.options import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, ServingOptions
+from pdeserve.serving.options import (
+    DEFAULT_GRPC_PORT,
+    DEFAULT_HTTP_PORT,
+    GRPC_MESSAGE_SIZE_VARIABLE,
+    ServingOptions,
+    replica_environment,
+)
 
 APP_NAME = "pdeserve"
 APP_IMPORT_PATH = "pdeserve.serving.app:app_builder"
@@ -165,6 +171,7 @@ def serve_config(
         Autoscaling bounds and per-replica resources of the deployment.
     """
     scaling = scaling or ReplicaScaling()
+    options = options or ServingOptions()
     return {
         **serve_options(grpc_port, http_port, host),
         "applications": [
@@ -172,7 +179,9 @@ def serve_config(
                 "name": APP_NAME,
                 "route_prefix": "/",
                 "import_path": APP_IMPORT_PATH,
-                "args": application_args(repo, options or ServingOptions()),
+                # Application-level: a config's ray_actor_options replace the code's, runtime_env included.
+                "runtime_env": {"env_vars": replica_environment(options)},
+                "args": application_args(repo, options),
                 "deployments": [
                     {
                         "name": DEPLOYMENT_NAME,
@@ -205,6 +214,10 @@ def helm_values() -> dict[tuple, str]:
         ("grpc_options", "port"): ".Values.service.grpcPort",
         ("http_options", "port"): ".Values.service.httpPort",
         (*app, "args", "repo"): ".Values.modelStorage.mountPath",
+        # Environment variables are strings; int64 first, or Helm prints a large number in e-notation.
+        (*app, "runtime_env", "env_vars", GRPC_MESSAGE_SIZE_VARIABLE): (
+            ".Values.serving.options.max_request_bytes | int64 | toString"
+        ),
         **options,
         (*deployment, "autoscaling_config"): ".Values.serving.autoscalingConfig",
         (*deployment, "ray_actor_options", "num_cpus"): ".Values.serving.replicaCpus",

@@ -185,6 +185,8 @@ def test_default_chart_serves_what_pdeserve_serve_runs(monkeypatch):
 
     started = {}
     monkeypatch.setattr(server, "serve_forever", lambda repo, **kwargs: started.update(kwargs))
+    # `pdeserve serve` sizes itself to the machine; the chart's default pod is a 2-CPU one.
+    monkeypatch.setattr("pdeserve.cli.serve.machine_cpus", lambda: 2)
     assert cli.main(["serve", "--repo", "models"]) == 0
     args = dict(config["applications"][0]["args"])
     assert args.pop("repo") == "/models"
@@ -384,3 +386,11 @@ def test_values_schema_is_the_one_helm_enforces():
     with helm.Chart.load(CHART) as chart:
         assert chart.schema == schema
         chart.validate_schema(yaml.safe_load((CHART / "values.yaml").read_text()))
+
+
+def test_ingress_message_limit_follows_max_request_bytes():
+    """A Serve config's ray_actor_options replace the code's, so the replicas' gRPC message limit
+    (an environment variable, a string) is set at the application level from the chart's value."""
+    config = serve_config_of(render({"serving": {"options": {"max_request_bytes": 123456789}}}))
+    env = config["applications"][0]["runtime_env"]["env_vars"]
+    assert env == {"RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": "123456789"}
