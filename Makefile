@@ -8,7 +8,7 @@ GRPC_PORT ?= 9000
 # resolves torch to a multi-GB CUDA wheel. GPU machines: `make install TORCH_SPEC=torch` (any CUDA build).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install serve test lint format protos helm-config bench bench-accuracy bench-refine bundled-model bundled-ns-model bundled-models clean
+.PHONY: install serve test lint format protos helm-config bench bench-accuracy bench-refine bench-payoff bundled-model bundled-ns-model bundled-models clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
