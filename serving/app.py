@@ -357,7 +357,13 @@ class SolverService:
         started = time.perf_counter()
         surrogate = await self._torch.run(self._load_version, name, version)
         self.metrics.load_seconds.set(time.perf_counter() - started, tags={"model": name, "version": version})
+        if self._newest.get(name, ("",))[0] == version:  # a newest version that failed once loads now
+            self._newest[name] = (version, True)
         return surrogate
+
+    def published(self, name: str) -> tuple[str, ...]:
+        """The versions of ``name`` the last listing found (metric labels; see serving/rpc.py)."""
+        return self._index.versions.get(name, ())
 
     def _load_version(self, name: str, version: str) -> Surrogate:
         surrogate = load_surrogate(self.repository.resolve(name, version)[1], name, version)

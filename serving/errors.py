@@ -81,6 +81,14 @@ KNOWN_FAILURES: dict[type[Exception], type[RequestError]] = {
 }
 
 
+def _out_of_memory(exc: Exception) -> bool:
+    """A failed allocation: numpy's and Python's MemoryError, or torch's allocator (a RuntimeError)."""
+    message = str(exc)
+    return isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and ("can't allocate memory" in message or "out of memory" in message)
+    )
+
+
 def as_request_error(exc: Exception, method: str) -> RequestError:
     """``exc``, raised while answering ``method``, as the status the client gets: itself, the entry of
     :data:`KNOWN_FAILURES` it falls under, or :class:`Internal` for a bug (logged with its traceback)."""
@@ -89,6 +97,10 @@ def as_request_error(exc: Exception, method: str) -> RequestError:
     for kind, error in KNOWN_FAILURES.items():
         if isinstance(exc, kind):
             return error(str(exc))
+    if _out_of_memory(exc):  # the replica lives on; a smaller request fits
+        return ResourceExhausted(
+            f"{method} needs more memory than the replica has: send fewer samples or a smaller grid"
+        )
     logger.error("%s failed", method, exc_info=exc)
     return Internal(
         f"{method} failed with an internal error ({type(exc).__name__}); the server log has details"

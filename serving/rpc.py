@@ -9,10 +9,11 @@ and counts an inference RPC in pdeserve's metrics (serving/metrics.py), whatever
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -21,7 +22,6 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import FileDescriptor
 from google.protobuf.message import Message
 
-from pdeserve.operators.repository import ModelRepository
 from pdeserve.serving.errors import (
     MAX_DETAILS_CHARS,
     InvalidArgument,
@@ -44,8 +44,11 @@ class Servicer(Protocol):
 
     auth_token: str  # "" when calls need no token
     metrics: Metrics
-    repository: ModelRepository  # the models whose names the metrics may carry as labels
     response_types: dict[str, type[Message]]  # by method name, see response_types()
+
+    def published(self, name: str) -> Sequence[str]:
+        """The published versions of ``name`` (none for a name the repository lacks), from a cached
+        listing: the event loop never lists the repository."""
 
 
 @dataclass
@@ -101,8 +104,7 @@ class Call:
         """Count a finished inference RPC in the metrics, whatever its outcome, labelled with the model
         and version only where the repository publishes them (clients choose these strings)."""
         if self.counted:
-            published = servicer.repository.versions(self.model) if MODEL_NAME.fullmatch(self.model) else []
-            model, version = model_labels(self.model, self.version, published)
+            model, version = model_labels(self.model, self.version, servicer.published(self.model))
             servicer.metrics.request(self.method, model, version, code, self.started)
 
 
@@ -160,6 +162,9 @@ def rpc(*, auth: bool = True, model_fields: tuple[str, str] | None = None) -> Ca
                     authorize(self, grpc_context)
                 call.check_names()
                 response = await handler(self, request, call)
+            except asyncio.CancelledError:  # the client went away
+                call.finish(self, grpc.StatusCode.CANCELLED)
+                raise
             except Exception as exc:  # every failure gets its status; the replica keeps serving
                 call.finish(self, _refuse(grpc_context, exc, call).code)
                 return self.response_types[call.method]()
@@ -182,6 +187,9 @@ def streaming_rpc(*, model_fields: tuple[str, str]) -> Callable:
                 call.check_names()
                 async for message in handler(self, request, call):
                     yield message
+            except asyncio.CancelledError:  # the client went away (or stopped reading) mid-stream
+                call.finish(self, grpc.StatusCode.CANCELLED)
+                raise
             except Exception as exc:
                 error = _refuse(grpc_context, exc, call)
                 call.finish(self, error.code)

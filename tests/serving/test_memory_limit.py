@@ -1,8 +1,8 @@
 """A replica whose memory is capped, through the real Ray Serve gRPC proxy: a request whose forward pass
-cannot fit is refused at once (RESOURCE_EXHAUSTED is the status it should get; until torch's allocation
-failure is mapped to it, INTERNAL marks the test xfail), the replica process survives, and the next small
-request is answered. The cap is a real one, ``RLIMIT_AS`` on the replica's process, on a replica of its own
-application (deleted after the test), so no other test's replica is touched."""
+cannot fit is refused at once with RESOURCE_EXHAUSTED (torch's allocation failure, not a bug), the
+replica process survives, and the next small request is answered. The cap is a real one, ``RLIMIT_AS``
+on the replica's process, on a replica of its own application (deleted after the test), so no other
+test's replica is touched."""
 
 import contextlib
 import resource
@@ -63,6 +63,4 @@ def test_a_forward_pass_beyond_the_memory_limit_is_resource_exhausted(deploy_app
     print(f"\nover the memory limit: {code.name} ({refused.value}); replica survived: {survived}")
     assert answered == (64, 64)  # service resumes
     assert survived  # the allocation failed inside the replica; the process itself is not lost
-    assert code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL)  # refused, not a hang
-    if code == grpc.StatusCode.INTERNAL:
-        pytest.xfail("torch's allocation failure (a RuntimeError) is not yet mapped to RESOURCE_EXHAUSTED")
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED  # refused at once, not a hang, not INTERNAL
