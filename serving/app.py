@@ -93,7 +93,7 @@ MAX_ROLLOUT_POINTS = 2**26
 ROLLOUT_TIMEOUT_S = 600.0
 # Most grid points of one request's classical reference solves, and the longest they may take
 # (one solve at a time per replica: they compete with the forward passes for the same cores).
-MAX_REFERENCE_POINTS = 2**20
+MAX_REFERENCE_POINTS = 2**18  # one 512 x 512 solve
 REFERENCE_TIMEOUT_S = 60.0
 # How often a replica lists the repository: a newly published version is served within this.
 INDEX_REFRESH_S = 1.0

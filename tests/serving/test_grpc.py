@@ -161,19 +161,17 @@ def test_health_check_reports_serving(grpc_target, client):
     assert excinfo.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_the_port_answers_on_the_machines_network_address_not_only_loopback(grpc_target):
-    # A container's published port or a simulation on another host reaches the server this way.
+def test_without_a_token_the_port_answers_on_loopback_only(grpc_target):
+    # Unauthenticated, the server must not be reachable from the network unless --host says so.
     import ray
 
     address = ray.util.get_node_ip_address()
     if address.startswith("127."):
         pytest.skip("this machine has no network address besides loopback")
     port = grpc_target.rpartition(":")[2]
-    with grpc.insecure_channel(f"{address}:{port}") as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=""), timeout=30
-        )
-    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    with grpc.insecure_channel(f"{address}:{port}") as channel, pytest.raises(grpc.RpcError) as refused:
+        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 def test_solve_cli_writes_the_solution_and_reports_errors_in_one_line(

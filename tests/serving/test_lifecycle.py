@@ -15,6 +15,7 @@ import pytest
 
 from pdeserve.serving.client import SolverClient, SolverError
 from pdeserve.serving.lifecycle import descendants, ensure_ports_free, port_holders, port_is_free
+from pdeserve.serving.server import HAPROXY_PORTS
 
 STOP_BOUND_S = 90  # Ray's own shutdown plus the sweep of what it leaves; generous for a busy 2-core machine
 
@@ -67,10 +68,13 @@ def listening_addresses(port: int) -> set[str]:
     return {r[1].split(":")[0] for r in rows if int(r[1].split(":")[1], 16) == port and r[3] == "0A"}
 
 
-def wait_serving(target: str, server: subprocess.Popen, bound_s: float = 300) -> None:
+def wait_serving(
+    target: str, server: subprocess.Popen, bound_s: float = 300, log: Path | None = None
+) -> None:
     deadline = time.monotonic() + bound_s
     while time.monotonic() < deadline:
-        assert server.poll() is None, f"pdeserve serve exited with {server.returncode}"
+        said = log.read_text()[-2000:] if log else ""
+        assert server.poll() is None, f"pdeserve serve exited with {server.returncode}: {said}"
         try:
             with SolverClient(target, timeout=5, retries=0) as client:
                 if client.health() == "SERVING":
@@ -82,18 +86,25 @@ def wait_serving(target: str, server: subprocess.Popen, bound_s: float = 300) ->
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
-def test_sigterm_to_the_process_group_frees_the_ports_and_leaves_no_process(bundled_repo):
+def test_sigterm_to_the_process_group_frees_the_ports_and_leaves_no_process(bundled_repo, tmp_path):
     ports = dict(zip(("gRPC", "HTTP", "metrics"), free_ports(3), strict=True))
-    server = subprocess.Popen(
-        serve_command(bundled_repo, *ports.values()),
-        start_new_session=True,  # its own process group and session, as under systemd or make
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    # HAProxy's own ports moved too: the test session's server holds the defaults.
+    haproxy = dict(zip(HAPROXY_PORTS, free_ports(2), strict=True))
+    environment = {**os.environ, **{HAPROXY_PORTS[role][0]: str(port) for role, port in haproxy.items()}}
+    log = tmp_path / "serve.log"
+    with log.open("w") as output:
+        server = subprocess.Popen(
+            serve_command(bundled_repo, *ports.values()),
+            start_new_session=True,  # its own process group and session, as under systemd or make
+            stdout=subprocess.DEVNULL,
+            stderr=output,
+            env=environment,
+        )
     try:
-        wait_serving(f"127.0.0.1:{ports['gRPC']}", server)
+        wait_serving(f"127.0.0.1:{ports['gRPC']}", server, log=log)
+        ports |= haproxy
         held = {role: port for role, port in ports.items() if not port_is_free(port)}
-        assert held == ports  # the check below means something: all three were in use while serving
+        assert held == ports  # the check below means something: all were in use while serving
         loopback = "0100007F"  # 127.0.0.1: without a token, the service is not on the network
         assert listening_addresses(ports["gRPC"]) == listening_addresses(ports["HTTP"]) == {loopback}
         os.killpg(server.pid, signal.SIGTERM)
@@ -143,10 +154,10 @@ def test_descendants_follow_the_process_tree():
     child = subprocess.Popen(["sh", "-c", "sleep 30 & wait"], start_new_session=True)
     try:
         deadline = time.monotonic() + 10
-        while len(descendants(os.getpid())) < 2 and time.monotonic() < deadline:
+        while not descendants(child.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        below = descendants(os.getpid())
-        assert child.pid in below and len(below) == 2  # the shell and its sleep
+        assert child.pid in descendants(os.getpid())  # the shell, in a session of its own
+        assert len(descendants(child.pid)) == 1  # and its sleep
     finally:
         os.killpg(child.pid, signal.SIGKILL)
         child.wait()

@@ -153,14 +153,15 @@ def test_a_stream_waits_for_a_slow_reader_and_stops_when_its_client_goes_away(
         return _total(_scrape(metrics_port), "ray_pdeserve_answers_total", model=STREAMED) / samples
 
     def settled(after: float) -> float:
-        """Steps computed once more than ``after`` show and two scrapes 20 s apart agree (Ray exports
-        metrics every 10 s); a stream that kept computing agrees only at its last step."""
+        """Steps computed once more than ``after`` show and two scrapes 12 s apart agree (Ray exports
+        metrics every 10 s, so an export falls between them); a stream that kept computing agrees only at
+        its last step."""
         _poll(
             metrics_port, lambda s: _total(s, "ray_pdeserve_answers_total", model=STREAMED) > after * samples
         )
         previous, deadline = computed(), time.monotonic() + 900
         while time.monotonic() < deadline:
-            time.sleep(20)
+            time.sleep(12)
             if (now := computed()) == previous:
                 return now
             previous = now
