@@ -177,10 +177,13 @@ def serve_forever(
     adopt_orphans()
     driver = multiprocessing.get_context("fork").Process(target=run, name="pdeserve-serve")
     stop_signals: list[int] = []
+    supervisor = os.getpid()
 
     def pass_on(signum: int, _frame: object) -> None:
+        if os.getpid() != supervisor:  # the driver, stopped before it set its own handlers: nothing runs yet
+            os._exit(0)
         stop_signals.append(signum)
-        if driver.pid is not None and driver.pid != os.getpid():
+        if driver.pid is not None:
             # A second signal to this process (Ctrl-C twice) stops the driver at once; the sweep follows.
             os.kill(driver.pid, signum if len(stop_signals) == 1 else signal.SIGKILL)
 
