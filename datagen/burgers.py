@@ -263,6 +263,14 @@ class BurgersParameters:
             dt /= 2.0
         return dt
 
+    def with_stable_time_step(self, resolution: int) -> BurgersParameters:
+        """These parameters with a ``time_step`` that ``for_resolution`` would refuse lowered to
+        ``default_time_step`` (unchanged where it is stable or unset): a step stable on one solve grid
+        can be unstable on a finer one. The solve grid is ``solve_resolution``, whatever ``resolution``."""
+        if self.time_step is None or self.stability_factor(self.time_step) <= 1.0 + 1e-9:
+            return self
+        return replace(self, time_step=min(self.time_step, self.default_time_step()))
+
     def for_resolution(self, resolution: int) -> BurgersParameters:
         """These parameters checked against the output ``resolution``, with ``time_step`` resolved.
 

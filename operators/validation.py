@@ -74,7 +74,8 @@ def sweep_sides(
 
 def _parameters_at(family, params, training_side: int, side: int):
     """The card's PDE parameters for samples at ``side``: the solve grid as many times finer than the
-    output grid as at the training side (periodic grids nest by ``n``, node grids by ``n - 1``)."""
+    output grid as at the training side (periodic grids nest by ``n``, node grids by ``n - 1``), and for a
+    time-dependent family the card's time step capped at the largest its solver accepts on that grid."""
     solve = getattr(params, "solve_resolution", None)
     if solve is not None:
         if family.boundary == "periodic":
@@ -82,6 +83,11 @@ def _parameters_at(family, params, training_side: int, side: int):
         else:
             solve = (side - 1) * max(1, (solve - 1) // (training_side - 1)) + 1
         params = dataclasses.replace(params, solve_resolution=solve)
+    # The card's step was checked at the training side only; a finer grid has faster modes, for which
+    # the explicit step may be unstable, and a smaller step only makes the reference more accurate.
+    stable = getattr(params, "with_stable_time_step", None)
+    if stable is not None:
+        params = stable(side)
     return params.for_resolution(side)
 
 

@@ -1,6 +1,7 @@
 import re
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -321,3 +322,15 @@ def test_cuda_matches_cpu():
     cuda = navier_stokes_batch(params, 64, rngs(), device="cuda")
     np.testing.assert_array_equal(cpu["w0"], cuda["w0"])
     np.testing.assert_allclose(cuda["w"], cpu["w"], rtol=0, atol=1e-12)
+
+
+def test_a_reference_on_a_grid_finer_than_the_time_steps_uses_the_largest_stable_step():
+    # A model's step is the largest stable on its training grid; a reference on a finer grid would
+    # refuse it. The reference lowers it instead and agrees with a sample solved at that step.
+    coarse_step = replace(SHORT, time_step=0.01)  # stable at 32, not at 64
+    assert coarse_step.stability_factor(64) > 1
+    fine_step = replace(SHORT, time_step=coarse_step.max_stable_time_step(64))
+    sample = navier_stokes_sample(fine_step, 64, np.random.default_rng(4))
+    np.testing.assert_allclose(
+        navier_stokes_reference(coarse_step, sample["w0"], device="cpu"), sample["w"], atol=1e-12
+    )
