@@ -11,7 +11,8 @@ forward pass serving runs (``operators/acceleration.py``'s inference twin) are t
 achieved GFLOP/s. FLOPs are those of the eager model: ``torch.utils.flop_counter.FlopCounterMode``
 (convolutions and matrix products, a complex product counted as a real one) plus 2.5 N log2 N per real
 FFT of N points (its counter skips FFTs); both sides are credited the same FLOPs. The practical peak is
-a 2048 x 2048 float32 matrix product on the same threads.
+a 2048 x 2048 float32 matrix product on the same threads. Both sides run with a replica's allocator
+settings (serving/allocator.py).
 
 Per resolution (``--sweep``, on by default): untrained models built from the registry's periodic defaults
 for the grid, 2D models at 64, 128 and 256 points per side, 1D models at 1024 to 16384 points; median
@@ -31,6 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pdeserve.operators.acceleration import served_module
 from pdeserve.operators.registry import ARCHITECTURES, get_architecture, make_config
+from pdeserve.serving.allocator import retain_freed_memory
 
 SIDES = {1: (1024, 4096, 16384), 2: (64, 128, 256)}
 
@@ -186,6 +188,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    retain_freed_memory()  # the replica's allocator settings, for both sides
     device, device_name = resolve_device(args.device)
     models = args.models.split(",")
     batches = [int(b) for b in args.batches.split(",")]

@@ -9,7 +9,8 @@ Latency: batch 1, p50 / p99 of ``Solve`` against ``load_model(...).predict`` of 
 process, ``--calls`` of each in alternating blocks of ``--block`` calls (a block of one side, then a
 block of the other; each block opened by one uncounted call), so that both see the same machine and
 neither pays for the other's idle threads (target: Solve p50 <= 1.25x predict p50). The replica's own
-time, ``inference_ms`` (from the request's entry into the replica to its answer), is reported beside.
+time, ``inference_ms`` (from the request's entry into the replica to its answer), is reported beside, and
+a gRPC health check after each Solve: the round trip through Serve with no work in the replica.
 The server starts as ``pdeserve serve`` (and ``make serve``) starts it: ``--replicas`` replicas of
 ``--replica-cpus`` CPUs each, by default from this machine's CPUs by the same rule
 (``pdeserve.serving.serve_config.local_scaling``), and this process sets the replicas' malloc
@@ -118,6 +119,7 @@ def main() -> None:
     local_ms: list[float] = []
     remote_ms: list[float] = []
     replica_ms: list[float] = []  # inference_ms: from the request's entry into the replica to its answer
+    floor_ms: list[float] = []  # a health check: the round trip through Serve with no work in the replica
     in_process: list[float] = []
     served: list[float] = []
     try:
@@ -145,6 +147,9 @@ def main() -> None:
                     tick = time.perf_counter()
                     replica_ms.append(client.solve_response(args.model, {"a": a}).inference_ms)
                     remote_ms.append((time.perf_counter() - tick) * 1e3)
+                    tick = time.perf_counter()
+                    client.health()
+                    floor_ms.append((time.perf_counter() - tick) * 1e3)
     finally:
         if args.target is None:
             server.stop()
@@ -162,6 +167,7 @@ def main() -> None:
         "predict": local,
         "grpc_solve": remote,
         "replica_predict": summary(np.asarray(replica_ms)),
+        "grpc_health_check": summary(np.asarray(floor_ms)),
         "p50_ratio_solve_over_predict": remote["p50_ms"] / local["p50_ms"],
         "in_process_sweep_solutions_per_s": sweep,
         "best_batch": best_batch,
@@ -175,6 +181,8 @@ def main() -> None:
     print(f"{'gRPC Solve (Ray Serve)':<30}{remote['p50_ms']:>10.2f}{remote['p99_ms']:>10.2f}")
     inside = result["replica_predict"]
     print(f"{'  of which inside the replica':<30}{inside['p50_ms']:>10.2f}{inside['p99_ms']:>10.2f}")
+    floor = result["grpc_health_check"]
+    print(f"{'gRPC health check (no work)':<30}{floor['p50_ms']:>10.2f}{floor['p99_ms']:>10.2f}")
     ratio = result["p50_ratio_solve_over_predict"]
     print(f"p50 ratio Solve/predict: {ratio:.2f} (target <= 1.25); serve start-up {startup_s:.1f} s")
     layout = f"{args.target}" if args.target else f"{scaling.max_replicas} x {scaling.num_cpus:g} CPU"

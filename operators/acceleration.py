@@ -14,6 +14,8 @@ import copy
 import functools
 
 import torch
+import torch.nn.functional as F
+from neuralop.layers.channel_mlp import ChannelMLP
 from torch import nn
 
 
@@ -63,6 +65,12 @@ def dft_matrices(
         n, -1
     )
     return forward.to(device, torch.float32), inverse.T.contiguous().to(device, torch.float32)
+
+
+def _along_last_axis(t: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """``t @ matrix`` as one 2D matrix product: a broadcast product of a many-dimensional tensor runs
+    as one small product per leading index on CPU, several times slower for complex numbers."""
+    return (t.reshape(-1, t.shape[-1]) @ matrix).reshape(*t.shape[:-1], matrix.shape[-1])
 
 
 def truncated_spectral_conv(
@@ -115,13 +123,14 @@ def truncated_spectral_conv(
         (x.reshape(-1, sides[-1]) @ forward[-1]).reshape(*x.shape[:-1], kept[-1], 2)
     )
     for matrix in forward[:-1]:
-        spectrum = spectrum.movedim(2, -1) @ matrix
+        spectrum = _along_last_axis(spectrum.movedim(2, -1), matrix)
     mode_shape = spectrum.shape[2:]
-    w = weight.movedim(-1, 2).reshape(weight.shape[0], weight.shape[1], -1).permute(2, 0, 1)
-    modes = spectrum.reshape(batch, x.shape[1], -1).permute(2, 0, 1)
+    # Contiguous operands: a batched product of strided complex matrices runs as a loop of small ones.
+    w = weight.movedim(-1, 2).reshape(weight.shape[0], weight.shape[1], -1).permute(2, 0, 1).contiguous()
+    modes = spectrum.reshape(batch, x.shape[1], -1).permute(2, 0, 1).contiguous()
     out = torch.bmm(modes, w).permute(1, 2, 0).reshape(batch, -1, *mode_shape)
     for matrix in reversed(inverse[:-1]):
-        out = (out @ matrix).movedim(-1, 2)
+        out = _along_last_axis(out, matrix).movedim(-1, 2)
     modes = torch.view_as_real(out.contiguous()).reshape(-1, 2 * kept[-1])
     if add_to is None:
         return (modes @ inverse[-1]).reshape(batch, -1, *sides)
@@ -139,6 +148,24 @@ class PointwiseConv1d(nn.Conv1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.matmul(self.weight[:, :, 0], x)
         return y if self.bias is None else y.add_(self.bias[:, None])
+
+
+class InPlaceChannelMLP(ChannelMLP):
+    """neuraloperator's ``ChannelMLP`` with its GELU applied in place: the same answers without a fresh
+    activation-sized tensor per hidden layer (a batch of wide hidden layers is tens of MiB, which the
+    allocator maps and page-faults anew on every pass). Other activations, and dropout, run the
+    reference forward pass."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.non_linearity is not F.gelu or self.dropout is not None:
+            return super().forward(x)
+        shape = x.shape
+        x = x.reshape(*shape[:2], -1)
+        for i, fc in enumerate(self.fcs):
+            x = fc(x)
+            if i < self.n_layers - 1:
+                x = torch.ops.aten.gelu_(x)
+        return x.reshape(shape[0], self.out_channels, *shape[2:])
 
 
 def _is_pointwise(conv: nn.Conv1d) -> bool:
@@ -159,6 +186,7 @@ def _twin_classes() -> dict[type, type]:
         spectral.ResolutionInvariantSpectralConv: spectral.TruncatedSpectralConv,
         spectral.FNOBlocks: spectral.TruncatedFNOBlocks,
         galerkin.SpectralConv: galerkin.TruncatedSpectralConv,
+        ChannelMLP: InPlaceChannelMLP,
     }
 
 
@@ -191,8 +219,16 @@ def served_module(model: nn.Module, device: torch.device) -> nn.Module:
     return ServedModel(twin, channels_last and any(isinstance(m, nn.Conv2d) for m in twin.modules()))
 
 
+# Most grid points (samples x points per sample) of one pass of the twin on CPU. glibc maps every block
+# above 32 MiB afresh and page-faults it in on each use; at this size an activation of up to 128
+# float32 channels stays below that and is reused from the heap (serving/allocator.py), and the
+# smaller passes lose nothing to the larger batch: a 64 x 64 operator peaks near 8 to 16 samples.
+CPU_PASS_POINTS = 2**15
+
+
 class ServedModel(nn.Module):
-    """Runs the inference twin, channels last when its convolutions are; answers contiguous.
+    """Runs the inference twin, channels last when its convolutions are, in passes of at most
+    :data:`CPU_PASS_POINTS` grid points on CPU; answers contiguous.
 
     Parameters
     ----------
@@ -210,4 +246,7 @@ class ServedModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.twin(x).contiguous()
+        per_pass = max(1, CPU_PASS_POINTS // x[0, 0].numel()) if x.device.type == "cpu" else len(x)
+        if len(x) <= per_pass:
+            return self.twin(x).contiguous()
+        return torch.cat([self.twin(part) for part in x.split(per_pass)])

@@ -72,6 +72,7 @@ from pdeserve.serving.errors import DeadlineExceeded, FailedPrecondition, NotFou
 from pdeserve.serving.metrics import Metrics
 from pdeserve.serving.options import ServingOptions, replica_environment
 from pdeserve.serving.rpc import Call, response_types, rpc, streaming_rpc
+from pdeserve.serving.serve_config import DEPLOYMENT_LOGGING_CONFIG
 from pdeserve.serving.tensors import from_tensor, to_tensor
 
 if TYPE_CHECKING:  # imported by the replicas only, see serving/oip.py
@@ -275,7 +276,8 @@ class TorchThread:
         return 0.0 if started is None else time.monotonic() - started
 
 
-@serve.deployment(name="SolverService")  # queue bounds come from ServingOptions in build_app
+# Queue bounds come from ServingOptions in build_app; no per-request access log (serving/serve_config.py).
+@serve.deployment(name="SolverService", logging_config=DEPLOYMENT_LOGGING_CONFIG)
 class SolverService:
     """Serves every model of a repository; a request without a version gets the newest one.
 
@@ -325,6 +327,7 @@ class SolverService:
     async def _keep_refreshing(self) -> None:
         while True:
             await asyncio.sleep(INDEX_REFRESH_S)
+            self.metrics.flush()  # counters add up in the replica between flushes (serving/metrics.py)
             try:
                 await self._refresh()
             except Exception:  # a failed listing (a storage hiccup) keeps the last index

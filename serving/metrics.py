@@ -1,16 +1,25 @@
 """pdeserve's own metrics, exported with Ray's on the metrics port (Ray names them ``ray_pdeserve_*``).
 
 Replicas only: ``ray.serve.metrics`` records through the Ray worker the replica runs in.
+
+A Ray metric record costs a few microseconds of the replica's event loop (tag merging and validation,
+then the core worker's record), several per request. Counters therefore add up in a dict here and reach
+Ray at :meth:`Metrics.flush`, which the replica calls about every second: the exported series are the
+same, a second later at most (Ray's agent exports every few seconds anyway). A histogram has no bulk
+record (each value adds to its count, sum and bucket), so histograms record each value at once.
 """
 
 from __future__ import annotations
 
-import collections
+import logging
+import threading
 import time
 from collections.abc import Iterable, Sequence
 
 import grpc
 from ray.serve import metrics
+
+logger = logging.getLogger("pdeserve")
 
 # Every metric is per model and version.
 MODEL_TAGS = ("model", "version")
@@ -30,11 +39,66 @@ def model_labels(model: str, version: str, published: Sequence[str]) -> tuple[st
     )
 
 
+class BufferedCounter:
+    """A Ray counter whose increments add up in this process, per label values, until :meth:`flush`.
+
+    Parameters
+    ----------
+    name, description : str
+        The Ray counter's.
+    tag_keys : tuple of str
+        Its label names; :meth:`add` takes their values in this order.
+    """
+
+    def __init__(self, name: str, description: str, tag_keys: tuple[str, ...]) -> None:
+        self.name = name
+        self.tag_keys = tag_keys
+        self._counter = metrics.Counter(name, description, tag_keys=tag_keys)
+        self._pending: dict[tuple[str, ...], float] = {}
+        # Recording and flushing share the replica's event loop today; the lock keeps a count from
+        # being lost if either ever runs on another thread (it costs well under a microsecond).
+        self._lock = threading.Lock()
+
+    def add(self, labels: tuple[str, ...], value: float = 1) -> None:
+        """Count ``value`` (positive) for the label values ``labels`` (in :attr:`tag_keys` order)."""
+        if not isinstance(value, (int, float)) or value <= 0:
+            raise ValueError(f"a counter increment must be a positive number, got {value!r}")
+        if len(labels) != len(self.tag_keys):
+            raise ValueError(f"expected values of the labels {self.tag_keys}, got {labels!r}")
+        with self._lock:
+            self._pending[labels] = self._pending.get(labels, 0) + value
+
+    def inc(self, value: float = 1, tags: dict[str, str] | None = None) -> None:
+        """Ray's ``Counter.inc``: count ``value`` for the labels ``tags`` (every tag key, by name)."""
+        tags = tags or {}
+        missing = [key for key in self.tag_keys if key not in tags]
+        if missing:
+            raise ValueError(f"missing value for tag key(s): {','.join(missing)}")
+        self.add(tuple(tags[key] for key in self.tag_keys), value)
+
+    def pending(self) -> dict[tuple[str, ...], float]:
+        """The counts not flushed yet, by label values (a copy)."""
+        with self._lock:
+            return dict(self._pending)
+
+    def flush(self) -> None:
+        """Add the counts since the last flush to the Ray counter (one record per label values). A
+        record Ray refuses is logged and dropped: it must not stop the flushes of the others."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for labels, value in pending.items():
+            try:
+                self._counter.inc(value, tags=dict(zip(self.tag_keys, labels, strict=True)))
+            except Exception:
+                logger.exception("recording %s%s failed", self.name, labels)
+
+
 class Metrics:
-    """The counters and histograms one replica records into."""
+    """The counters and histograms one replica records into; :meth:`flush` hands the counters' counts
+    to Ray (the replica calls it periodically)."""
 
     def __init__(self) -> None:
-        self.requests = metrics.Counter(
+        self.requests = BufferedCounter(
             "pdeserve_requests",
             "inference requests (Solve, ModelInfer, Rollout) by outcome",
             tag_keys=(*MODEL_TAGS, "method", "code"),
@@ -51,7 +115,7 @@ class Metrics:
             [1, 2, 4, 8, 16, 32, 64],
             tag_keys=MODEL_TAGS,
         )
-        self.forward_passes = metrics.Counter(
+        self.forward_passes = BufferedCounter(
             "pdeserve_forward_passes",
             "forward passes (requests / passes = mean batch size)",
             tag_keys=MODEL_TAGS,
@@ -66,7 +130,7 @@ class Metrics:
             tag_keys=MODEL_TAGS,
         )
 
-        self.answers = metrics.Counter(
+        self.answers = BufferedCounter(
             "pdeserve_answers",
             "answered samples (Rollout: per state) by the path that produced them: surrogate, refined, "
             "classical (refined / all = the refined fraction)",
@@ -79,13 +143,18 @@ class Metrics:
             tag_keys=MODEL_TAGS,
         )
 
+    def flush(self) -> None:
+        """Hand every counter's counts since the last flush to Ray."""
+        for counter in (self.requests, self.answers, self.forward_passes):
+            counter.flush()
+
     def answered(
         self, method: str, model: str, version: str, paths: Iterable[str], errors: Iterable[float]
     ) -> None:
         """Count a request's answered samples by ``paths`` and record their estimated ``errors``."""
+        for path in paths:
+            self.answers.add((model, version, method, path))
         tags = {"model": model, "version": version}
-        for path, count in collections.Counter(paths).items():
-            self.answers.inc(count, tags={**tags, "method": method, "path": path})
         for error in errors:
             self.estimated_error.observe(error, tags=tags)
 
@@ -93,6 +162,6 @@ class Metrics:
         """Count one finished inference request, whatever its outcome, and its latency since ``started``
         (``time.perf_counter()`` when it entered the replica); ``model`` and ``version`` are labels
         (:func:`model_labels`)."""
+        self.requests.add((model, version, method, code.name))
         tags = {"model": model, "version": version, "method": method}
-        self.requests.inc(tags={**tags, "code": code.name})
         self.latency.observe((time.perf_counter() - started) * 1e3, tags=tags)

@@ -31,6 +31,12 @@ from pdeserve.serving.options import (
 APP_NAME = "pdeserve"
 APP_IMPORT_PATH = "pdeserve.serving.app:app_builder"
 DEPLOYMENT_NAME = "SolverService"  # the name of pdeserve.serving.app.SolverService (a test checks it)
+# Ray Serve's logging config of the SolverService deployment (set where it is declared, so that both
+# `pdeserve serve` and a Serve config, which builds it with app_builder, get it). No access log: Serve
+# writes a line per request on the replica's event loop, and pdeserve_requests (by model, method and
+# status code) and Ray Serve's own request metrics already count every request. Replica errors and
+# pdeserve's own log lines are logged as before.
+DEPLOYMENT_LOGGING_CONFIG = {"enable_access_log": False}
 # pdeserve.v1.Solver, the Open Inference Protocol (KServe/Triton) and grpc.health.v1, on one port.
 GRPC_SERVICER_FUNCTIONS = [
     "pdeserve.protos.v1.solver_pb2_grpc.add_SolverServicer_to_server",

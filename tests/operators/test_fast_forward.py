@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from pdeserve.operators import load_model
-from pdeserve.operators.acceleration import PointwiseConv1d, served_module, truncated_spectral_conv
+from pdeserve.operators.acceleration import (
+    CPU_PASS_POINTS,
+    InPlaceChannelMLP,
+    PointwiseConv1d,
+    served_module,
+    truncated_spectral_conv,
+)
 from pdeserve.operators.registry import get_architecture, make_config
 from pdeserve.operators.spectral import ResolutionInvariantSpectralConv, TruncatedSpectralConv
 
@@ -63,13 +69,27 @@ def test_served_forward_equals_eager_in_one_and_three_dimensions(name, ndim, ove
         assert relative(served(x), model(x)) < TOLERANCE, side
 
 
+@torch.inference_mode()
+def test_a_batch_above_one_pass_runs_in_passes_with_the_same_answers():
+    model = build("fno")
+    served = served_module(model, torch.device("cpu"))
+    passes = []
+    served.twin.register_forward_hook(lambda module, args, out: passes.append(len(args[0])))
+    per_pass = CPU_PASS_POINTS // 64**2
+    x = torch.randn(per_pass + 3, 1, 64, 64)
+    answer = served(x)
+    assert passes == [per_pass, 3]
+    assert answer.shape == (per_pass + 3, 1, 64, 64) and answer.is_contiguous()
+    assert relative(answer, model(x)) < TOLERANCE
+
+
 def test_the_reference_model_is_left_unchanged_and_the_twin_is_inference_only():
     model = build("fno")
     served = served_module(model, torch.device("cpu"))
     assert {type(m) for m in model.modules()} >= {ResolutionInvariantSpectralConv, torch.nn.Conv1d}
     assert TruncatedSpectralConv not in {type(m) for m in model.modules()}
     twin_types = {type(m) for m in served.modules()}
-    assert {TruncatedSpectralConv, PointwiseConv1d} <= twin_types
+    assert {TruncatedSpectralConv, PointwiseConv1d, InPlaceChannelMLP} <= twin_types
     assert ResolutionInvariantSpectralConv not in twin_types
     assert all(p.requires_grad for p in model.parameters())
     assert not any(p.requires_grad for p in served.parameters())
