@@ -16,7 +16,7 @@ from pdeserve.serving.options import (
     ServingOptions,
     listen_host,
 )
-from pdeserve.serving.serve_config import CPUS_PER_REPLICA, ReplicaScaling, local_scaling, machine_cpus
+from pdeserve.serving.serve_config import ReplicaScaling, local_scaling, machine_cpus
 
 SERVE_EXAMPLES = """examples:
   pdeserve serve --repo models   # 127.0.0.1:9000, replicas and CPUs from this machine
@@ -74,8 +74,8 @@ def add_serve_commands(commands: Commands) -> None:
     serve.add_argument(
         "--replicas",
         type=int,
-        help=f"replicas of the service (default: one per {CPUS_PER_REPLICA} of the CPUs this process may "
-        "use, its affinity and cgroup quota counted, at least one); on CPUs, N replicas of 1 CPU serve "
+        help="replicas of the service (default: one per CPU this process may use, its affinity and "
+        "cgroup quota counted, at least one); on CPUs, N replicas of 1 CPU serve "
         "more solutions/s than one replica of N CPUs, which answers a lone request sooner",
     )
     serve.set_defaults(func=_serve)

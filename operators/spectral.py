@@ -85,10 +85,14 @@ class TruncatedSpectralConv(ResolutionInvariantSpectralConv):
         # The reference forward's modes: on every axis but the last, frequencies -k//2 .. k - k//2 - 1
         # against the centred kept entries of the weight; on the last, the first k of each.
         pairs = zip(weight_modes[:-1], kept, strict=False)
-        weight = self.weight[
-            (slice(None), slice(None), *(slice((m - k) // 2, (m + k) // 2) for m, k in pairs))
-        ]
-        weight = weight[..., : kept[-1]] if torch.is_tensor(weight) else weight.to_tensor()[..., : kept[-1]]
+        index = (slice(None), slice(None), *(slice((m - k) // 2, (m + k) // 2) for m, k in pairs))
+        if torch.is_tensor(self.weight):
+            weight = self.weight[index][..., : kept[-1]]
+        else:  # factorised (TFNO): its dense modes, rebuilt once per grid (the twin's weights are fixed)
+            dense = self.__dict__.setdefault("_dense_modes", {})
+            if tuple(kept) not in dense:
+                dense[tuple(kept)] = self.weight[index].to_tensor()[..., : kept[-1]]
+            weight = dense[tuple(kept)]
         frequencies = (*(tuple(range(-(k // 2), k - k // 2)) for k in kept[:-1]), tuple(range(kept[-1])))
         y = truncated_spectral_conv(x, weight, frequencies, self.fft_norm, add_to)
         return y if self.bias is None else y.add_(self.bias)

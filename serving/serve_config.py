@@ -81,11 +81,11 @@ class ReplicaScaling:
             raise ValueError("target ongoing requests must be positive, replica CPUs and GPUs not negative")
 
 
-# CPUs (torch threads) per replica of a local server. On a 2-core machine one replica of both cores met
-# both serving targets (batch-1 latency within 1.25x of in-process, 16-client throughput above 0.8x of
-# in-process batches), where two replicas of one core missed the latency one (docs/benchmarks.md#serving);
-# a 64x64 forward pass gains little from more threads, so larger machines get more replicas instead.
-CPUS_PER_REPLICA = 2
+# CPUs (torch threads) per replica of a local server. On the 2-core machine two replicas of one core
+# served 1.4x the solutions per second of one replica of both (each runs its own Python request path
+# while the other computes, and one torch thread loses nothing to synchronising threads), for a batch-1
+# latency 1.1x as long (docs/benchmarks.md#serving); a 64x64 forward pass gains little from more threads.
+CPUS_PER_REPLICA = 1
 
 
 def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:

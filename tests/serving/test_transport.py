@@ -43,10 +43,10 @@ def test_listen_host(options, host, expected):
     ("cpus", "replicas", "replica_cpus", "expected"),
     [
         (1, None, None, (1, 1)),
-        (2, None, None, (1, 2)),  # this machine: one replica of both cores
-        (3, None, None, (1, 3)),
-        (5, None, None, (2, 2)),
-        (16, None, None, (8, 2)),
+        (2, None, None, (2, 1)),  # this machine: one replica per core
+        (3, None, None, (3, 1)),
+        (16, None, None, (16, 1)),
+        (8, None, 2, (4, 2)),
         (2, 2, None, (2, 1)),
         (2, 4, None, (4, 0.5)),  # more replicas than CPUs: each its share, so all of them start
         (8, None, 1, (8, 1)),
