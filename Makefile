@@ -63,6 +63,7 @@ helm-config: $(STAMP)
 bundled-model: $(STAMP)
 	$(VENV)/bin/pdeserve datagen darcy --n 1100 --resolution 64 --seed 0 --overwrite --out data/darcy64.h5
 	$(VENV)/bin/pdeserve train --data data/darcy64.h5 --model fno --repo models --name darcy-fno --epochs 40 --seed 0
+	$(VENV)/bin/pdeserve models validate darcy-fno --repo models
 
 # The bundled Navier-Stokes model (models/ns-fno): vorticity on the unit torus, nu = 1e-3, 64x64, the FNO
 # paper's next-state map from 10 states; the time step is the largest the solver accepts for T = 10.
@@ -72,6 +73,7 @@ bundled-ns-model: $(STAMP)
 	$(VENV)/bin/pdeserve train --data data/ns64.h5 --model fno --repo models --name ns-fno \
 		--input-steps 10 --output-steps 1 --arg hidden_channels=24 --arg 'n_modes=[16,16]' \
 		--epochs 60 --batch-size 16 --seed 0 --validation-samples 0
+	$(VENV)/bin/pdeserve models validate ns-fno --repo models
 
 bundled-models: bundled-model bundled-ns-model
 

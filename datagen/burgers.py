@@ -271,6 +271,13 @@ class BurgersParameters:
             return self
         return replace(self, time_step=min(self.time_step, self.default_time_step()))
 
+    def on_grid(self, n: int) -> BurgersParameters:
+        """These parameters for a solve on a grid of ``n`` points: on a grid finer than the solve
+        resolution (a request finer than the model's data) an unstable step is lowered there."""
+        if self.solve_resolution is None or n <= self.solve_resolution:
+            return self  # a step stable on the solve grid is stable on any coarser one
+        return replace(self, solve_resolution=n).with_stable_time_step(n)
+
     def for_resolution(self, resolution: int) -> BurgersParameters:
         """These parameters checked against the output ``resolution``, with ``time_step`` resolved.
 

@@ -184,6 +184,7 @@ def burgers_advance(
     time_step : float, optional
         Largest step instead of the dataset's.
     """
+    params = params.on_grid(len(u))
     step = time_step or params.time_step or params.default_time_step()
     return burgers.solve_burgers(np.asarray(u, dtype=np.float64)[None], params.viscosity, step, offsets)[0]
 
@@ -204,12 +205,14 @@ def navier_stokes_advance(
     time_step: float | None = None,
 ) -> np.ndarray:
     """Vorticities ``(len(offsets), n, n)`` a time ``offsets`` after ``w`` (shape ``(n, n)``), on ``w``'s
-    grid, with the dataset's time step (``ValueError`` when it is unstable there) or ``time_step``."""
+    grid, with the dataset's time step (the largest stable there where it is not) or ``time_step``."""
     import torch
 
     n = w.shape[-1]
     if time_step is None:
-        time_step = replace(params, solve_resolution=None).for_resolution(n).time_step
+        time_step = (
+            replace(params, solve_resolution=None).with_stable_time_step(n).for_resolution(n).time_step
+        )
     states = navier_stokes.solve_navier_stokes(
         torch.as_tensor(np.asarray(w, dtype=np.float64)[None]),
         torch.as_tensor(navier_stokes.forcing_field(n, params.forcing_amplitude)),

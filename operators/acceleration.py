@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -160,12 +161,13 @@ class InPlaceChannelMLP(ChannelMLP):
         if self.non_linearity is not F.gelu or self.dropout is not None:
             return super().forward(x)
         shape = x.shape
-        x = x.reshape(*shape[:2], -1)
+        if x.ndim > 3:
+            x = x.reshape(*shape[:2], -1)
         for i, fc in enumerate(self.fcs):
             x = fc(x)
             if i < self.n_layers - 1:
                 x = torch.ops.aten.gelu_(x)
-        return x.reshape(shape[0], self.out_channels, *shape[2:])
+        return x.reshape(shape[0], self.out_channels, *shape[2:]) if len(shape) > 3 else x
 
 
 def _is_pointwise(conv: nn.Conv1d) -> bool:
@@ -246,7 +248,8 @@ class ServedModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        per_pass = max(1, CPU_PASS_POINTS // x[0, 0].numel()) if x.device.type == "cpu" else len(x)
+        points = math.prod(x.shape[2:])
+        per_pass = max(1, CPU_PASS_POINTS // max(1, points)) if x.device.type == "cpu" else len(x)
         if len(x) <= per_pass:
             return self.twin(x).contiguous()
-        return torch.cat([self.twin(part) for part in x.split(per_pass)])
+        return torch.cat([self.twin(part) for part in x.split(per_pass)]).contiguous()

@@ -88,11 +88,12 @@ class TruncatedSpectralConv(ResolutionInvariantSpectralConv):
         index = (slice(None), slice(None), *(slice((m - k) // 2, (m + k) // 2) for m, k in pairs))
         if torch.is_tensor(self.weight):
             weight = self.weight[index][..., : kept[-1]]
-        else:  # factorised (TFNO): its dense modes, rebuilt once per grid (the twin's weights are fixed)
-            dense = self.__dict__.setdefault("_dense_modes", {})
-            if tuple(kept) not in dense:
-                dense[tuple(kept)] = self.weight[index].to_tensor()[..., : kept[-1]]
-            weight = dense[tuple(kept)]
+        else:  # factorised (TFNO): its dense modes, rebuilt once per grid and device (fixed weights)
+            dense, key = self.__dict__.setdefault("_dense_modes", {}), (tuple(kept), x.device)
+            if key not in dense:
+                with torch.inference_mode(False), torch.no_grad():  # usable outside inference mode too
+                    dense[key] = self.weight[index].to_tensor()[..., : kept[-1]]
+            weight = dense[key]
         frequencies = (*(tuple(range(-(k // 2), k - k // 2)) for k in kept[:-1]), tuple(range(kept[-1])))
         y = truncated_spectral_conv(x, weight, frequencies, self.fft_norm, add_to)
         return y if self.bias is None else y.add_(self.bias)

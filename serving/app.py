@@ -98,6 +98,7 @@ MAX_REFERENCE_POINTS = 2**18  # one 512 x 512 solve
 REFERENCE_TIMEOUT_S = 60.0
 # How often a replica lists the repository: a newly published version is served within this.
 INDEX_REFRESH_S = 1.0
+METRICS_FLUSH_S = 1.0
 # A torch job running longer than this is wedged (a pass covers at most MAX_PASS_POINTS grid points,
 # seconds on a CPU): Serve's health check fails and Serve replaces the replica.
 WEDGED_AFTER_S = 120.0
@@ -316,6 +317,7 @@ class SolverService:
         loaded = sum(ok for _, ok in self._newest.values())
         logger.info("pdeserve replica loaded %d of %d model(s) from %s", loaded, len(self._newest), repo)
         self._refresher = asyncio.get_running_loop().create_task(self._keep_refreshing())
+        self._flusher = asyncio.get_running_loop().create_task(self._keep_flushing())
 
     async def _refresh(self) -> None:
         """List the repository (on a thread) and load each model's newest version not tried yet."""
@@ -324,10 +326,22 @@ class SolverService:
             if self._newest.get(name, ("",))[0] != newest:
                 self._newest[name] = (newest, await self._loads(name, newest))
 
+    async def _keep_flushing(self) -> None:
+        """Hand the counters' counts to Ray every ``METRICS_FLUSH_S`` (they add up in the replica between
+        flushes, serving/metrics.py), apart from the listing, which may wait on storage or a load."""
+        while True:
+            await asyncio.sleep(METRICS_FLUSH_S)
+            self.metrics.flush()
+
+    def __del__(self) -> None:
+        # Serve calls this when it stops the replica gracefully: the counts since the last flush.
+        metrics = getattr(self, "metrics", None)  # absent when __init__ failed early
+        if metrics is not None:
+            metrics.flush()
+
     async def _keep_refreshing(self) -> None:
         while True:
             await asyncio.sleep(INDEX_REFRESH_S)
-            self.metrics.flush()  # counters add up in the replica between flushes (serving/metrics.py)
             try:
                 await self._refresh()
             except Exception:  # a failed listing (a storage hiccup) keeps the last index

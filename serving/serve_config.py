@@ -66,8 +66,8 @@ class ReplicaScaling:
         Ray resources each replica reserves (``num_gpus`` 1 places replicas on GPU workers).
     """
 
-    min_replicas: int = 1
-    max_replicas: int = 1
+    min_replicas: int = 2  # the chart's default worker has 2 CPUs: one replica per CPU, as pdeserve serve
+    max_replicas: int = 2
     target_ongoing_requests: float = 16.0
     num_cpus: float = 1.0
     num_gpus: float = 0.0

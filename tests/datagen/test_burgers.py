@@ -177,3 +177,12 @@ def test_steps_are_cut_to_land_on_every_recorded_time():
     np.testing.assert_allclose(u[:, 1], restarted, rtol=0, atol=1e-14)  # FFT round trip of the restart
     # A recorded time of 0 returns the initial state.
     np.testing.assert_array_equal(solve_burgers(u0, 0.1, 0.03, np.array([0.0]))[:, 0], u0)
+
+
+def test_a_solve_on_a_grid_finer_than_the_data_lowers_an_unstable_step():
+    card = BurgersParameters(viscosity=1e-3, solve_resolution=256).for_resolution(64)
+    assert card.on_grid(128) is card and card.on_grid(256) is card
+    fine = card.on_grid(1024)
+    assert card.stability_factor(card.time_step) <= 1
+    assert fine.solve_resolution == 1024 and fine.time_step < card.time_step
+    assert fine.stability_factor(fine.time_step) <= 1

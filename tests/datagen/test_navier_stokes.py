@@ -334,3 +334,15 @@ def test_a_reference_on_a_grid_finer_than_the_time_steps_uses_the_largest_stable
     np.testing.assert_allclose(
         navier_stokes_reference(coarse_step, sample["w0"], device="cpu"), sample["w"], atol=1e-12
     )
+
+
+def test_the_refining_solver_on_a_grid_finer_than_the_time_steps_uses_a_stable_step():
+    from pdeserve.datagen.indicators import navier_stokes_advance
+
+    coarse_step = replace(SHORT, time_step=0.01)  # stable at 32, not at 64
+    fine_step = replace(SHORT, time_step=coarse_step.max_stable_time_step(64))
+    sample = navier_stokes_sample(fine_step, 64, np.random.default_rng(5))
+    offsets = record_times(SHORT)
+    np.testing.assert_allclose(
+        navier_stokes_advance(coarse_step, sample["w0"], offsets), sample["w"], atol=1e-12
+    )

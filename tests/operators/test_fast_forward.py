@@ -154,3 +154,14 @@ def test_truncated_spectral_conv_equals_ffts_with_zeroed_modes(norm, sides):
     answer = truncated_spectral_conv(x, weight, frequencies, norm)
     assert answer.shape == expected.shape == (2, 4, *sides)
     assert relative(answer, expected) < TOLERANCE
+
+
+@torch.inference_mode()
+def test_tfno_rebuilds_its_dense_modes_once_per_grid():
+    served = served_module(build("tfno"), torch.device("cpu"))
+    for side in (64, 8, 64, 8):  # 8 keeps fewer modes than 64
+        served(torch.randn(1, 1, side, side))
+    convs = [m for m in served.modules() if isinstance(m, TruncatedSpectralConv)]
+    assert convs and all(len(conv._dense_modes) == 2 for conv in convs)
+    # Built outside inference mode: the twin stays usable where autograd is on.
+    assert not any(t.is_inference() for conv in convs for t in conv._dense_modes.values())

@@ -32,8 +32,9 @@ NAME = "darcy-fno"
 
 @pytest.fixture
 def repo(bundled_repo, tmp_path) -> Path:
-    """A copy of the bundled repository (versions 1 and 2 of darcy-fno)."""
-    shutil.copytree(bundled_repo / NAME, tmp_path / "repo" / NAME)
+    """A copy of versions 1 and 2 of the bundled darcy-fno."""
+    for version in ("1", "2"):
+        shutil.copytree(bundled_repo / NAME / version, tmp_path / "repo" / NAME / version)
     return tmp_path / "repo"
 
 

@@ -198,7 +198,8 @@ def test_a_model_without_lineage_needs_its_own_data_file(template, bundled_repo,
     with pytest.raises(LineageError, match="pass the file it was trained on with --data"):
         lineage_data(legacy, "darcy-fno v1", bundled_repo)
     # The tiny model's data are not the bundled model's: refused before any work.
-    shutil.copytree(bundled_repo / "darcy-fno", tmp_path / "repo" / "darcy-fno")
+    for version in ("1", "2"):  # the versions published before lineage was recorded
+        shutil.copytree(bundled_repo / "darcy-fno" / version, tmp_path / "repo" / "darcy-fno" / version)
     args = ["datagen", "retrain", "--repo", str(tmp_path / "repo"), "--model", "darcy-fno"]
     assert main([*args, "--data", str(template[1])]) == 1
     assert "is not the data darcy-fno v2 was trained on" in capsys.readouterr().err

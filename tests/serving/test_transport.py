@@ -94,6 +94,8 @@ def test_serve_listens_on_loopback_unless_a_token_or_host_says_otherwise(monkeyp
 def test_serve_sizes_its_replicas_from_the_machine(monkeypatch):
     monkeypatch.setattr("pdeserve.cli.serve.machine_cpus", lambda: 8)
     started = started_with(monkeypatch)
+    assert (started["replicas"], started["replica_cpus"]) == (8, 1)
+    started = started_with(monkeypatch, "--replicas", "4")
     assert (started["replicas"], started["replica_cpus"]) == (4, 2)
     started = started_with(monkeypatch, "--replicas", "8")
     assert (started["replicas"], started["replica_cpus"]) == (8, 1)
