@@ -82,9 +82,9 @@ class ReplicaScaling:
 
 
 # CPUs (torch threads) per replica of a local server. On the 2-core machine two replicas of one core
-# served 1.4x the solutions per second of one replica of both (each runs its own Python request path
+# served 1.3-1.4x the solutions per second of one replica of both (each runs its own Python request path
 # while the other computes, and one torch thread loses nothing to synchronising threads), for a batch-1
-# latency 1.1x as long (docs/benchmarks.md#serving); a 64x64 forward pass gains little from more threads.
+# latency 1.1-1.2x as long (docs/benchmarks.md#serving); a 64x64 forward pass gains little from more threads.
 CPUS_PER_REPLICA = 1
 
 
