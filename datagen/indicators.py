@@ -119,13 +119,11 @@ def darcy_indicator(a: np.ndarray, u: np.ndarray, forcing: float) -> float | np.
     axes = (-2, -1)
     spectrum = fft.dstn(residual, type=1, axes=axes) / (a_mean * _laplace_eigenvalues(n))
     error = fft.idstn(spectrum, type=1, axes=axes)
+    numerator, denominator = np.linalg.norm(error, axis=axes), np.linalg.norm(interior, axis=axes)
     if a.ndim == 2:
-        return _ratio(np.linalg.norm(error), np.linalg.norm(interior))
-    numerator = np.sqrt(np.sum(error**2, axis=axes))
-    denominator = np.sqrt(np.sum(interior**2, axis=axes))
+        return _ratio(numerator, denominator)
     # As for one sample: a zero answer scores infinity.
-    safe = np.where(denominator > 0, denominator, 1.0)
-    return np.where(denominator > 0, numerator / safe, np.inf)
+    return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1.0), np.inf)
 
 
 def linear_residual(matrix, u: np.ndarray, load: np.ndarray) -> float:
@@ -210,9 +208,7 @@ def navier_stokes_advance(
 
     n = w.shape[-1]
     if time_step is None:
-        time_step = (
-            replace(params, solve_resolution=None).with_stable_time_step(n).for_resolution(n).time_step
-        )
+        time_step = params.on_grid(n).time_step
     states = navier_stokes.solve_navier_stokes(
         torch.as_tensor(np.asarray(w, dtype=np.float64)[None]),
         torch.as_tensor(navier_stokes.forcing_field(n, params.forcing_amplitude)),

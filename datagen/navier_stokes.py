@@ -468,6 +468,12 @@ class NavierStokesParameters:
             return self
         return replace(self, time_step=self.max_stable_time_step(solve))
 
+    def on_grid(self, n: int) -> NavierStokesParameters:
+        """These parameters, checked, for a solve on the grid of ``n`` points itself (``solve_resolution``
+        ignored), with the step lowered to the largest stable there where it is not: a model's step may
+        be chosen for a coarser grid."""
+        return replace(self, solve_resolution=None).with_stable_time_step(n).for_resolution(n)
+
     def as_dict(self) -> dict:
         return asdict(self)
 
@@ -560,9 +566,8 @@ def navier_stokes_reference(
 ) -> np.ndarray:
     """``w`` at ``record_times(params)`` for given initial vorticities, solved at their own resolution.
 
-    ``w0`` has shape ``(r, r)`` or ``(B, r, r)``; returns ``(T, r, r)`` or ``(B, T, r, r)`` (float64). The
-    time step is lowered to the largest stable at ``r`` where it is not stable there
-    (``solve_resolution`` is ignored): a model's step may be chosen for a coarser grid. For the server's
+    ``w0`` has shape ``(r, r)`` or ``(B, r, r)``; returns ``(T, r, r)`` or ``(B, T, r, r)`` (float64), with
+    the parameters :meth:`NavierStokesParameters.on_grid` gives for ``r``. For the server's
     on-demand check of a surrogate against the classical solution.
     """
     import torch
@@ -571,7 +576,7 @@ def navier_stokes_reference(
     if w0.ndim not in (2, 3) or w0.shape[-1] != w0.shape[-2]:
         raise ValueError(f"w0 must have shape (r, r) or (batch, r, r), got {w0.shape}")
     n = w0.shape[-1]
-    params = replace(params, solve_resolution=None).with_stable_time_step(n).for_resolution(n)
+    params = params.on_grid(n)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     w = solve_navier_stokes(
