@@ -6,10 +6,11 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from pdeserve.cli.parsing import Commands
+from pdeserve.cli.parsing import EXPECTED_ERRORS, Commands, one_line
 
 if TYPE_CHECKING:
     from pdeserve.operators.card import Lineage
+    from pdeserve.operators.repository import ModelRepository
 
 EXAMPLES = """examples:
   pdeserve models list --repo models
@@ -64,35 +65,72 @@ def add_models_command(commands: Commands) -> None:
         "--sweep-samples", type=int, default=8, metavar="N", help="fresh samples per grid side of the sweep"
     )
     validate.add_argument("--coverage", type=float, default=0.9, help="stated coverage of the estimate")
+    validate.add_argument(
+        "--rollout-samples",
+        type=int,
+        metavar="N",
+        help="fresh trajectories that calibrate a time-mapped model's rollout estimate (default 20)",
+    )
+    validate.add_argument(
+        "--rollout-steps",
+        type=int,
+        metavar="N",
+        help="forward passes of that calibration's horizon (default 40)",
+    )
     validate.add_argument("--seed", type=int, default=0, help="seeds the fresh samples")
     validate.set_defaults(func=_validate)
 
 
 def _list(args: argparse.Namespace) -> None:
+    """List every version it can; a version whose card cannot be read is a row saying why, and the
+    command then fails (after listing the rest) so that scripts notice."""
+    from pdeserve.operators.errors import CheckpointError
     from pdeserve.operators.repository import ModelRepository
 
     repo = ModelRepository(args.repo)
-    if args.name:
-        repo.resolve(args.name)  # unknown model: one clear error
     names = [args.name] if args.name else repo.names()
     if not names:
         raise LookupError(f"no published models in {args.repo}")
+    unreadable = listed = 0
     for name in names:
-        versions, served = repo.versions(name), repo.resolve(name)[0]
-        print(f"{name} (* = served to requests that name no version)")
+        served, why = _served(repo, name)  # an unknown model raises here, before any output
+        print(f"{name} ({'* = served to requests that name no version' if why is None else why})")
         print(f"  {'version':<9}{'published':<27}{'held-out rel L2':<17}{'datasets':<10}origin")
-        for version in versions:
-            _, card = repo.card(name, version)
+        for version in repo.versions(name):
+            listed += 1
+            marker = "*" if version == served else " "
+            try:
+                _, card = repo.card(name, version)
+            except EXPECTED_ERRORS as exc:
+                unreadable += 1
+                print(f"  {version + marker:<9}unreadable card: {one_line(exc)}")
+                continue
             lineage = card.lineage
             published = (lineage and lineage.published_at) or card.created_at
             datasets = len(lineage.datasets) if lineage else 0
             error = card.metrics.get("test_relative_l2")
-            marker = "*" if version == served else " "
             print(
                 f"  {version + marker:<9}{published:<27}"
                 f"{'-' if error is None else f'{error:.4f}':<17}"
                 f"{datasets or '?':<10}{_origin(lineage)}"
             )
+    if unreadable:
+        raise CheckpointError(
+            f"{unreadable} of {listed} model cards could not be read (the rows marked 'unreadable card')"
+        )
+
+
+def _served(repo: ModelRepository, name: str) -> tuple[str | None, str | None]:
+    """``(version, None)``: the version served to requests that name no version; ``(None, why)`` when
+    the repository cannot tell (a version folder it cannot read). An unknown model raises."""
+    from pdeserve.operators.repository import ModelNotFoundError
+
+    try:
+        return repo.resolve(name)[0], None
+    except ModelNotFoundError:
+        raise
+    except EXPECTED_ERRORS as exc:
+        return None, f"served version unknown: {one_line(exc)}"
 
 
 def _origin(lineage: Lineage | None) -> str:
@@ -132,12 +170,26 @@ def _validate(args: argparse.Namespace) -> None:
         args.seed,
         args.coverage,
         args.command_line,
+        **{
+            keyword: value
+            for keyword, value in (
+                ("rollout_samples_count", args.rollout_samples),
+                ("rollout_steps", args.rollout_steps),
+            )
+            if value is not None
+        },
     )
     low, high = card.validation.validated_range()
-    calibration = card.calibration
+    calibration, rollout = card.calibration, card.rollout_calibration
     print(
         f"published {args.name} version {version}: version {card.lineage.parent}'s weights; grid sides "
         f"{low}..{high} within {card.validation.max_factor:g}x of the training side's error; error "
         f"estimate {calibration.scale:.3g} x {calibration.indicator} at {calibration.coverage:.0%} coverage "
         f"({calibration.n_samples} samples)"
+        + (
+            ""
+            if rollout is None
+            else f"; along a rollout {rollout.scale:.3g} x the indicator for {rollout.steps} passes "
+            f"({rollout.n_samples} trajectories)"
+        )
     )

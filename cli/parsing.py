@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Callable
 
@@ -63,6 +64,25 @@ def run_command(prog: str, func: Callable[[argparse.Namespace], int | None], arg
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except EXPECTED_ERRORS as exc:
-        message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
         return 1
+
+
+def one_line(exc: BaseException) -> str:
+    """An expected failure's message on one line (a ``KeyError``'s without the quotes ``str`` adds)."""
+    message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    return " ".join(message.split())
+
+
+def add_needs_server_extra(commands: Commands, name: str, missing: ModuleNotFoundError) -> None:
+    """Add ``name`` as a command that only says, on one line, that this install (a client-only one)
+    lacks the server extra it needs; ``missing`` is the import that failed."""
+    command = commands.add(name, help=f"needs pdeserve[server] ({missing.name} is not installed)")
+    command.add_argument("arguments", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    command.set_defaults(func=functools.partial(_needs_server_extra, command.prog, missing.name))
+
+
+def _needs_server_extra(command: str, module: str, args: argparse.Namespace) -> None:
+    raise RuntimeError(
+        f"{command} needs pdeserve's server extra ({module} is not installed): pip install 'pdeserve[server]'"
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -95,9 +95,7 @@ def _read_inputs(path: Path, info: pb.ModelInfo) -> tuple[dict[str, np.ndarray],
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as archive:
             return {k: archive[k] for k in archive.files}, {}
-    from pdeserve.datagen.dataset import load_dataset
-
-    data = load_dataset(path)
+    data = _dataset_loader(path)(path)
     if all(n in data.inputs for n in names):
         return {n: data.inputs[n] for n in names}, data.outputs
     window = _state_window(data, names)
@@ -107,6 +105,20 @@ def _read_inputs(path: Path, info: pb.ModelInfo) -> tuple[dict[str, np.ndarray],
             "pass the model's inputs in an .npz"
         )
     return window
+
+
+def _dataset_loader(path: Path) -> Callable[[Path], LoadedDataset]:
+    """What reads ``path`` as a pdeserve HDF5 dataset; one clear error on an install without the server
+    extra (h5py and the data layer), such as the client-only one, which reads .npy and .npz only."""
+    try:
+        from pdeserve.datagen.dataset import load_dataset
+    except ModuleNotFoundError as exc:
+        raise RuntimeError(
+            f"reading {path.name} as a pdeserve HDF5 dataset needs h5py and pdeserve's server extra "
+            f"({exc.name} is not installed): pip install 'pdeserve[server]', or pass the inputs as "
+            ".npy or .npz"
+        ) from None
+    return load_dataset
 
 
 def _state_window(
@@ -171,7 +183,6 @@ def _check_line(i: int, check: AnswerCheck) -> str:
 
 def _solve(args: argparse.Namespace) -> None:
     """``pdeserve solve``."""
-    from pdeserve.operators.evaluation import relative_l2
     from pdeserve.serving.client import AnswerCheck, SolverClient
     from pdeserve.serving.tensors import from_tensor
 
@@ -182,6 +193,8 @@ def _solve(args: argparse.Namespace) -> None:
         raise ValueError("--reference checks a single Solve; it does not apply to --steps")
     if args.steps is not None and args.tolerance:
         raise ValueError("--tolerance refines a single Solve's answers; it does not apply to --steps")
+    if path.suffix not in (".npy", ".npz"):
+        _dataset_loader(path)  # before connecting: an install that cannot read the file says so first
     token = os.environ.get(args.token_env, "").strip() or None
     root_certificates = args.tls_root_cert.read_bytes() if args.tls_root_cert else None
     with SolverClient(
@@ -213,6 +226,9 @@ def _solve(args: argparse.Namespace) -> None:
         print(f"  relative L2 of {name} against the classical solver (server-side): {error:.4f}")
     for name, array in outputs.items():
         if name in truth and truth[name].shape == array.shape:
+            # torch: only a dataset file holds outputs, and reading one took the server extra anyway
+            from pdeserve.operators.evaluation import relative_l2
+
             batched = array.ndim == len(info.outputs[0].shape) + 1
             pred, true = (array, truth[name]) if batched else (array[None], truth[name][None])
             print(

@@ -187,10 +187,13 @@ def burgers_advance(
     return burgers.solve_burgers(np.asarray(u, dtype=np.float64)[None], params.viscosity, step, offsets)[0]
 
 
-def burgers_coarse(params: burgers.BurgersParameters, u: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """The two-solution estimator's coarse Burgers solve from ``u`` (on :func:`coarse_side`, with the
-    largest stable step there, a power-of-two fraction of the first interval)."""
-    side = coarse_side(len(u))
+def burgers_coarse(
+    params: burgers.BurgersParameters, u: np.ndarray, offsets: np.ndarray, side: int | None = None
+) -> np.ndarray:
+    """The two-solution estimator's coarse Burgers solve from ``u`` (on ``side`` points, by default
+    :func:`coarse_side`, with the largest stable step there, a power-of-two fraction of the first
+    interval)."""
+    side = side or coarse_side(len(u))
     coarse = replace(params, solve_resolution=side, record_every=None, final_time=float(offsets[0]))
     step = _largest_stable(float(offsets[0]), lambda dt: coarse.stability_factor(dt) <= 1.0)
     return burgers_advance(params, resample_periodic(u, side, 1), offsets, step)
@@ -220,11 +223,12 @@ def navier_stokes_advance(
 
 
 def navier_stokes_coarse(
-    params: navier_stokes.NavierStokesParameters, w: np.ndarray, offsets: np.ndarray
+    params: navier_stokes.NavierStokesParameters, w: np.ndarray, offsets: np.ndarray, side: int | None = None
 ) -> np.ndarray:
-    """The two-solution estimator's coarse Navier-Stokes solve from ``w`` (on :func:`coarse_side`, with
-    the largest stable step there, a power-of-two fraction of the first interval)."""
-    side = coarse_side(w.shape[-1])
+    """The two-solution estimator's coarse Navier-Stokes solve from ``w`` (on ``side`` points per side,
+    by default :func:`coarse_side`, with the largest stable step there, a power-of-two fraction of the
+    first interval)."""
+    side = side or coarse_side(w.shape[-1])
     interval = float(offsets[0])
     step = _largest_stable(interval, lambda dt: params.stability_factor(side, dt) <= 1.0)
     return navier_stokes_advance(params, resample_periodic(w, side, 2), offsets, step)

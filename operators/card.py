@@ -359,13 +359,17 @@ class ErrorCalibration:
         The estimate is ``scale * indicator``: the conformal quantile of ``error / indicator`` over the
         calibration samples.
     n_samples : int
-        Held-out samples it was calibrated on.
+        Held-out samples (for a rollout calibration, trajectories) it was calibrated on.
+    steps : int
+        Forward passes it holds for: 1 for one pass from exact inputs; for a rollout calibration, the
+        horizon in passes, each pass's coverage at least ``coverage`` up to it.
     """
 
     indicator: str
     coverage: float
     scale: float
     n_samples: int
+    steps: int = 1
 
 
 @dataclass(frozen=True)
@@ -423,6 +427,9 @@ class ModelCard:
         Errors across grid sides, measured at publish time (None: not measured).
     calibration : ErrorCalibration or None
         How the served error estimate is computed (None: no estimate).
+    rollout_calibration : ErrorCalibration or None
+        How a rollout's estimate is computed after its first pass, up to its ``steps`` (None: the
+        indicator alone after the first pass).
     input_ranges : tuple of ValueRange
         Each input field's range over the training samples.
     """
@@ -448,6 +455,7 @@ class ModelCard:
     lineage: Lineage | None = None
     validation: ResolutionValidation | None = None
     calibration: ErrorCalibration | None = None
+    rollout_calibration: ErrorCalibration | None = None
     input_ranges: tuple[ValueRange, ...] = ()
 
     @property

@@ -114,8 +114,20 @@ def _trajectory(card: ModelCard, inputs: Mapping[str, np.ndarray], outputs: Mapp
     return _Trajectory(
         np.asarray(inputs[card.input_names[-1]], dtype=np.float64),
         times[k : k + m] - times[k - 1],
-        np.stack([np.asarray(outputs[name], dtype=np.float64) for name in card.output_names]),
+        _proposed(card, outputs),
     )
+
+
+def _proposed(card: ModelCard, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    """A time-mapped answer's states, stacked in time order, float64."""
+    return np.stack([np.asarray(outputs[name], dtype=np.float64) for name in card.output_names])
+
+
+def _coarse_solve(family_name: str):
+    """The two-solution estimator's coarse solver of a time-dependent family."""
+    from pdeserve.datagen import indicators
+
+    return indicators.burgers_coarse if family_name == "burgers" else indicators.navier_stokes_coarse
 
 
 def _helmholtz_system(params, c: np.ndarray):
@@ -144,10 +156,7 @@ def indicator(card: ModelCard, inputs: Mapping[str, np.ndarray], outputs: Mappin
         matrix, load, _ = _helmholtz_system(params, np.asarray(inputs["c"], dtype=np.float64))
         return indicators.linear_residual(matrix, outputs["u"], load)
     path = _trajectory(card, inputs, outputs)
-    if family.name == "burgers":
-        coarse = indicators.burgers_coarse(params, path.start, path.offsets)
-    else:
-        coarse = indicators.navier_stokes_coarse(params, path.start, path.offsets)
+    coarse = _coarse_solve(family.name)(params, path.start, path.offsets)
     return indicators.two_solution(path.proposed, coarse, card.ndim)
 
 
@@ -160,6 +169,66 @@ def estimate(
     if calibration is None:
         return Estimate(value, None, None)
     return Estimate(value, calibration.scale * value, calibration.coverage)
+
+
+@dataclass(frozen=True)
+class RolloutCheck:
+    """Where the check of one sample's rollout stands: the classical solution, on the two-solution
+    estimator's coarse grid, from the rollout's exact start to the time of its newest state.
+
+    Parameters
+    ----------
+    coarse : ndarray
+        The classical state on the coarse grid (float64).
+    passes : int
+        Forward passes checked so far.
+    """
+
+    coarse: np.ndarray
+    passes: int = 0
+
+
+def start_rollout(card: ModelCard, inputs: Mapping[str, np.ndarray]) -> RolloutCheck:
+    """The check of a rollout from the exact input window ``inputs`` (one sample, no batch axis), before
+    its first forward pass; ``RefinementUnavailableError`` for a model whose PDE has no two-solution
+    indicator."""
+    from pdeserve.datagen import indicators
+
+    if indicator_name(card) != "two-solution" or card.time_map is None:
+        raise RefinementUnavailableError(f"{card.pde} models have no rollout estimate")
+    start = np.asarray(inputs[card.input_names[-1]], dtype=np.float64)
+    return RolloutCheck(
+        indicators.resample_periodic(start, indicators.coarse_side(start.shape[-1]), card.ndim)
+    )
+
+
+def rollout_estimate(
+    card: ModelCard, check: RolloutCheck, outputs: Mapping[str, np.ndarray]
+) -> tuple[Estimate, RolloutCheck]:
+    """The estimate of a rollout's next forward pass (``outputs``: its states, one sample), and the check
+    after it.
+
+    Along a rollout each pass reads earlier predictions, so its error is the error it adds plus the
+    error it inherits. The indicator therefore compares the states with the classical coarse solution
+    from the rollout's exact start (carried along in ``check``, one coarse solve per pass as for a
+    single answer), not from the predicted states the pass read. The first pass's indicator is the
+    one-step indicator, estimated with the card's calibration; later passes use its rollout calibration
+    up to that calibration's horizon and carry no estimate beyond it (the indicator alone).
+    """
+    from pdeserve.datagen import indicators
+
+    family, params = _family_and_parameters(card)
+    times = family.state_times(params, card.training_resolution[-1])
+    k, m = card.time_map.input_steps, len(card.output_names)
+    offsets = times[k : k + m] - times[k - 1]
+    coarse = _coarse_solve(family.name)(params, check.coarse, offsets, check.coarse.shape[-1])
+    value = indicators.two_solution(_proposed(card, outputs), coarse, card.ndim)
+    passes = check.passes + 1
+    calibration = card.calibration if passes == 1 else card.rollout_calibration
+    after = RolloutCheck(coarse[-1], passes)
+    if calibration is None or passes > calibration.steps:
+        return Estimate(value, None, None), after
+    return Estimate(value, calibration.scale * value, calibration.coverage), after
 
 
 # Inner iterations of GMRES between restarts.

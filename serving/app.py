@@ -144,6 +144,8 @@ def model_info(name: str, version: str, card: ModelCard, versions: list[str]) ->
         info.estimate_coverage = card.calibration.coverage
         info.error_indicator = card.calibration.indicator
         info.calibration_samples = card.calibration.n_samples
+        if card.time_map is not None:
+            info.rollout_calibrated_passes = (card.rollout_calibration or card.calibration).steps
     return info
 
 
@@ -525,7 +527,8 @@ class SolverService:
     @streaming_rpc(model_fields=("model", "version"))
     async def Rollout(self, request: pb.RolloutRequest, call: Call) -> AsyncIterator[pb.RolloutStep]:
         """Stream ``request.steps`` predicted states of a time-mapped model, feeding each forward pass's
-        states back as the next input window (the last ``input_steps`` states)."""
+        states back as the next input window (the last ``input_steps`` states); each pass's check
+        compares it with the classical solution from the request's exact states."""
         if not 1 <= request.steps <= MAX_ROLLOUT_STEPS:
             raise InvalidInputError(
                 f"RolloutRequest.steps is {request.steps}; ask for 1 to {MAX_ROLLOUT_STEPS} steps"
@@ -536,6 +539,10 @@ class SolverService:
         points = request_points(window)
         bound_points(points, MAX_REQUEST_POINTS, "one step of the rollout")
         bound_points(request.steps * points, MAX_ROLLOUT_POINTS, f"the rollout of {request.steps} steps")
+        # Each pass is checked against the classical solution from this exact start, carried along.
+        rollouts = await self.checker.start_rollout(
+            surrogate.card, _split(surrogate.input_names, window, batched), batched
+        )
         # Each step is computed once the client has taken the previous one (the handler waits at its
         # yield), and a client that goes away cancels the handler: no step is computed for nobody.
         step = 0
@@ -546,12 +553,8 @@ class SolverService:
                     f"{request.steps} steps; continue it from the last state in another request"
                 )
             out = await self._forward(surrogate, window)
-            checks = await self.checker.check(
-                surrogate.card,
-                _split(surrogate.input_names, window, batched),
-                _split(surrogate.output_names, out, batched),
-                batched,
-                None,
+            checks, rollouts = await self.checker.check_rollout_pass(
+                surrogate.card, rollouts, _split(surrogate.output_names, out, batched), batched
             )
             for j in range(min(out.shape[1], request.steps - step)):
                 self._count(call, surrogate, checks)

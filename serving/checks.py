@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -176,6 +177,29 @@ def estimate(
         raise refused_input(exc) from None
 
 
+def start_rollout(card: ModelCard, inputs: Mapping[str, np.ndarray]) -> estimates.RolloutCheck | None:
+    """The check of one sample's rollout from its exact input window; None when the model's PDE has no
+    rollout estimate."""
+    try:
+        return estimates.start_rollout(card, inputs)
+    except estimates.RefinementUnavailableError:
+        return None
+
+
+def check_rollout_pass(
+    card: ModelCard, check: estimates.RolloutCheck | None, outputs: dict[str, np.ndarray]
+) -> tuple[SampleCheck, estimates.RolloutCheck | None]:
+    """One sample's check of a rollout's forward pass, and its rollout check after the pass
+    (``estimates.rollout_estimate``); ``InvalidArgument`` when the classical solver refuses the state."""
+    if check is None:
+        return SampleCheck(outputs, None), None
+    try:
+        estimate, after = estimates.rollout_estimate(card, check, outputs)
+    except ValueError as exc:
+        raise refused_input(exc) from None
+    return SampleCheck(outputs, estimate), after
+
+
 def check_sample(
     card: ModelCard,
     inputs: dict[str, np.ndarray],
@@ -237,21 +261,8 @@ class Checker:
         too, so abandoned work ends)."""
         if tolerance is not None:
             bound_refinement(outputs, batched)
-        loop = asyncio.get_running_loop()
-        work = asyncio.gather(
-            *(
-                loop.run_in_executor(
-                    self._pool,
-                    check_sample,
-                    card,
-                    x,
-                    y,
-                    tolerance,
-                    MAX_REFINE_ITERATIONS,
-                )
-                for x, y in zip(samples(inputs, batched), samples(outputs, batched), strict=True)
-            )
-        )
+        pairs = zip(samples(inputs, batched), samples(outputs, batched), strict=True)
+        work = self._each(check_sample, card, pairs, tolerance, MAX_REFINE_ITERATIONS)
         if tolerance is None:
             return list(await work)
         try:
@@ -261,6 +272,34 @@ class Checker:
                 f"refining to tolerance {tolerance:g} took longer than this server's limit of "
                 f"{REFINE_TIMEOUT_S:g} s; ask for a looser tolerance or send fewer samples"
             ) from None
+
+    async def start_rollout(
+        self, card: ModelCard, inputs: Mapping[str, np.ndarray], batched: bool
+    ) -> list[estimates.RolloutCheck | None]:
+        """Every sample's rollout check from its exact input window, in the batch's order."""
+        return list(await self._each(start_rollout, card, ((x,) for x in samples(inputs, batched))))
+
+    async def check_rollout_pass(
+        self,
+        card: ModelCard,
+        rollouts: list[estimates.RolloutCheck | None],
+        outputs: Mapping[str, np.ndarray],
+        batched: bool,
+    ) -> tuple[list[SampleCheck], list[estimates.RolloutCheck | None]]:
+        """Every sample's check of a rollout's forward pass, and the rollout checks after it."""
+        pairs = zip(rollouts, samples(outputs, batched), strict=True)
+        done = await self._each(check_rollout_pass, card, pairs)
+        return [check for check, _ in done], [after for _, after in done]
+
+    def _each(
+        self, check: Callable[..., Any], card: ModelCard, per_sample: Iterable[tuple], *shared: Any
+    ) -> asyncio.Future:
+        """``check(card, *sample, *shared)`` for every ``sample`` of ``per_sample`` on the pool, gathered
+        in the batch's order."""
+        loop = asyncio.get_running_loop()
+        return asyncio.gather(
+            *(loop.run_in_executor(self._pool, check, card, *sample, *shared) for sample in per_sample)
+        )
 
 
 @dataclass(frozen=True)

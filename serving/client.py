@@ -123,7 +123,8 @@ class RolloutStep:
     outputs : dict of str to ndarray
         The state by field name (e.g. ``"w"``), in the inputs' batch layout, float32.
     checks : list of AnswerCheck
-        One per sample: the estimate of the forward pass that predicted the state.
+        One per sample, for the forward pass that predicted the state: its error since the rollout's
+        exact start, estimated up to the model's calibrated horizon (the indicator alone beyond it).
     """
 
     step: int

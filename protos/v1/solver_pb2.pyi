@@ -170,7 +170,7 @@ class ValueRange(_message.Message):
     def __init__(self, name: _Optional[str] = ..., low: _Optional[float] = ..., high: _Optional[float] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "versions", "architecture", "pde", "pde_parameters_json", "inputs", "outputs", "min_resolution", "max_resolution", "resolution_multiple", "metrics", "dataset_fingerprint", "created_at", "parameter_count", "side_errors", "validated_min_side", "validated_max_side", "validation_max_factor", "estimate_coverage", "error_indicator", "calibration_samples", "input_ranges")
+    __slots__ = ("name", "version", "versions", "architecture", "pde", "pde_parameters_json", "inputs", "outputs", "min_resolution", "max_resolution", "resolution_multiple", "metrics", "dataset_fingerprint", "created_at", "parameter_count", "side_errors", "validated_min_side", "validated_max_side", "validation_max_factor", "estimate_coverage", "error_indicator", "calibration_samples", "input_ranges", "rollout_calibrated_passes")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -201,6 +201,7 @@ class ModelInfo(_message.Message):
     ERROR_INDICATOR_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     INPUT_RANGES_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_CALIBRATED_PASSES_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     versions: _containers.RepeatedScalarFieldContainer[str]
@@ -224,7 +225,8 @@ class ModelInfo(_message.Message):
     error_indicator: str
     calibration_samples: int
     input_ranges: _containers.RepeatedCompositeFieldContainer[ValueRange]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., architecture: _Optional[str] = ..., pde: _Optional[str] = ..., pde_parameters_json: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., min_resolution: _Optional[int] = ..., max_resolution: _Optional[int] = ..., resolution_multiple: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., dataset_fingerprint: _Optional[str] = ..., created_at: _Optional[str] = ..., parameter_count: _Optional[int] = ..., side_errors: _Optional[_Iterable[_Union[SideError, _Mapping]]] = ..., validated_min_side: _Optional[int] = ..., validated_max_side: _Optional[int] = ..., validation_max_factor: _Optional[float] = ..., estimate_coverage: _Optional[float] = ..., error_indicator: _Optional[str] = ..., calibration_samples: _Optional[int] = ..., input_ranges: _Optional[_Iterable[_Union[ValueRange, _Mapping]]] = ...) -> None: ...
+    rollout_calibrated_passes: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., architecture: _Optional[str] = ..., pde: _Optional[str] = ..., pde_parameters_json: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., min_resolution: _Optional[int] = ..., max_resolution: _Optional[int] = ..., resolution_multiple: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., dataset_fingerprint: _Optional[str] = ..., created_at: _Optional[str] = ..., parameter_count: _Optional[int] = ..., side_errors: _Optional[_Iterable[_Union[SideError, _Mapping]]] = ..., validated_min_side: _Optional[int] = ..., validated_max_side: _Optional[int] = ..., validation_max_factor: _Optional[float] = ..., estimate_coverage: _Optional[float] = ..., error_indicator: _Optional[str] = ..., calibration_samples: _Optional[int] = ..., input_ranges: _Optional[_Iterable[_Union[ValueRange, _Mapping]]] = ..., rollout_calibrated_passes: _Optional[int] = ...) -> None: ...
 
 class RolloutRequest(_message.Message):
     __slots__ = ("model", "version", "inputs", "steps")

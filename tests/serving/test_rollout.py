@@ -14,7 +14,8 @@ from ray import serve
 from test_serving_features import _poll, _scrape, _total
 
 from pdeserve.datagen.dataset import load_dataset
-from pdeserve.operators import load_model
+from pdeserve.operators import estimates, load_model
+from pdeserve.operators.validation import publish_validated
 from pdeserve.protos.v1 import solver_pb2 as pb
 from pdeserve.protos.v1 import solver_pb2_grpc
 from pdeserve.serving.app import MAX_ROLLOUT_POINTS, MAX_ROLLOUT_STEPS
@@ -25,6 +26,7 @@ from pdeserve.serving.tensors import to_tensor
 APP = "rollout"
 RECORD_EVERY = 0.5
 STREAMED = "ns-streamed"
+CHECKED = "ns-checked"
 pytestmark = pytest.mark.ray
 
 
@@ -49,6 +51,9 @@ def trained(tmp_path_factory):
             "--arg", "hidden_channels=8", "--arg", "n_modes=[6,6]", "--quiet",
         )  # fmt: skip
     shutil.copytree(repo / "ns-1", repo / STREAMED)  # its counters count the stream test's steps only
+    # ns-1 validated: its estimates calibrated for one pass, and on fresh trajectories for three.
+    shutil.copytree(repo / "ns-1", repo / CHECKED)
+    publish_validated(repo, CHECKED, None, 9, 1, seed=0, rollout_samples_count=9, rollout_steps=3)
     return load_dataset(data), repo
 
 
@@ -94,6 +99,43 @@ def test_rollout_streams_each_step_equal_to_in_process_autoregression(client, tr
     single = [s.outputs["w"] for s in client.rollout(name, {n: v[0] for n, v in initial.items()}, 2)]
     assert [s.shape for s in single] == [(32, 32), (32, 32)]
     np.testing.assert_allclose(single, [e[0] for e in expected[:2]], atol=1e-5, rtol=0)
+
+
+def test_each_step_estimates_the_error_accumulated_since_the_exact_start(client, trained):
+    data, repo = trained
+    model = load_model(repo, CHECKED)
+    card = model.card
+    assert (card.calibration.steps, card.rollout_calibration.steps) == (1, 3)
+    assert client.get_model(CHECKED).rollout_calibrated_passes == 3
+    w0 = data.inputs["w0"][:2]
+    streamed = list(client.rollout(CHECKED, {"w0": w0}, 5))
+    # In process: the classical coarse solution from each exact w0, carried along the streamed states.
+    (w_in,), (w_out,) = card.input_names, card.output_names
+    expected = []
+    rollouts = [estimates.start_rollout(card, {w_in: w}) for w in w0]
+    for state in streamed:
+        step = [
+            estimates.rollout_estimate(card, r, {w_out: w})
+            for r, w in zip(rollouts, state.outputs["w"], strict=True)
+        ]
+        rollouts = [after for _, after in step]
+        expected.append([estimate for estimate, _ in step])
+    for p, (state, estimated) in enumerate(zip(streamed, expected, strict=True)):
+        got = [c.indicator for c in state.checks]
+        np.testing.assert_allclose(got, [e.indicator for e in estimated], rtol=1e-6)
+        calibration = card.calibration if p == 0 else card.rollout_calibration
+        if p < 3:
+            np.testing.assert_allclose(
+                [c.estimated_relative_l2 for c in state.checks], calibration.scale * np.array(got), rtol=1e-6
+            )
+            assert [c.coverage for c in state.checks] == [pytest.approx(0.9)] * 2
+        else:  # beyond the calibrated horizon: the indicator alone
+            assert [c.estimated_relative_l2 for c in state.checks] == [None, None]
+    # A check of the last pass alone, from the streamed state it read, is another number.
+    alone = estimates.indicator(
+        card, {w_in: streamed[-2].outputs["w"][0]}, {w_out: streamed[-1].outputs["w"][0]}
+    )
+    assert abs(streamed[-1].checks[0].indicator - alone) > 0.05 * alone
 
 
 def test_bad_rollouts_get_precise_statuses(client, trained, grpc_target):
