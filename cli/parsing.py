@@ -77,7 +77,10 @@ def one_line(exc: BaseException) -> str:
 def add_needs_server_extra(commands: Commands, name: str, missing: ModuleNotFoundError) -> None:
     """Add ``name`` as a command that only says, on one line, that this install (a client-only one)
     lacks the server extra it needs; ``missing`` is the import that failed."""
-    command = commands.add(name, help=f"needs pdeserve[server] ({missing.name} is not installed)")
+    needs = f"needs pdeserve[server] ({missing.name} is not installed)"
+    command = commands.add(
+        name, help=needs, description=f"This install {needs}: pip install 'pdeserve[server]'."
+    )
     command.add_argument("arguments", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     command.set_defaults(func=functools.partial(_needs_server_extra, command.prog, missing.name))
 

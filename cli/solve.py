@@ -113,6 +113,8 @@ def _dataset_loader(path: Path) -> Callable[[Path], LoadedDataset]:
     try:
         from pdeserve.datagen.dataset import load_dataset
     except ModuleNotFoundError as exc:
+        if (exc.name or "pdeserve").startswith("pdeserve"):
+            raise  # a module of pdeserve itself: a broken install, not a missing extra
         raise RuntimeError(
             f"reading {path.name} as a pdeserve HDF5 dataset needs h5py and pdeserve's server extra "
             f"({exc.name} is not installed): pip install 'pdeserve[server]', or pass the inputs as "

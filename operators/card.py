@@ -477,6 +477,13 @@ class ModelCard:
     def to_json(self) -> str:
         """The card as JSON text (``schema_version`` first)."""
         body = {"schema_version": SCHEMA_VERSION, **dataclasses.asdict(self)}
+        # Written only when set (fields added within schema 2): readers that predate them still read
+        # every card that does not use them.
+        if body["rollout_calibration"] is None:
+            del body["rollout_calibration"]
+        for calibration in (body.get("calibration"), body.get("rollout_calibration")):
+            if calibration is not None and calibration["steps"] == 1:
+                del calibration["steps"]
         return json.dumps(body, indent=2, sort_keys=True) + "\n"
 
     @classmethod

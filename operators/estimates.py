@@ -224,7 +224,8 @@ def rollout_estimate(
     coarse = _coarse_solve(family.name)(params, check.coarse, offsets, check.coarse.shape[-1])
     value = indicators.two_solution(_proposed(card, outputs), coarse, card.ndim)
     passes = check.passes + 1
-    calibration = card.calibration if passes == 1 else card.rollout_calibration
+    # Later passes' estimates extend the first's: none without it (as ModelInfo reports).
+    calibration = card.calibration if passes == 1 or card.calibration is None else card.rollout_calibration
     after = RolloutCheck(coarse[-1], passes)
     if calibration is None or passes > calibration.steps:
         return Estimate(value, None, None), after

@@ -49,7 +49,8 @@ VALIDATION_STREAM = 0x5EED_CA1
 # A side is validated when its error is at most this many times the training side's.
 MAX_FACTOR = 2.0
 # Fresh trajectories, and forward passes of the horizon, that calibrate a time-mapped model's rollout
-# estimate (a trajectory of the 64 x 64 Navier-Stokes benchmark to t = 49 takes about 1.3 s of CPU).
+# estimate. Their cost grows with the horizon's states (passes x output steps): the 64 x 64
+# Navier-Stokes benchmark's 20 trajectories to t = 49 take about a minute on 2 cores.
 ROLLOUT_SAMPLES, ROLLOUT_STEPS = 20, 40
 # Largest side of a sweep, in training sides: steady families, and time-dependent ones (a time
 # integration per sample for the reference).
@@ -207,12 +208,16 @@ def rollout_samples(surrogate: Surrogate, n_samples: int, steps: int, seed: int)
         raise ValueError(f"a rollout calibration needs a horizon of at least 1 forward pass, got {steps}")
     family = get_family(card.pde)
     side = card.training_resolution[-1]
-    params = _parameters_at(family, family.parameters_from(card.pde_parameters), side, side)
     interval = rollout_times(card).interval
     k, m = card.time_map.input_steps, len(card.output_names)
-    # The card's trajectories extended to the horizon, recording every state a rollout predicts.
-    horizon = dataclasses.replace(params, final_time=(k - 1 + steps * m) * interval, record_every=interval)
-    data = fresh_samples(family, horizon, side, n_samples, seed)
+    # The card's trajectories extended to the horizon, recording every state a rollout predicts; the
+    # time step is checked over that horizon (a step stable to the card's final time may not be).
+    horizon = dataclasses.replace(
+        family.parameters_from(card.pde_parameters),
+        final_time=(k - 1 + steps * m) * interval,
+        record_every=interval,
+    )
+    data = fresh_samples(family, _parameters_at(family, horizon, side, side), side, n_samples, seed)
     return operator_pairs(data, TimeMap(k, steps * m))
 
 
@@ -324,6 +329,17 @@ def publish_validated(
     version, source = repository.resolve(name, version)
     surrogate = load_surrogate(source, name, version)
     card = surrogate.card
+    # Refused before any sampling: the checks calibrate_rollout and rollout_samples would make last.
+    counts = {"samples": n_samples}
+    if card.time_map is not None:
+        counts["rollout trajectories"] = rollout_samples_count
+    for what, count in counts.items():
+        if not 0.0 < coverage < 1.0 or count < min_samples(coverage):
+            raise ValueError(f"{count} {what} cannot calibrate a coverage of {coverage:g}")
+    if card.time_map is not None and rollout_steps < 1:
+        raise ValueError(
+            f"a rollout calibration needs a horizon of at least 1 forward pass, got {rollout_steps}"
+        )
     calibration_pairs = validation_samples(surrogate, card.training_resolution[-1], n_samples, seed)
     lineage = dataclasses.replace(
         card.lineage or Lineage(mode="validate"),

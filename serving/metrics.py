@@ -138,9 +138,10 @@ class Metrics:
         )
         self.estimated_error = metrics.Histogram(
             "pdeserve_estimated_relative_l2",
-            "estimated relative L2 error of each answered sample, for calibrated models",
+            "estimated relative L2 error of each answered sample, for calibrated models (Rollout: of each "
+            "state, accumulated since the request's states)",
             boundaries=[0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0],
-            tag_keys=MODEL_TAGS,
+            tag_keys=(*MODEL_TAGS, "method"),
         )
 
     def flush(self) -> None:
@@ -154,7 +155,7 @@ class Metrics:
         """Count a request's answered samples by ``paths`` and record their estimated ``errors``."""
         for path in paths:
             self.answers.add((model, version, method, path))
-        tags = {"model": model, "version": version}
+        tags = {"model": model, "version": version, "method": method}
         for error in errors:
             self.estimated_error.observe(error, tags=tags)
 

@@ -3,6 +3,9 @@
 ``serve deploy``, and one worker node killed with SIGKILL (its raylet and every worker process at once,
 as a dead machine) while clients keep calling ``Solve``.
 
+Every node runs with the chart's Ray environment (``rayEnvironment``, pdeserve.serving.server's
+``SERVE_ENVIRONMENT``): HAProxy serves the gRPC port in front of each replica's own gRPC server.
+
 The config is the one ``pdeserve serve-config`` prints with one change: ``proxy_location: HeadOnly``.
 Here every node shares one machine, so a gRPC proxy on each node would bind the same port; the chart
 runs one node per pod, where Serve's default (a proxy on every node) is right. The head has no CPUs, so
@@ -35,6 +38,7 @@ import yaml
 
 from pdeserve.datagen.darcy import DarcyParameters, darcy_sample
 from pdeserve.serving.client import SolverClient, SolverError
+from pdeserve.serving.server import HAPROXY_PORTS, SERVE_ENVIRONMENT
 
 pytestmark = pytest.mark.cluster
 
@@ -47,6 +51,7 @@ RECOVERY_BOUND_S = 60  # against hangs, not a benchmark
 RAY_TOKEN = secrets.token_hex(16)
 RAY_ENV = {
     **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+    **SERVE_ENVIRONMENT,
     "RAY_AUTH_MODE": "token",
     "RAY_AUTH_TOKEN": RAY_TOKEN,
 }
@@ -60,10 +65,32 @@ class Node:
     temp_dir: str
 
     def kill(self) -> None:
-        """SIGKILL the whole process group: the node dies at once, as a machine losing power."""
+        """SIGKILL the node's process group and every process under it: the node dies at once, as a
+        machine losing power. Ray starts each worker process (a replica, HAProxy's manager) in a group
+        of its own, which would otherwise live on, serving, until it noticed that its raylet is gone."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGSTOP)  # no new processes while the tree is read
+        for pid in [*_descendants(self.process.pid), self.process.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every living process under ``pid`` (its children, theirs, ...), read from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # The command name, in parentheses, may hold spaces: the parent follows the last ')'.
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        found.extend(grandchildren := children.get(todo.pop(), []))
+        todo.extend(grandchildren)
+    return found
 
 
 def free_ports(n: int) -> list[int]:
@@ -136,6 +163,7 @@ class Cluster:
     grpc_target: str
     head: Node
     workers: tuple[Node, ...]
+    haproxy_stats: str  # HAProxy's stats page, served only when HAProxy is the ingress
 
     def alive_nodes(self) -> list[dict]:
         nodes = _get_json(f"{self.dashboard}/api/v0/nodes?limit=100")["data"]["result"]["result"]
@@ -155,7 +183,13 @@ def cluster(tmp_path: Path, bundled_repo: Path) -> Iterator[Cluster]:
     repo = tmp_path / "models"
     shutil.copytree(bundled_repo / MODEL, repo / MODEL)
     log = tmp_path / "nodes.log"
-    gcs, dashboard_port, client_port, grpc_port, http_port = free_ports(5)
+    gcs, dashboard_port, client_port, grpc_port, http_port, *haproxy_ports = free_ports(7)
+    # HAProxy's own listeners on free ports: another server on this machine holds the defaults.
+    haproxy_env = {
+        variable: str(port) for (variable, _), port in zip(HAPROXY_PORTS.values(), haproxy_ports, strict=True)
+    }
+    RAY_ENV.update(haproxy_env)
+    stats_port = haproxy_env[HAPROXY_PORTS["HAProxy stats"][0]]
     head = _start_node(
         [
             "--head",
@@ -171,11 +205,13 @@ def cluster(tmp_path: Path, bundled_repo: Path) -> Iterator[Cluster]:
     nodes = [head]
     try:
         dashboard = f"http://127.0.0.1:{dashboard_port}"
-        partial = Cluster(dashboard, f"127.0.0.1:{grpc_port}", head, ())
+        partial = Cluster(
+            dashboard, f"127.0.0.1:{grpc_port}", head, (), f"http://127.0.0.1:{stats_port}/stats"
+        )
         _wait("the head node", lambda: len(partial.alive_nodes()) == 1, log=log)
         workers = tuple(_start_node([f"--address=127.0.0.1:{gcs}", "--num-cpus=2"], log) for _ in range(2))
         nodes.extend(workers)
-        cluster = Cluster(dashboard, partial.grpc_target, head, workers)
+        cluster = Cluster(dashboard, partial.grpc_target, head, workers, partial.haproxy_stats)
         _wait("two worker nodes", lambda: len(cluster.alive_nodes()) == 3, log=log)
         config = _serve_config(repo, grpc_port, http_port)
         config_file = tmp_path / "serve.yaml"
@@ -227,17 +263,19 @@ class Outcome:
 
     finished: float
     code: str
+    details: str = ""
 
 
 def _load(target: str, sample: np.ndarray, stop: threading.Event, outcomes: list[Outcome]) -> None:
     """Call ``Solve`` back to back until ``stop``; no client retries, so every failure is counted."""
     with SolverClient(target, timeout=30, retries=0) as client:
         while not stop.is_set():
+            details = ""
             try:
                 code = "OK" if client.solve(MODEL, {"a": sample})["u"].shape == (64, 64) else "SHAPE"
             except SolverError as exc:
-                code = exc.code.name
-            outcomes.append(Outcome(time.monotonic(), code))
+                code, details = exc.code.name, str(exc)
+            outcomes.append(Outcome(time.monotonic(), code, details))
 
 
 def _recovered(cluster: Cluster, worker_nodes: set[str]):
@@ -257,6 +295,8 @@ def test_serving_survives_the_loss_of_a_worker_node(cluster: Cluster):
     sample = darcy_sample(DarcyParameters(), 64, np.random.default_rng(5))["a"].astype(np.float32)
     worker_nodes = {n["node_id"] for n in cluster.alive_nodes() if not n["is_head_node"]}
     assert {r["node_id"] for r in cluster.running_replicas()} == worker_nodes  # one replica on each
+    with urllib.request.urlopen(cluster.haproxy_stats, timeout=10) as stats:
+        assert stats.status == 200  # HAProxy is the ingress, as on the chart's pods
 
     stop, outcomes = threading.Event(), []
     threads = [
@@ -290,10 +330,14 @@ def test_serving_survives_the_loss_of_a_worker_node(cluster: Cluster):
         f"failed ({sorted({o.code for o in failures})}), last failure {last_failure_s:.1f} s after the kill, "
         f"2 running replicas again after {replicas_back_s:.1f} s"
     )
+    for code, details in sorted({(o.code, o.details) for o in failures}):
+        print(f"  {code}: {details}")
     assert len(replicas) == 1  # both replicas now on the surviving worker
     assert last_failure_s < RECOVERY_BOUND_S
     assert len(failures) <= CLIENT_THREADS, [(round(o.finished - killed_at, 2), o.code) for o in failures]
-    assert "DEADLINE_EXCEEDED" not in {o.code for o in failures}  # refused at once, none left hanging
+    # A request lost with its node is UNAVAILABLE, which clients retry (Solve is idempotent): neither
+    # INTERNAL (a server bug, not retried) nor DEADLINE_EXCEEDED (left hanging).
+    assert {o.code for o in failures} <= {"UNAVAILABLE"}, [(o.code, o.details) for o in failures]
     # After recovery, consecutive requests all succeed.
     with SolverClient(cluster.grpc_target, timeout=30, retries=0) as client:
         for _ in range(20):

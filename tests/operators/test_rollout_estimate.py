@@ -130,3 +130,59 @@ def test_publish_validated_calibrates_the_rollout_of_a_time_mapped_model(ns_fno,
     assert version == "2"
     assert card.rollout_calibration.steps == 2 and card.rollout_calibration.n_samples == 9
     assert load_model(tmp_path, "ns-fno").card.rollout_calibration == card.rollout_calibration
+
+
+def test_trajectories_use_a_time_step_stable_over_the_whole_horizon(ns_fno, monkeypatch):
+    seen = []
+    real = validation.fresh_samples
+    monkeypatch.setattr(
+        validation,
+        "fresh_samples",
+        lambda family, params, *a: seen.append(params) or real(family, params, *a),
+    )
+    validation.rollout_samples(ns_fno, n_samples=1, steps=40, seed=0)
+    (params,) = seen
+    assert params.final_time == 49.0 and params.record_every == 1.0
+    # The card's 0.0033 is stable to t = 10 only; the family's own check refuses it to t = 49.
+    assert ns_fno.card.pde_parameters["time_step"] == 0.0033 and params.time_step < 0.0033
+    params.for_resolution(64)  # raises for a step it refuses
+
+
+def test_bad_calibration_settings_are_refused_before_any_sampling(tmp_path, monkeypatch):
+    import shutil
+
+    shutil.copytree(MODELS / "ns-fno" / "1", tmp_path / "ns-fno" / "1")
+    monkeypatch.setattr(validation, "validation_samples", lambda *a: pytest.fail("sampled"))
+    monkeypatch.setattr(validation, "fresh_samples", lambda *a: pytest.fail("sampled"))
+    with pytest.raises(ValueError, match="at least 1 forward pass, got 0"):
+        validation.publish_validated(tmp_path, "ns-fno", None, 9, 1, 0, rollout_steps=0)
+    with pytest.raises(ValueError, match=r"5 rollout trajectories cannot calibrate a coverage of 0\.9"):
+        validation.publish_validated(tmp_path, "ns-fno", None, 9, 1, 0, rollout_samples_count=5)
+    with pytest.raises(ValueError, match="3 samples cannot calibrate"):
+        validation.publish_validated(tmp_path, "ns-fno", None, 3, 1, 0)
+
+
+def test_without_the_one_step_calibration_no_pass_carries_an_estimate(ns_fno, trajectories):
+    card = ns_fno.card.replace(
+        calibration=None, rollout_calibration=ErrorCalibration("two-solution", 0.9, 1.0, 20, steps=40)
+    )
+    check = estimates.start_rollout(card, _window(card, trajectories.x[0]))
+    for _ in range(2):
+        estimate, check = estimates.rollout_estimate(card, check, {"w@t=10": trajectories.y[0, 0]})
+        assert estimate.relative_l2 is None and estimate.indicator >= 0
+
+
+def test_cards_without_a_rollout_calibration_keep_the_json_older_readers_read(ns_fno):
+    import json
+
+    from pdeserve.operators.card import ModelCard
+
+    plain = ns_fno.card.replace(
+        calibration=ErrorCalibration("two-solution", 0.9, 1.0, 20), rollout_calibration=None
+    )
+    document = json.loads(plain.to_json())
+    assert "rollout_calibration" not in document and "steps" not in document["calibration"]
+    assert ModelCard.from_json(plain.to_json()) == plain
+    rolled = plain.replace(rollout_calibration=ErrorCalibration("two-solution", 0.9, 1.0, 20, steps=40))
+    assert json.loads(rolled.to_json())["rollout_calibration"]["steps"] == 40
+    assert ModelCard.from_json(rolled.to_json()) == rolled
