@@ -59,6 +59,13 @@ def add_solve_command(commands: Commands) -> None:
         help="roll a time-dependent model forward this many states (the Rollout stream), printing each "
         "as it arrives; --out stacks them on a leading step axis",
     )
+    solve.add_argument(
+        "--max-error",
+        type=float,
+        default=0.0,
+        help="with --steps: the largest estimated relative L2 error a state may carry; a sample above it "
+        "continues with the classical solver's states (default 0: no limit)",
+    )
     solve.add_argument("--timeout", type=float, default=60.0, help="deadline in seconds (whole stream)")
     solve.add_argument(
         "--application", default="", help="Ray Serve application to route to, when a cluster runs several"
@@ -155,12 +162,14 @@ def _rollout_command(args: argparse.Namespace, client: SolverClient, inputs: dic
     """``pdeserve solve --steps N``: stream the states, one line each; ``--out`` stacks them on a
     leading step axis."""
     states: dict[str, list[np.ndarray]] = {}
-    for state in client.rollout(args.model, inputs, args.steps, args.version):
+    for state in client.rollout(args.model, inputs, args.steps, args.version, args.max_error):
         when = f" t={state.time:g}" if state.time is not None else ""
         shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in state.outputs.items())
         estimates = [c.estimated_relative_l2 for c in state.checks if c.estimated_relative_l2 is not None]
         estimate = f", estimated relative L2 {max(estimates):.3g}" if estimates else ""
-        print(f"step {state.step}{when}: {shapes}{estimate}", flush=True)
+        classical = sum(c.path == "classical" for c in state.checks)
+        fallback = f", {classical} of {len(state.checks)} from the classical solver" if classical else ""
+        print(f"step {state.step}{when}: {shapes}{estimate}{fallback}", flush=True)
         for name, array in state.outputs.items():
             states.setdefault(name, []).append(array)
     if args.out:
@@ -193,6 +202,8 @@ def _solve(args: argparse.Namespace) -> None:
         raise FileNotFoundError(f"no such input file: {path}")
     if args.steps is not None and args.reference:
         raise ValueError("--reference checks a single Solve; it does not apply to --steps")
+    if args.steps is None and args.max_error:
+        raise ValueError("--max-error holds a rollout's states to an estimate; it needs --steps")
     if args.steps is not None and args.tolerance:
         raise ValueError("--tolerance refines a single Solve's answers; it does not apply to --steps")
     if path.suffix not in (".npy", ".npz"):

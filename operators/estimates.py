@@ -180,12 +180,19 @@ class RolloutCheck:
     ----------
     coarse : ndarray
         The classical state on the coarse grid (float64).
+    start : ndarray
+        The rollout's exact start state on its own grid (float64), from which a fallback solves.
     passes : int
         Forward passes checked so far.
+    classical : ndarray or None
+        Once the rollout has fallen back to the classical solver (:func:`classical_pass`): its state at
+        the time of the newest pass, on the rollout's grid; None while the surrogate answers.
     """
 
     coarse: np.ndarray
+    start: np.ndarray
     passes: int = 0
+    classical: np.ndarray | None = None
 
 
 def start_rollout(card: ModelCard, inputs: Mapping[str, np.ndarray]) -> RolloutCheck:
@@ -197,9 +204,8 @@ def start_rollout(card: ModelCard, inputs: Mapping[str, np.ndarray]) -> RolloutC
     if indicator_name(card) != "two-solution" or card.time_map is None:
         raise RefinementUnavailableError(f"{card.pde} models have no rollout estimate")
     start = np.asarray(inputs[card.input_names[-1]], dtype=np.float64)
-    return RolloutCheck(
-        indicators.resample_periodic(start, indicators.coarse_side(start.shape[-1]), card.ndim)
-    )
+    coarse = indicators.resample_periodic(start, indicators.coarse_side(start.shape[-1]), card.ndim)
+    return RolloutCheck(coarse, start)
 
 
 def rollout_estimate(
@@ -218,18 +224,47 @@ def rollout_estimate(
     from pdeserve.datagen import indicators
 
     family, params = _family_and_parameters(card)
-    times = family.state_times(params, card.training_resolution[-1])
-    k, m = card.time_map.input_steps, len(card.output_names)
-    offsets = times[k : k + m] - times[k - 1]
+    offsets = _pass_offsets(card, family, params)
     coarse = _coarse_solve(family.name)(params, check.coarse, offsets, check.coarse.shape[-1])
     value = indicators.two_solution(_proposed(card, outputs), coarse, card.ndim)
     passes = check.passes + 1
     # Later passes' estimates extend the first's: none without it (as ModelInfo reports).
     calibration = card.calibration if passes == 1 or card.calibration is None else card.rollout_calibration
-    after = RolloutCheck(coarse[-1], passes)
+    after = dataclasses.replace(check, coarse=coarse[-1], passes=passes)
     if calibration is None or passes > calibration.steps:
         return Estimate(value, None, None), after
     return Estimate(value, calibration.scale * value, calibration.coverage), after
+
+
+def _pass_offsets(card: ModelCard, family, params) -> np.ndarray:
+    """The times of one forward pass's states after the newest state it reads."""
+    times = family.state_times(params, card.training_resolution[-1])
+    k, m = card.time_map.input_steps, len(card.output_names)
+    return times[k : k + m] - times[k - 1]
+
+
+def classical_pass(card: ModelCard, check: RolloutCheck) -> tuple[dict[str, np.ndarray], RolloutCheck]:
+    """The classical solver's states for a rollout's next forward pass, on the rollout's grid, and the
+    check with its classical state (before the pass is estimated: ``check.passes`` is the passes done).
+
+    The first call solves from the rollout's exact start over every pass so far (the surrogate's states
+    are dropped, errors and all); later calls continue from the classical state. The solver and its step
+    are those of the classical answer to a single request (:func:`refine`)."""
+    from pdeserve.datagen import indicators
+
+    family, params = _family_and_parameters(card)
+    offsets = _pass_offsets(card, family, params)
+    advance = indicators.burgers_advance if family.name == "burgers" else indicators.navier_stokes_advance
+    if check.classical is None:  # catch up: every pass from the exact start, this one included
+        span = offsets[-1]
+        states = advance(
+            params, check.start, np.concatenate([offsets + j * span for j in range(check.passes + 1)])
+        )
+    else:
+        states = advance(params, check.classical, offsets)
+    states = states[-len(offsets) :]
+    answer = {name: states[j] for j, name in enumerate(card.output_names)}
+    return answer, dataclasses.replace(check, classical=states[-1])
 
 
 # Inner iterations of GMRES between restarts.

@@ -50,6 +50,7 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 from ray import serve
 
+from pdeserve.operators import estimates
 from pdeserve.operators.card import FieldSpec, ModelCard
 from pdeserve.operators.errors import CheckpointError, InvalidInputError
 from pdeserve.operators.evaluation import relative_l2
@@ -65,7 +66,10 @@ from pdeserve.serving.checks import (
     Checker,
     SampleCheck,
     answer,
+    bound_classical_work,
+    calibrated_rollouts,
     classical_reference,
+    requested_max_error,
     requested_tolerance,
 )
 from pdeserve.serving.errors import DeadlineExceeded, FailedPrecondition, NotFound, ResourceExhausted
@@ -528,14 +532,27 @@ class SolverService:
     async def Rollout(self, request: pb.RolloutRequest, call: Call) -> AsyncIterator[pb.RolloutStep]:
         """Stream ``request.steps`` predicted states of a time-mapped model, feeding each forward pass's
         states back as the next input window (the last ``input_steps`` states); each pass's check
-        compares it with the classical solution from the request's exact states."""
+        compares it with the classical solution from the request's exact states. With
+        ``max_estimated_error``, a sample whose estimate passes it (or has none) continues with the
+        classical solver's states, which are streamed and fed back instead."""
         if not 1 <= request.steps <= MAX_ROLLOUT_STEPS:
             raise InvalidInputError(
                 f"RolloutRequest.steps is {request.steps}; ask for 1 to {MAX_ROLLOUT_STEPS} steps"
             )
+        max_error = requested_max_error(request.max_estimated_error, "RolloutRequest.max_estimated_error")
         surrogate = await self._lookup(request, call, "RolloutRequest.model")
         times = _time_axis(surrogate)
+        if max_error is not None and not calibrated_rollouts(surrogate.card):
+            raise FailedPrecondition(
+                f"model {surrogate.name} version {surrogate.version} has no calibrated rollout estimate to "
+                "hold to RolloutRequest.max_estimated_error; leave it 0, or validate the model "
+                "(pdeserve models validate)"
+            )
         window, batched = surrogate.validate(_decode(request))
+        if max_error is not None:  # the classical fallback's work, bounded as a refinement's
+            bound_classical_work(
+                math.prod(window.shape[2:]), request_points(window), "no max_estimated_error"
+            )
         points = request_points(window)
         bound_points(points, MAX_REQUEST_POINTS, "one step of the rollout")
         bound_points(request.steps * points, MAX_ROLLOUT_POINTS, f"the rollout of {request.steps} steps")
@@ -554,8 +571,12 @@ class SolverService:
                 )
             out = await self._forward(surrogate, window)
             checks, rollouts = await self.checker.check_rollout_pass(
-                surrogate.card, rollouts, _split(surrogate.output_names, out, batched), batched
+                surrogate.card, rollouts, _split(surrogate.output_names, out, batched), batched, max_error
             )
+            if any(c.path != estimates.SURROGATE for c in checks):  # the states streamed and fed back
+                out = np.stack([[c.outputs[n] for n in surrogate.output_names] for c in checks]).astype(
+                    np.float32
+                )
             for j in range(min(out.shape[1], request.steps - step)):
                 self._count(call, surrogate, checks)
                 message = pb.RolloutStep(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -104,6 +105,21 @@ def requested_tolerance(value: float, field: str) -> float | None:
     return value
 
 
+def requested_max_error(value: float, field: str) -> float | None:
+    """The largest estimated error a rollout asks for (None for 0, no limit); ``InvalidArgument`` naming
+    ``field`` when it is negative, NaN or infinite."""
+    if value == 0:
+        return None
+    if not 0 < value < math.inf:
+        raise InvalidArgument(f"{field} is {value}; ask for a positive relative L2 error, or 0 for no limit")
+    return value
+
+
+def calibrated_rollouts(card: ModelCard) -> bool:
+    """Whether ``card``'s rollouts carry calibrated estimates (a fallback can be held to them)."""
+    return card.calibration is not None and estimates.INDICATORS.get(card.pde) == "two-solution"
+
+
 def grid_validated(card: ModelCard, sides: tuple[int, ...]) -> bool:
     """Whether every side of a grid lies in the model's validated range (False without validation)."""
     if card.validation is None:
@@ -187,17 +203,32 @@ def start_rollout(card: ModelCard, inputs: Mapping[str, np.ndarray]) -> estimate
 
 
 def check_rollout_pass(
-    card: ModelCard, check: estimates.RolloutCheck | None, outputs: dict[str, np.ndarray]
+    card: ModelCard,
+    check: estimates.RolloutCheck | None,
+    outputs: dict[str, np.ndarray],
+    max_error: float | None,
 ) -> tuple[SampleCheck, estimates.RolloutCheck | None]:
     """One sample's check of a rollout's forward pass, and its rollout check after the pass
-    (``estimates.rollout_estimate``); ``InvalidArgument`` when the classical solver refuses the state."""
+    (``estimates.rollout_estimate``); ``InvalidArgument`` when the classical solver refuses the state.
+
+    With ``max_error``, a pass whose estimate is above it or absent (beyond the calibrated horizon) is
+    answered by the classical solver instead (``estimates.classical_pass``), and so is every later one:
+    path ``classical``, with the estimate of the classical states."""
     if check is None:
         return SampleCheck(outputs, None), None
     try:
-        estimate, after = estimates.rollout_estimate(card, check, outputs)
+        if check.classical is None:
+            estimate, after = estimates.rollout_estimate(card, check, outputs)
+            if max_error is None or (estimate.relative_l2 is not None and estimate.relative_l2 <= max_error):
+                return SampleCheck(outputs, estimate), after
+        started = time.perf_counter()
+        outputs, fallen_back = estimates.classical_pass(card, check)
+        seconds = time.perf_counter() - started
+        estimate, after = estimates.rollout_estimate(card, fallen_back, outputs)
     except ValueError as exc:
         raise refused_input(exc) from None
-    return SampleCheck(outputs, estimate), after
+    finite(outputs, "the classical solve of the rollout")
+    return SampleCheck(outputs, estimate, estimates.CLASSICAL, refine_seconds=seconds), after
 
 
 def check_sample(
@@ -233,12 +264,18 @@ def check_sample(
 def bound_refinement(outputs: Mapping[str, np.ndarray], batched: bool) -> None:
     """``ResourceExhausted`` when refining ``outputs`` would cover more grid points than the limits."""
     array = next(iter(outputs.values()))
-    per_sample = math.prod(array.shape[1:] if batched else array.shape)
-    if per_sample > MAX_REFINE_POINTS or array.size > MAX_REFINE_REQUEST_POINTS:
+    bound_classical_work(math.prod(array.shape[1:] if batched else array.shape), array.size, "no tolerance")
+
+
+def bound_classical_work(per_sample: int, total: int, instead: str) -> None:
+    """``ResourceExhausted`` when a request's classical work (a refinement, a rollout's fallback) would
+    cover more grid points, ``per_sample`` and ``total``, than the refinement limits; ``instead`` names
+    the request's way out."""
+    if per_sample > MAX_REFINE_POINTS or total > MAX_REFINE_REQUEST_POINTS:
         raise ResourceExhausted(
-            f"refining {array.size} grid points ({per_sample} per sample) is above this server's limits "
+            f"refining {total} grid points ({per_sample} per sample) is above this server's limits "
             f"of {MAX_REFINE_POINTS} per sample and {MAX_REFINE_REQUEST_POINTS} per request; send fewer "
-            "samples per request, a coarser grid, or no tolerance"
+            f"samples per request, a coarser grid, or {instead}"
         )
 
 
@@ -285,10 +322,12 @@ class Checker:
         rollouts: list[estimates.RolloutCheck | None],
         outputs: Mapping[str, np.ndarray],
         batched: bool,
+        max_error: float | None,
     ) -> tuple[list[SampleCheck], list[estimates.RolloutCheck | None]]:
-        """Every sample's check of a rollout's forward pass, and the rollout checks after it."""
+        """Every sample's check of a rollout's forward pass (the classical solver's states where it falls
+        back, :func:`check_rollout_pass`), and the rollout checks after it."""
         pairs = zip(rollouts, samples(outputs, batched), strict=True)
-        done = await self._each(check_rollout_pass, card, pairs)
+        done = await self._each(check_rollout_pass, card, pairs, max_error)
         return [check for check, _ in done], [after for _, after in done]
 
     def _each(

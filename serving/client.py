@@ -242,15 +242,24 @@ class SolverClient:
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
     def rollout(
-        self, model: str, inputs: Mapping[str, np.ndarray], steps: int, version: str = ""
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        steps: int,
+        version: str = "",
+        max_estimated_error: float = 0.0,
     ) -> Iterator[RolloutStep]:
         """Roll a time-dependent model forward ``steps`` states from ``inputs`` (its input states by
-        name, ``(*grid)`` or ``(batch, *grid)``), yielding each state as the server streams it.
+        name, ``(*grid)`` or ``(batch, *grid)``), yielding each state as the server streams it. With
+        ``max_estimated_error`` (> 0), a sample whose estimated error exceeds it (or has no estimate)
+        continues with the classical solver's states (path ``classical``).
 
         The client's deadline covers the whole stream, and a stream is never retried (it may have
         yielded states already); errors raise ``SolverError`` while iterating.
         """
-        request = pb.RolloutRequest(model=model, version=version, steps=steps)
+        request = pb.RolloutRequest(
+            model=model, version=version, steps=steps, max_estimated_error=max_estimated_error
+        )
         for name, array in inputs.items():
             request.inputs[name].CopyFrom(to_tensor(array))
         try:

@@ -229,7 +229,7 @@ class ModelInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., architecture: _Optional[str] = ..., pde: _Optional[str] = ..., pde_parameters_json: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., min_resolution: _Optional[int] = ..., max_resolution: _Optional[int] = ..., resolution_multiple: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., dataset_fingerprint: _Optional[str] = ..., created_at: _Optional[str] = ..., parameter_count: _Optional[int] = ..., side_errors: _Optional[_Iterable[_Union[SideError, _Mapping]]] = ..., validated_min_side: _Optional[int] = ..., validated_max_side: _Optional[int] = ..., validation_max_factor: _Optional[float] = ..., estimate_coverage: _Optional[float] = ..., error_indicator: _Optional[str] = ..., calibration_samples: _Optional[int] = ..., input_ranges: _Optional[_Iterable[_Union[ValueRange, _Mapping]]] = ..., rollout_calibrated_passes: _Optional[int] = ...) -> None: ...
 
 class RolloutRequest(_message.Message):
-    __slots__ = ("model", "version", "inputs", "steps")
+    __slots__ = ("model", "version", "inputs", "steps", "max_estimated_error")
     class InputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -241,11 +241,13 @@ class RolloutRequest(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ESTIMATED_ERROR_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     inputs: _containers.MessageMap[str, Tensor]
     steps: int
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., inputs: _Optional[_Mapping[str, Tensor]] = ..., steps: _Optional[int] = ...) -> None: ...
+    max_estimated_error: float
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., inputs: _Optional[_Mapping[str, Tensor]] = ..., steps: _Optional[int] = ..., max_estimated_error: _Optional[float] = ...) -> None: ...
 
 class RolloutStep(_message.Message):
     __slots__ = ("model", "version", "step", "time", "outputs", "checks")

@@ -186,3 +186,17 @@ def test_cards_without_a_rollout_calibration_keep_the_json_older_readers_read(ns
     rolled = plain.replace(rollout_calibration=ErrorCalibration("two-solution", 0.9, 1.0, 20, steps=40))
     assert json.loads(rolled.to_json())["rollout_calibration"]["steps"] == 40
     assert ModelCard.from_json(rolled.to_json()) == rolled
+
+
+def test_a_classical_fallback_catches_up_from_the_exact_start_then_continues(ns_fno, trajectories):
+    card = ns_fno.card
+    x, y = trajectories.x[0], trajectories.y[0]
+    check = estimates.start_rollout(card, _window(card, x))
+    for _ in range(2):  # two passes of a (badly) wrong rollout
+        _, check = estimates.rollout_estimate(card, check, {"w@t=10": np.zeros_like(x[0])})
+    for p in (2, 3):
+        states, check = estimates.classical_pass(card, check)
+        truth = y[p]
+        assert np.linalg.norm(states["w@t=10"] - truth) < 1e-4 * np.linalg.norm(truth)
+        _, check = estimates.rollout_estimate(card, check, states)
+        assert check.passes == p + 1

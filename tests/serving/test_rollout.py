@@ -138,6 +138,48 @@ def test_each_step_estimates_the_error_accumulated_since_the_exact_start(client,
     assert abs(streamed[-1].checks[0].indicator - alone) > 0.05 * alone
 
 
+def test_a_rollout_held_to_an_estimated_error_continues_with_the_classical_solver(
+    client, trained, grpc_target
+):
+    data, _ = trained
+    w0, truth = data.inputs["w0"][:2], data.outputs["w"][:2]  # the dataset's own solution, t = 0.5, 1, ...
+    plain = list(client.rollout(CHECKED, {"w0": w0}, 3))
+    # A limit no surrogate state meets: every state is the classical solver's, from w0.
+    strict = list(client.rollout(CHECKED, {"w0": w0}, 4, max_estimated_error=1e-9))
+    for p, state in enumerate(strict):
+        assert [c.path for c in state.checks] == ["classical", "classical"]
+        np.testing.assert_allclose(state.outputs["w"], truth[:, p], rtol=0, atol=1e-4)
+        # Checked as the surrogate's states are (against the coarse solve, up to the calibrated horizon),
+        # the classical states' estimates are below the surrogate's.
+        estimated = [c.estimated_relative_l2 for c in state.checks]
+        if p < 3:
+            assert all(
+                e < 0.5 * c.estimated_relative_l2 for e, c in zip(estimated, plain[p].checks, strict=True)
+            )
+        else:
+            assert estimated == [None, None]
+    # A limit every calibrated estimate meets: the surrogate's states for the three calibrated passes,
+    # then the classical solver's (no estimate to hold them to), caught up from w0.
+    loose = list(client.rollout(CHECKED, {"w0": w0}, 5, max_estimated_error=100.0))
+    assert [[c.path for c in s.checks] for s in loose] == [["surrogate"] * 2] * 3 + [["classical"] * 2] * 2
+    np.testing.assert_allclose(loose[3].outputs["w"], truth[:, 3], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(loose[4].outputs["w"], truth[:, 4], rtol=0, atol=1e-4)
+    np.testing.assert_array_equal(plain[2].outputs["w"], loose[2].outputs["w"])
+
+    def status(model: str, limit: float) -> tuple[grpc.StatusCode, str]:
+        with pytest.raises(SolverError) as caught:
+            list(client.rollout(model, {"w0": w0}, 2, max_estimated_error=limit))
+        return caught.value.code, str(caught.value)
+
+    assert status(CHECKED, -0.1)[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert status(CHECKED, float("nan"))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    code, message = status("ns-1", 0.1)  # not calibrated: nothing to hold its states to
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "models validate" in message
+    with pytest.raises(SolverError) as caught:  # a fallback's classical work is bounded as a refinement's
+        list(client.rollout(CHECKED, {"w0": np.zeros((520, 520), np.float32)}, 1, max_estimated_error=0.1))
+    assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "per sample" in str(caught.value)
+
+
 def test_bad_rollouts_get_precise_statuses(client, trained, grpc_target):
     w0 = trained[0].inputs["w0"][0]
 
