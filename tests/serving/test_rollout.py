@@ -221,6 +221,14 @@ def test_solve_cli_streams_a_rollout_and_stacks_it(client, trained, grpc_target,
     np.testing.assert_allclose(np.load(tmp_path / "w.npy"), np.stack(expected), atol=1e-6, rtol=0)
     assert main([*command[:-2], "--reference"]) == 1
     assert "does not apply to --steps" in capsys.readouterr().err
+    # Held to an estimated error no surrogate state meets: the lines say where the states came from.
+    held = [*command[:6], CHECKED, *command[7:-2], "--max-error", "1e-9"]
+    assert main(held) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and all(line.endswith(", 2 of 2 from the classical solver") for line in lines)
+    without_steps = [a for a in held if a not in ("--steps", "3")]
+    assert main(without_steps) == 1
+    assert "--max-error" in capsys.readouterr().err
 
 
 def test_a_stream_waits_for_a_slow_reader_and_stops_when_its_client_goes_away(
