@@ -857,7 +857,8 @@ def describe_point(point: dict) -> str:
 def cheapest_as_accurate(row: dict) -> str:
     """The cheapest measured classical configuration at least as accurate as the surrogate."""
     error = row["surrogate"]["error"]
-    good = [p for p in row["points"] if p["error"] <= error]
+    # A configuration that blew up has no error (JSON null): never as accurate.
+    good = [p for p in row["points"] if p["error"] is not None and p["error"] <= error]
     if not good:
         return "none"
     return describe_point(min(good, key=lambda p: min(p["seconds"], p["batched_seconds"] or math.inf)))

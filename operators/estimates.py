@@ -12,6 +12,7 @@ used by the server and by calibration at publish time."""
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -243,28 +244,35 @@ def _pass_offsets(card: ModelCard, family, params) -> np.ndarray:
     return times[k : k + m] - times[k - 1]
 
 
-def classical_pass(card: ModelCard, check: RolloutCheck) -> tuple[dict[str, np.ndarray], RolloutCheck]:
+class RolloutStopped(RuntimeError):
+    """The rollout a classical solve was for has ended (its client went away or its time ran out)."""
+
+
+def classical_pass(
+    card: ModelCard, check: RolloutCheck, stop: threading.Event | None = None
+) -> tuple[dict[str, np.ndarray], RolloutCheck]:
     """The classical solver's states for a rollout's next forward pass, on the rollout's grid, and the
     check with its classical state (before the pass is estimated: ``check.passes`` is the passes done).
 
     The first call solves from the rollout's exact start over every pass so far (the surrogate's states
     are dropped, errors and all); later calls continue from the classical state. The solver and its step
-    are those of the classical answer to a single request (:func:`refine`)."""
+    are those of the classical answer to a single request (:func:`refine`). The solve goes a pass at a
+    time and raises ``RolloutStopped`` between passes once ``stop`` is set, so abandoned work ends within
+    a pass."""
     from pdeserve.datagen import indicators
 
     family, params = _family_and_parameters(card)
     offsets = _pass_offsets(card, family, params)
     advance = indicators.burgers_advance if family.name == "burgers" else indicators.navier_stokes_advance
-    if check.classical is None:  # catch up: every pass from the exact start, this one included
-        span = offsets[-1]
-        states = advance(
-            params, check.start, np.concatenate([offsets + j * span for j in range(check.passes + 1)])
-        )
-    else:
-        states = advance(params, check.classical, offsets)
-    states = states[-len(offsets) :]
+    # Catching up covers every pass from the exact start, this one included; a fallen-back rollout goes on.
+    state, passes = (check.start, check.passes + 1) if check.classical is None else (check.classical, 1)
+    for _ in range(passes):
+        if stop is not None and stop.is_set():
+            raise RolloutStopped("the rollout ended before its classical solve")
+        states = advance(params, state, offsets)
+        state = states[-1]
     answer = {name: states[j] for j, name in enumerate(card.output_names)}
-    return answer, dataclasses.replace(check, classical=states[-1])
+    return answer, dataclasses.replace(check, classical=state)
 
 
 # Inner iterations of GMRES between restarts.

@@ -62,6 +62,7 @@ from pdeserve.protos.v1 import solver_pb2 as pb
 from pdeserve.serving.allocator import retain_freed_memory
 from pdeserve.serving.batching import BatchGate, micro_batches
 from pdeserve.serving.checks import (
+    ROLLOUT_TIMEOUT_S,
     Answer,
     Checker,
     SampleCheck,
@@ -93,9 +94,8 @@ MAX_ROLLOUT_STEPS = 10_000
 # Most grid points (samples x points per sample) of one Solve or ModelInfer request, or of one Rollout
 # step: 16 MiB of float32 per channel (forward passes split them further, serving/batching.py).
 MAX_REQUEST_POINTS = 2**22
-# Most steps x grid points of one Rollout stream, and the longest it may run.
+# Most steps x grid points of one Rollout stream (its time limit: serving/checks.py).
 MAX_ROLLOUT_POINTS = 2**26
-ROLLOUT_TIMEOUT_S = 600.0
 # Most grid points of one request's classical reference solves, and the longest they may take
 # (one solve at a time per replica: they compete with the forward passes for the same cores).
 MAX_REFERENCE_POINTS = 2**18  # one 512 x 512 solve
@@ -560,6 +560,28 @@ class SolverService:
         rollouts = await self.checker.start_rollout(
             surrogate.card, _split(surrogate.input_names, window, batched), batched
         )
+        stop = threading.Event()  # ends a classical fallback in progress when the stream ends
+        try:
+            async for message in self._roll(
+                request, call, surrogate, times, window, batched, rollouts, max_error, stop
+            ):
+                yield message
+        finally:
+            stop.set()
+
+    async def _roll(
+        self,
+        request: pb.RolloutRequest,
+        call: Call,
+        surrogate: Surrogate,
+        times: RolloutTimes,
+        window: np.ndarray,
+        batched: bool,
+        rollouts: list[estimates.RolloutCheck | None],
+        max_error: float | None,
+        stop: threading.Event,
+    ) -> AsyncIterator[pb.RolloutStep]:
+        """``Rollout``'s stream from its validated window: forward pass, checks, the states."""
         # Each step is computed once the client has taken the previous one (the handler waits at its
         # yield), and a client that goes away cancels the handler: no step is computed for nobody.
         step = 0
@@ -569,9 +591,18 @@ class SolverService:
                     f"the rollout ran for this server's limit of {ROLLOUT_TIMEOUT_S:g} s after {step} of "
                     f"{request.steps} steps; continue it from the last state in another request"
                 )
-            out = await self._forward(surrogate, window)
+            if all(r is not None and r.classical is not None for r in rollouts):
+                out = window[:, -len(surrogate.output_names) :]  # every sample fell back: no pass needed
+            else:
+                out = await self._forward(surrogate, window)
             checks, rollouts = await self.checker.check_rollout_pass(
-                surrogate.card, rollouts, _split(surrogate.output_names, out, batched), batched, max_error
+                surrogate.card,
+                rollouts,
+                _split(surrogate.output_names, out, batched),
+                batched,
+                max_error,
+                stop,
+                ROLLOUT_TIMEOUT_S - (time.perf_counter() - call.started),
             )
             if any(c.path != estimates.SURROGATE for c in checks):  # the states streamed and fed back
                 out = np.stack([[c.outputs[n] for n in surrogate.output_names] for c in checks]).astype(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +43,8 @@ MAX_REFINE_REQUEST_POINTS = 4 * 512 * 512
 MAX_REFINE_ITERATIONS = 200
 # Longest a request's refinement may take before it is answered DEADLINE_EXCEEDED.
 REFINE_TIMEOUT_S = 30.0
+# Longest a Rollout stream may run, classical fallback included.
+ROLLOUT_TIMEOUT_S = 600.0
 PATHS = {
     estimates.SURROGATE: pb.ANSWER_PATH_SURROGATE,
     estimates.REFINED: pb.ANSWER_PATH_REFINED,
@@ -207,13 +210,15 @@ def check_rollout_pass(
     check: estimates.RolloutCheck | None,
     outputs: dict[str, np.ndarray],
     max_error: float | None,
+    stop: threading.Event | None = None,
 ) -> tuple[SampleCheck, estimates.RolloutCheck | None]:
     """One sample's check of a rollout's forward pass, and its rollout check after the pass
     (``estimates.rollout_estimate``); ``InvalidArgument`` when the classical solver refuses the state.
 
     With ``max_error``, a pass whose estimate is above it or absent (beyond the calibrated horizon) is
     answered by the classical solver instead (``estimates.classical_pass``), and so is every later one:
-    path ``classical``, with the estimate of the classical states."""
+    path ``classical``, with the estimate of the classical states (which measures the coarse solve's
+    own difference, and may be above ``max_error``). ``stop`` ends the classical solve between passes."""
     if check is None:
         return SampleCheck(outputs, None), None
     try:
@@ -222,7 +227,7 @@ def check_rollout_pass(
             if max_error is None or (estimate.relative_l2 is not None and estimate.relative_l2 <= max_error):
                 return SampleCheck(outputs, estimate), after
         started = time.perf_counter()
-        outputs, fallen_back = estimates.classical_pass(card, check)
+        outputs, fallen_back = estimates.classical_pass(card, check, stop)
         seconds = time.perf_counter() - started
         estimate, after = estimates.rollout_estimate(card, fallen_back, outputs)
     except ValueError as exc:
@@ -323,11 +328,22 @@ class Checker:
         outputs: Mapping[str, np.ndarray],
         batched: bool,
         max_error: float | None,
+        stop: threading.Event,
+        seconds: float,
     ) -> tuple[list[SampleCheck], list[estimates.RolloutCheck | None]]:
         """Every sample's check of a rollout's forward pass (the classical solver's states where it falls
-        back, :func:`check_rollout_pass`), and the rollout checks after it."""
+        back, :func:`check_rollout_pass`), and the rollout checks after it, within ``seconds``
+        (``DeadlineExceeded`` after them); ``stop`` is the rollout's, set by its caller when it ends."""
         pairs = zip(rollouts, samples(outputs, batched), strict=True)
-        done = await self._each(check_rollout_pass, card, pairs, max_error)
+        try:
+            done = await asyncio.wait_for(
+                self._each(check_rollout_pass, card, pairs, max_error, stop), max(seconds, 0.0)
+            )
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"the rollout's classical solve ran past this server's limit of {ROLLOUT_TIMEOUT_S:g} s; "
+                "ask for fewer steps, a coarser grid or a larger max_estimated_error"
+            ) from None
         return [check for check, _ in done], [after for _, after in done]
 
     def _each(
