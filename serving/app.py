@@ -562,10 +562,10 @@ class SolverService:
         )
         stop = threading.Event()  # ends a classical fallback in progress when the stream ends
         try:
-            async for message in self._roll(
-                request, call, surrogate, times, window, batched, rollouts, max_error, stop
-            ):
-                yield message
+            stream = self._roll(request, call, surrogate, times, window, batched, rollouts, max_error, stop)
+            async with contextlib.aclosing(stream) as messages:  # closed here, not by the collector
+                async for message in messages:
+                    yield message
         finally:
             stop.set()
 
@@ -592,7 +592,10 @@ class SolverService:
                     f"{request.steps} steps; continue it from the last state in another request"
                 )
             if all(r is not None and r.classical is not None for r in rollouts):
-                out = window[:, -len(surrogate.output_names) :]  # every sample fell back: no pass needed
+                # Every sample fell back: its check answers with the classical states and reads none of
+                # these (placeholders in the pass's shape, M states).
+                m = len(surrogate.output_names)
+                out = np.broadcast_to(window[:, -1:], (window.shape[0], m, *window.shape[2:]))
             else:
                 out = await self._forward(surrogate, window)
             checks, rollouts = await self.checker.check_rollout_pass(

@@ -332,18 +332,22 @@ class Checker:
         seconds: float,
     ) -> tuple[list[SampleCheck], list[estimates.RolloutCheck | None]]:
         """Every sample's check of a rollout's forward pass (the classical solver's states where it falls
-        back, :func:`check_rollout_pass`), and the rollout checks after it, within ``seconds``
-        (``DeadlineExceeded`` after them); ``stop`` is the rollout's, set by its caller when it ends."""
+        back, :func:`check_rollout_pass`), and the rollout checks after it; with ``max_error``, within
+        ``seconds`` (``DeadlineExceeded`` after them). ``stop`` is the rollout's, set by its caller when
+        it ends."""
         pairs = zip(rollouts, samples(outputs, batched), strict=True)
-        try:
-            done = await asyncio.wait_for(
-                self._each(check_rollout_pass, card, pairs, max_error, stop), max(seconds, 0.0)
-            )
-        except TimeoutError:
-            raise DeadlineExceeded(
-                f"the rollout's classical solve ran past this server's limit of {ROLLOUT_TIMEOUT_S:g} s; "
-                "ask for fewer steps, a coarser grid or a larger max_estimated_error"
-            ) from None
+        work = self._each(check_rollout_pass, card, pairs, max_error, stop)
+        if max_error is None:  # estimates only: one coarse solve per sample, bounded by the grid limits
+            done = await work
+        else:
+            try:
+                done = await asyncio.wait_for(work, max(seconds, 0.0))
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"the rollout ran past this server's limit of {ROLLOUT_TIMEOUT_S:g} s in a pass's check "
+                    "(its classical fallback included); continue it from the last state in another "
+                    "request, or ask for a coarser grid or a larger max_estimated_error"
+                ) from None
         return [check for check, _ in done], [after for _, after in done]
 
     def _each(

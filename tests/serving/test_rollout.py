@@ -27,6 +27,7 @@ APP = "rollout"
 RECORD_EVERY = 0.5
 STREAMED = "ns-streamed"
 CHECKED = "ns-checked"
+CHECKED_1_TO_2 = "ns-checked-1-to-2"
 pytestmark = pytest.mark.ray
 
 
@@ -51,9 +52,16 @@ def trained(tmp_path_factory):
             "--arg", "hidden_channels=8", "--arg", "n_modes=[6,6]", "--quiet",
         )  # fmt: skip
     shutil.copytree(repo / "ns-1", repo / STREAMED)  # its counters count the stream test's steps only
-    # ns-1 validated: its estimates calibrated for one pass, and on fresh trajectories for three.
+    # ns-1 validated: its estimates calibrated for one pass, and on fresh trajectories for three; and a
+    # validated model that predicts two states from one.
     shutil.copytree(repo / "ns-1", repo / CHECKED)
     publish_validated(repo, CHECKED, None, 9, 1, seed=0, rollout_samples_count=9, rollout_steps=3)
+    pdeserve(
+        "train", "--data", str(data), "--model", "fno", "--repo", str(repo), "--name", CHECKED_1_TO_2,
+        "--input-steps", "1", "--output-steps", "2", "--epochs", "2", "--device", "cpu",
+        "--arg", "hidden_channels=8", "--arg", "n_modes=[6,6]", "--quiet",
+    )  # fmt: skip
+    publish_validated(repo, CHECKED_1_TO_2, None, 9, 1, seed=0, rollout_samples_count=9, rollout_steps=2)
     return load_dataset(data), repo
 
 
@@ -143,6 +151,10 @@ def test_a_rollout_held_to_an_estimated_error_continues_with_the_classical_solve
 ):
     data, _ = trained
     w0, truth = data.inputs["w0"][:2], data.outputs["w"][:2]  # the dataset's own solution, t = 0.5, 1, ...
+    # A model that predicts two states per pass, every sample fallen back from the first pass on.
+    for p, state in enumerate(client.rollout(CHECKED_1_TO_2, {"w0": w0}, 4, max_estimated_error=1e-9)):
+        assert [c.path for c in state.checks] == ["classical", "classical"]
+        np.testing.assert_allclose(state.outputs["w"], truth[:, p], rtol=0, atol=1e-4)
     plain = list(client.rollout(CHECKED, {"w0": w0}, 3))
     # A limit no surrogate state meets: every state is the classical solver's, from w0.
     strict = list(client.rollout(CHECKED, {"w0": w0}, 4, max_estimated_error=1e-9))
