@@ -31,7 +31,7 @@ import time
 import numpy as np
 import torch
 from common import write_results
-from payoff import navier_stokes_methods
+from payoff import navier_stokes_methods, plans, timed
 
 from pdeserve.datagen.dataset import load_dataset
 from pdeserve.datagen.navier_stokes import navier_stokes_reference
@@ -56,15 +56,9 @@ def rollout(model, window: list[np.ndarray], steps: int) -> list[np.ndarray]:
 
 # The payoff benchmark's classical Navier-Stokes ladder, on grids coarser than the data's.
 CLASSICAL_GRIDS = (8, 16, 32)
-CLASSICAL_TIME_STEPS = (1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2)
+CLASSICAL_TIME_STEPS = next(p for p in plans(quick=False) if p.family == "navier-stokes").time_steps
 # The relative L2 error of answering zero: a surrogate at or above it has no skill.
 NO_SKILL = 1.0
-
-
-def timed_rollout(model, window: list[np.ndarray], steps: int) -> tuple[float, list[np.ndarray]]:
-    started = time.perf_counter()
-    states = rollout(model, window, steps)
-    return time.perf_counter() - started, states
 
 
 def payoff_rows(model, params, window, reference, k: int, steps: list[int]) -> tuple[list[dict], list[dict]]:
@@ -80,13 +74,13 @@ def payoff_rows(model, params, window, reference, k: int, steps: list[int]) -> t
     surrogate_seconds = []
     rollout(model, [w[:1] for w in window], 1)  # warm-up: the served pass builds its per-grid tables
     for i in range(samples):  # interleaved: one trajectory's surrogate rollout, then its classical solves
-        elapsed, _ = timed_rollout(model, [w[i : i + 1] for w in window], horizon)
+        elapsed, _ = timed(lambda i=i: rollout(model, [w[i : i + 1] for w in window], horizon))
         surrogate_seconds.append(elapsed)
         for method in methods:
             started = time.perf_counter()
             answers[method].append(method.solve(window[-1][i : i + 1].astype(np.float64))[0])
             seconds[method].append(time.perf_counter() - started)
-    batched_seconds, predicted = timed_rollout(model, window, horizon)
+    batched_seconds, predicted = timed(lambda: rollout(model, window, horizon))
     per_pass_ms = {"b1": float(np.median(surrogate_seconds)) / horizon * 1e3}
     per_pass_ms["best"] = min(per_pass_ms["b1"], batched_seconds / samples / horizon * 1e3)
     points = []
@@ -95,9 +89,8 @@ def payoff_rows(model, params, window, reference, k: int, steps: list[int]) -> t
         method.solve(window[-1].astype(np.float64))  # all trajectories in one batch
         b1 = float(np.median(seconds[method])) * 1e3
         states = np.stack(answers[method])  # (sample, horizon, r, r)
-        with np.errstate(
-            invalid="ignore", over="ignore"
-        ):  # a step unstable over the horizon: NaN, never picked
+        # A step unstable over the horizon gives NaN errors, never picked.
+        with np.errstate(invalid="ignore", over="ignore"):
             errors = [float(relative_l2(states[:, s - 1], reference[:, k - 1 + s - 1]).mean()) for s in steps]
         points.append(
             {

@@ -110,11 +110,9 @@ def _trajectory(card: ModelCard, inputs: Mapping[str, np.ndarray], outputs: Mapp
     family, params = _family_and_parameters(card)
     if card.time_map is None:
         raise RefinementUnavailableError(f"a {card.pde} model without a time map has no start state")
-    times = family.state_times(params, card.training_resolution[-1])
-    k, m = card.time_map.input_steps, len(card.output_names)
     return _Trajectory(
         np.asarray(inputs[card.input_names[-1]], dtype=np.float64),
-        times[k : k + m] - times[k - 1],
+        _pass_offsets(card, family, params),
         _proposed(card, outputs),
     )
 
@@ -129,6 +127,18 @@ def _coarse_solve(family_name: str):
     from pdeserve.datagen import indicators
 
     return indicators.burgers_coarse if family_name == "burgers" else indicators.navier_stokes_coarse
+
+
+def _advance(family_name: str):
+    """The classical solver of a time-dependent family on its input's own grid."""
+    from pdeserve.datagen import indicators
+
+    return indicators.burgers_advance if family_name == "burgers" else indicators.navier_stokes_advance
+
+
+def has_rollout_estimate(card: ModelCard) -> bool:
+    """Whether ``card``'s rollouts can be checked (a time-mapped model of a two-solution family)."""
+    return card.time_map is not None and INDICATORS.get(card.pde) == "two-solution"
 
 
 def _helmholtz_system(params, c: np.ndarray):
@@ -202,7 +212,7 @@ def start_rollout(card: ModelCard, inputs: Mapping[str, np.ndarray]) -> RolloutC
     indicator."""
     from pdeserve.datagen import indicators
 
-    if indicator_name(card) != "two-solution" or card.time_map is None:
+    if not has_rollout_estimate(card):
         raise RefinementUnavailableError(f"{card.pde} models have no rollout estimate")
     start = np.asarray(inputs[card.input_names[-1]], dtype=np.float64)
     coarse = indicators.resample_periodic(start, indicators.coarse_side(start.shape[-1]), card.ndim)
@@ -259,11 +269,10 @@ def classical_pass(
     are those of the classical answer to a single request (:func:`refine`). The solve goes a pass at a
     time and raises ``RolloutStopped`` between passes once ``stop`` is set, so abandoned work ends within
     a pass."""
-    from pdeserve.datagen import indicators
 
     family, params = _family_and_parameters(card)
     offsets = _pass_offsets(card, family, params)
-    advance = indicators.burgers_advance if family.name == "burgers" else indicators.navier_stokes_advance
+    advance = _advance(family.name)
     # Catching up covers every pass from the exact start, this one included; a fallen-back rollout goes on.
     state, passes = (check.start, check.passes + 1) if check.classical is None else (check.classical, 1)
     for _ in range(passes):
@@ -394,10 +403,7 @@ def _refine_helmholtz(params, inputs, outputs, tolerance: float, max_iterations:
 
 
 def _classical_trajectory(card: ModelCard, name: str, params, inputs, outputs) -> Refinement:
-    from pdeserve.datagen import indicators
-
     path = _trajectory(card, inputs, outputs)
-    advance = indicators.burgers_advance if name == "burgers" else indicators.navier_stokes_advance
-    states = advance(params, path.start, path.offsets)
+    states = _advance(name)(params, path.start, path.offsets)
     answer = {output: states[j] for j, output in enumerate(card.output_names)}
     return Refinement(answer, CLASSICAL, 0, 0.0, 0.0)

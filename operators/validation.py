@@ -180,19 +180,37 @@ def calibrate(surrogate: Surrogate, x: np.ndarray, y: np.ndarray, coverage: floa
         Stated coverage, in (0, 1); needs ``n >= coverage / (1 - coverage)`` samples (9 at 0.9).
     """
     n = len(x)
-    if not 0.0 < coverage < 1.0 or n < min_samples(coverage):
-        raise ValueError(f"{n} held-out samples cannot calibrate a coverage of {coverage:g}")
+    refuse_uncalibratable(n, coverage, "held-out samples")
     card = surrogate.card
     predictions = predict_pairs(surrogate, OperatorPairs(x, y, card.inputs, card.outputs, card.time_map))
-    ratios = []
+    errors, values = [], []
     for i in range(n):
-        value = estimates.indicator(
-            card, _sample_fields(card.input_names, x[i]), _sample_fields(card.output_names, predictions[i])
+        values.append(
+            estimates.indicator(
+                card,
+                _sample_fields(card.input_names, x[i]),
+                _sample_fields(card.output_names, predictions[i]),
+            )
         )
-        error = relative_l2(predictions[i : i + 1], y[i : i + 1])
-        ratios.append(error / value if value > 0 else (0.0 if error == 0 else math.inf))
-    scale = float(np.sort(ratios)[math.ceil((n + 1) * coverage) - 1])
-    return ErrorCalibration(estimates.indicator_name(card), coverage, scale, n)
+        errors.append(relative_l2(predictions[i : i + 1], y[i : i + 1]))
+    return ErrorCalibration(
+        estimates.indicator_name(card), coverage, conformal_scale(errors, values, coverage), n
+    )
+
+
+def refuse_uncalibratable(n: int, coverage: float, what: str) -> None:
+    """``ValueError`` unless ``n`` samples (``what``) can calibrate ``coverage``, in (0, 1)."""
+    if not 0.0 < coverage < 1.0 or n < min_samples(coverage):
+        raise ValueError(f"{n} {what} cannot calibrate a coverage of {coverage:g}")
+
+
+def conformal_scale(errors: Sequence[float], indicators: Sequence[float], coverage: float) -> float:
+    """The ``ceil((n + 1) coverage)``-th smallest of ``error / indicator`` over ``n`` samples (a zero
+    indicator counts as 0 when its error is 0 too, else as infinity)."""
+    ratios = [
+        e / v if v > 0 else (0.0 if e == 0 else math.inf) for e, v in zip(errors, indicators, strict=True)
+    ]
+    return float(np.sort(ratios)[math.ceil((len(ratios) + 1) * coverage) - 1])
 
 
 def rollout_samples(surrogate: Surrogate, n_samples: int, steps: int, seed: int) -> OperatorPairs | None:
@@ -242,8 +260,7 @@ def calibrate_rollout(
         samples.
     """
     n, card = len(x), surrogate.card
-    if not 0.0 < coverage < 1.0 or n < min_samples(coverage):
-        raise ValueError(f"{n} held-out trajectories cannot calibrate a coverage of {coverage:g}")
+    refuse_uncalibratable(n, coverage, "held-out trajectories")
     m = len(card.output_names)
     steps = y.shape[1] // m
     checks = [estimates.start_rollout(card, _sample_fields(card.input_names, x[i])) for i in range(n)]
@@ -251,15 +268,14 @@ def calibrate_rollout(
     for p in range(steps):
         predicted = surrogate.forward(window)
         truth = y[:, p * m : (p + 1) * m]
-        ratios = []
+        errors, values = [], []
         for i in range(n):
             estimate, checks[i] = estimates.rollout_estimate(
                 card, checks[i], _sample_fields(card.output_names, predicted[i])
             )
-            error = relative_l2(predicted[i : i + 1], truth[i : i + 1])
-            value = estimate.indicator
-            ratios.append(error / value if value > 0 else (0.0 if error == 0 else math.inf))
-        quantiles.append(float(np.sort(ratios)[math.ceil((n + 1) * coverage) - 1]))
+            errors.append(relative_l2(predicted[i : i + 1], truth[i : i + 1]))
+            values.append(estimate.indicator)
+        quantiles.append(conformal_scale(errors, values, coverage))
         window = np.concatenate([window, predicted], axis=1)[:, -x.shape[1] :]
     return ErrorCalibration(estimates.indicator_name(card), coverage, max(quantiles), n, steps)
 
@@ -330,12 +346,9 @@ def publish_validated(
     surrogate = load_surrogate(source, name, version)
     card = surrogate.card
     # Refused before any sampling: the checks calibrate_rollout and rollout_samples would make last.
-    counts = {"samples": n_samples}
+    refuse_uncalibratable(n_samples, coverage, "samples")
     if card.time_map is not None:
-        counts["rollout trajectories"] = rollout_samples_count
-    for what, count in counts.items():
-        if not 0.0 < coverage < 1.0 or count < min_samples(coverage):
-            raise ValueError(f"{count} {what} cannot calibrate a coverage of {coverage:g}")
+        refuse_uncalibratable(rollout_samples_count, coverage, "rollout trajectories")
     if card.time_map is not None and rollout_steps < 1:
         raise ValueError(
             f"a rollout calibration needs a horizon of at least 1 forward pass, got {rollout_steps}"

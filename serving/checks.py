@@ -120,7 +120,7 @@ def requested_max_error(value: float, field: str) -> float | None:
 
 def calibrated_rollouts(card: ModelCard) -> bool:
     """Whether ``card``'s rollouts carry calibrated estimates (a fallback can be held to them)."""
-    return card.calibration is not None and estimates.INDICATORS.get(card.pde) == "two-solution"
+    return card.calibration is not None and estimates.has_rollout_estimate(card)
 
 
 def grid_validated(card: ModelCard, sides: tuple[int, ...]) -> bool:
