@@ -21,10 +21,14 @@ EXAMPLES = """examples:
 """
 
 
+# datagen's own subcommands: a family of one of these names gets no generation command.
+RESERVED = frozenset({"list", "inspect", "import", "retrain"})
+
+
 def add_datagen_commands(parser: argparse.ArgumentParser) -> None:
     """Fill ``parser`` (``pdeserve datagen`` or the ``datagen`` script) with ``list``, ``inspect``, one
-    subcommand per PDE family, and ``retrain``."""
-    from pdeserve.datagen.families import FAMILIES
+    subcommand per installed PDE family (built-in or a plugin's), and ``retrain``."""
+    from pdeserve.datagen.families import families
 
     commands = Commands(parser, dest="datagen_command")
     commands.add("list", help="list the PDE families and their options").set_defaults(func=_list)
@@ -35,7 +39,9 @@ def add_datagen_commands(parser: argparse.ArgumentParser) -> None:
     inspect.add_argument("--plot", metavar="PNG", help="write a preview of the first samples to this PNG")
     inspect.add_argument("--samples", type=int, default=3, help="samples in the preview")
     inspect.set_defaults(func=_inspect)
-    for family in FAMILIES.values():
+    for family in families().values():
+        if family.name in RESERVED or family.sample is None:
+            continue  # listed by `datagen list`, which says why it has no command
         generate = commands.add(
             family.name, help=family.description, description=family.description, epilog=EXAMPLES
         )
@@ -64,16 +70,27 @@ def add_datagen_commands(parser: argparse.ArgumentParser) -> None:
 
 
 def _list(args: argparse.Namespace) -> None:
-    from pdeserve.datagen.families import FAMILIES
+    from pdeserve.datagen.families import registry
 
-    for family in FAMILIES.values():
-        print(f"{family.name}: {family.description}")
+    found = registry()
+    for family in found.families.values():
+        origin = f"{family.origin.distribution} {family.origin.version}" if family.origin else "?"
+        print(f"{family.name}: {family.description} [from {origin}]")
+        if family.name in RESERVED:
+            print(f"  (no `datagen {family.name}` command: the name is one of datagen's own commands)")
+        elif family.sample is None:
+            print("  (no sampler: the family cannot generate data)")
         print(
             f"  inputs: {', '.join(f.name for f in family.inputs)}; "
             f"outputs: {', '.join(f.name for f in family.outputs)}"
         )
         for name, text in family.option_help.items():
             print(f"  --{name.replace('_', '-')}: {text}")
+    for broken in found.broken:
+        print(
+            f"{broken.name}: NOT LOADED [from {broken.origin.distribution} {broken.origin.version}]: "
+            f"{broken.error}"
+        )
 
 
 def _inspect(args: argparse.Namespace) -> None:

@@ -45,10 +45,10 @@ class _PdeOption:
 
 def _pde_options() -> dict[str, _PdeOption]:
     """Every PDE family's options (those of ``datagen <pde>``), by destination, each listed once."""
-    from pdeserve.datagen.families import FAMILIES
+    from pdeserve.datagen.families import families
 
     options: dict[str, _PdeOption] = {}
-    for family in FAMILIES.values():
+    for family in families().values():
         recorder = _OptionRecorder()
         family.add_options(recorder)
         for action in recorder.added:

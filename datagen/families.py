@@ -1,23 +1,31 @@
-"""The registry of PDE families the data generator knows: one place lists them and builds their data.
+"""The PDE-family contract and its registry: every family, built-in or a plugin's, is one ``PdeFamily``.
 
 A family couples a parameter dataclass (the dataset distribution, all recorded in the file), a batched
 sampler ``(parameters, resolution, rngs) -> fields`` (one generator per sample, so a sample never depends
 on its batch-mates), the coordinates of its dimensions, and a reference solver
-``(parameters, inputs) -> outputs`` that the server uses to check a surrogate on demand.
+``(parameters, inputs) -> outputs`` that the server uses to check a surrogate on demand. Optional hooks
+give what checks and compares answers: an a-posteriori ``indicator`` (e.g. from a cheaper solve, see
+:func:`two_solution_indicator`), a ``refine`` that improves an answer to a tolerance, a ``stepper`` for
+time-dependent families (the coarse solve of the two-solution estimate and the rollout fallback) and a
+``ladder`` of cheaper classical settings. A stable-step rule is a method of the parameter dataclass,
+``with_stable_time_step(side)``, used where a family is solved on a grid finer than its data's.
+
+Families are registered through the ``pdeserve.families`` entry-point group: each entry point names a
+``PdeFamily`` object, and its distribution (name and version) is the family's :class:`FamilyOrigin`.
+pdeserve registers its own four families (``builtin_families.py``) the same way, in its pyproject.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import importlib.metadata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-
-from pdeserve.datagen import burgers, darcy, helmholtz, navier_stokes
-from pdeserve.datagen.grids import UnitSquareGrid, periodic_coordinates
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,112 @@ Boundary = Literal["periodic", "dirichlet", "neumann"]
 """Kind of boundary condition of a family, for code that adapts to it (e.g. operator padding)."""
 
 
+Parameters = Any
+"""A family's parameter dataclass instance."""
+Fields = Mapping[str, np.ndarray]
+"""One sample's fields keyed by name (no batch axis), or a batch's (leading sample axis)."""
+
+
+@dataclass(frozen=True)
+class FamilyOrigin:
+    """The Python distribution that registers a family (``pdeserve`` for the built-ins).
+
+    Parameters
+    ----------
+    distribution : str
+        Distribution name, as ``pip install`` takes it.
+    version : str
+        Its installed version.
+    """
+
+    distribution: str
+    version: str
+
+
+@dataclass(frozen=True)
+class Indicator:
+    """An a-posteriori indicator of a steady family's answers, calibrated into an error estimate.
+
+    Parameters
+    ----------
+    name : str
+        Recorded in a model's calibration (e.g. ``preconditioned-residual``); a change of indicator
+        needs a new calibration.
+    score : callable
+        ``score(parameters, inputs, outputs) -> float`` for one sample (no batch axis): larger when the
+        answer is further from the solution.
+    """
+
+    name: str
+    score: Callable[[Parameters, Fields, Fields], float]
+
+
+# The paths of a refined answer (``Refined.path``).
+REFINED, CLASSICAL = "refined", "classical"
+
+
+@dataclass(frozen=True)
+class Refined:
+    """An answer improved by a family's ``refine`` hook.
+
+    Parameters
+    ----------
+    outputs : dict of str to ndarray
+        The answer, keyed by output name (one sample, no batch axis).
+    path : str
+        ``refined`` (an iterative solver from the proposed answer) or ``classical`` (a solve that
+        ignores it).
+    iterations : int
+        Solver iterations (0 for a direct solve).
+    residual : float
+        Relative residual reached (0 for the reference solve itself).
+    """
+
+    outputs: dict[str, np.ndarray]
+    path: str
+    iterations: int
+    residual: float
+
+
+@dataclass(frozen=True)
+class TimeStepper:
+    """The classical solver of a time-dependent family, as its checks use it.
+
+    Parameters
+    ----------
+    advance : callable
+        ``advance(parameters, state, offsets) -> states``: the states a time ``offsets`` after ``state``
+        (one sample, no batch axis), on ``state``'s grid; the classical answer of a rollout's fallback.
+    coarse : callable
+        ``coarse(parameters, state, offsets, side=None) -> states``: the same on the two-solution
+        estimator's coarse grid (``side`` points; by default chosen from ``state``'s grid).
+    """
+
+    advance: Callable[[Parameters, np.ndarray, np.ndarray], np.ndarray]
+    coarse: Callable[..., np.ndarray]
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One cheaper setting of a family's classical solver (a coarser grid, a larger step, a looser
+    tolerance), for comparing a surrogate with the classical solver at equal accuracy.
+
+    Parameters
+    ----------
+    label : str
+        Short name for tables (e.g. ``grid 33``).
+    settings : mapping
+        The settings, as JSON values.
+    solve : callable
+        ``solve(parameters, inputs) -> outputs`` for a batch (leading sample axis), answers on the
+        inputs' grid.
+    """
+
+    label: str
+    settings: Mapping[str, Any]
+    solve: Callable[[Parameters, Fields], dict[str, np.ndarray]]
+
+
 @dataclass(frozen=True)
 class PdeFamily:
     """A PDE family: its fields, grid, scheme and the functions that generate and solve it.
@@ -66,13 +180,26 @@ class PdeFamily:
         validates them against the output resolution and fills resolution-dependent defaults.
     coordinates : callable
         ``coordinates(parameters, resolution) -> {dim: 1D array}`` for every dimension of every field.
-    sample : callable
+    sample : callable or None
         ``sample(parameters, resolution, rngs) -> {field: array}`` draws and solves ``len(rngs)``
-        instances (leading axis), each from its own generator.
-    reference : callable
-        ``reference(parameters, inputs) -> {output: array}`` solves given inputs at their own resolution.
+        instances (leading axis), each from its own generator (None: a family known only from data).
+    reference : callable or None
+        ``reference(parameters, inputs) -> {output: array}`` solves given inputs at their own resolution
+        (None: no solver).
     option_help : mapping
         Help text of each parameter field, for the CLI.
+    indicator : Indicator, optional
+        Scores a steady family's answers (an error estimate needs one).
+    refine : callable, optional
+        ``refine(parameters, inputs, outputs, tolerance, max_iterations) -> Refined`` improves one
+        sample's answer to a relative residual of ``tolerance``; without it a refinement is the
+        reference solve.
+    stepper : TimeStepper, optional
+        A time-dependent family's solver as its two-solution estimate and rollout fallback use it.
+    ladder : callable, optional
+        ``ladder(parameters, resolution) -> [Rung, ...]``: cheaper classical settings, cheapest first.
+    origin : FamilyOrigin, optional
+        The distribution that registered it (set by the registry).
     """
 
     name: str
@@ -87,9 +214,14 @@ class PdeFamily:
     solver: str
     parameters: type
     coordinates: Callable[[Any, int], dict[str, np.ndarray]]
-    sample: Callable[[Any, int, Sequence[np.random.Generator]], dict[str, np.ndarray]]
-    reference: Callable[[Any, Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+    sample: Callable[[Any, int, Sequence[np.random.Generator]], dict[str, np.ndarray]] | None
+    reference: Callable[[Any, Mapping[str, np.ndarray]], dict[str, np.ndarray]] | None
     option_help: Mapping[str, str]
+    indicator: Indicator | None = None
+    refine: Callable[[Parameters, Fields, Fields, float, int], Refined] | None = None
+    stepper: TimeStepper | None = None
+    ladder: Callable[[Parameters, int], Sequence[Rung]] | None = None
+    origin: FamilyOrigin | None = None
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         """Add one ``--option`` per parameter field, defaulting to the dataclass default."""
@@ -117,179 +249,97 @@ class PdeFamily:
         return self.parameters(**{k: v for k, v in values.items() if k in names})
 
 
-def _unit_square_coordinates(params: Any, resolution: int) -> dict[str, np.ndarray]:
-    coords = UnitSquareGrid(resolution).coordinates
-    return {"x": coords, "y": coords}
+def two_solution_indicator(
+    coarse: Callable[[Parameters, Fields], Mapping[str, np.ndarray]], name: str = "two-solution"
+) -> Indicator:
+    """An indicator for a steady family from a cheaper solve of the same inputs: the relative L2
+    distance between the answer and ``coarse(parameters, inputs)`` (both on the answer's grid, every
+    output stacked). It estimates the answer's error when the cheap solve is much closer to the
+    solution than the answer is; the calibration then measures how the two relate."""
+
+    def score(params: Parameters, inputs: Fields, outputs: Fields) -> float:
+        cheap = coarse(params, inputs)
+        proposed = np.stack([np.asarray(outputs[k], dtype=np.float64) for k in sorted(cheap)])
+        solved = np.stack([np.asarray(cheap[k], dtype=np.float64) for k in sorted(cheap)])
+        norm = float(np.linalg.norm(solved))
+        return float(np.linalg.norm(proposed - solved)) / norm if norm > 0 else float("inf")
+
+    return Indicator(name, score)
 
 
-def _darcy_reference(
-    params: darcy.DarcyParameters, inputs: Mapping[str, np.ndarray]
-) -> dict[str, np.ndarray]:
-    a = np.asarray(inputs["a"], dtype=np.float64)
-    return {"u": darcy.solve_darcy(a, params.forcing, UnitSquareGrid(a.shape[-1]))}
+ENTRY_POINT_GROUP = "pdeserve.families"
 
 
-def _burgers_coordinates(params: burgers.BurgersParameters, resolution: int) -> dict[str, np.ndarray]:
-    return {"t": burgers.record_times(params), "x": periodic_coordinates(resolution)}
+class UnknownFamilyError(KeyError):
+    """No installed distribution registers a PDE family of this name."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
 
 
-def _burgers_reference(
-    params: burgers.BurgersParameters, inputs: Mapping[str, np.ndarray]
-) -> dict[str, np.ndarray]:
-    u0 = np.asarray(inputs["u0"], dtype=np.float64)[None]
-    params = params.on_grid(u0.shape[-1])
-    return {
-        "u": burgers.solve_burgers(u0, params.viscosity, params.time_step, burgers.record_times(params))[0]
-    }
+@dataclass(frozen=True)
+class BrokenFamily:
+    """An entry point of the group that could not be loaded (listed by ``datagen list``, never used)."""
+
+    name: str
+    origin: FamilyOrigin
+    error: str
 
 
-def _torus_coordinates(
-    params: navier_stokes.NavierStokesParameters, resolution: int
-) -> dict[str, np.ndarray]:
-    x = periodic_coordinates(resolution)
-    return {"t": navier_stokes.record_times(params), "x": x, "y": x}
+@dataclass(frozen=True)
+class Registry:
+    """The families every installed distribution registers, and the entry points that failed."""
+
+    families: Mapping[str, PdeFamily]
+    broken: tuple[BrokenFamily, ...]
 
 
-def _navier_stokes_reference(
-    params: navier_stokes.NavierStokesParameters, inputs: Mapping[str, np.ndarray]
-) -> dict[str, np.ndarray]:
-    return {"w": navier_stokes.navier_stokes_reference(params, inputs["w0"])}
+def _load(entry: importlib.metadata.EntryPoint, origin: FamilyOrigin) -> PdeFamily:
+    family = entry.load()
+    if not isinstance(family, PdeFamily):
+        raise TypeError(f"{entry.value} is a {type(family).__name__}, not a PdeFamily")
+    if family.name != entry.name:
+        raise ValueError(f"the entry point {entry.name!r} names a family called {family.name!r}")
+    return dataclasses.replace(family, origin=origin)
 
 
-def _helmholtz_reference(
-    params: helmholtz.HelmholtzParameters, inputs: Mapping[str, np.ndarray]
-) -> dict[str, np.ndarray]:
-    return {"u": helmholtz.helmholtz_reference(params, inputs["c"])}
+@functools.cache
+def registry() -> Registry:
+    """Every family registered in the ``pdeserve.families`` entry-point group (read once per process).
+
+    A plugin that fails to import, or names something that is not a ``PdeFamily``, is reported in
+    ``broken`` instead of breaking every other family; two distributions registering one name are
+    both refused (which one a model meant cannot be told)."""
+    families: dict[str, PdeFamily] = {}
+    broken: list[BrokenFamily] = []
+    claimed: dict[str, list[FamilyOrigin]] = {}
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = entry.dist
+        origin = FamilyOrigin(dist.name, dist.version) if dist is not None else FamilyOrigin("?", "?")
+        claimed.setdefault(entry.name, []).append(origin)
+        try:
+            families[entry.name] = _load(entry, origin)
+        except Exception as exc:  # a plugin's import error must not take the other families down
+            broken.append(BrokenFamily(entry.name, origin, f"{type(exc).__name__}: {exc}"))
+    for name, origins in claimed.items():
+        if len({o.distribution for o in origins}) > 1:
+            families.pop(name, None)
+            owners = ", ".join(sorted(o.distribution for o in origins))
+            broken.append(
+                BrokenFamily(name, origins[0], f"registered by more than one distribution: {owners}")
+            )
+    return Registry(dict(sorted(families.items())), tuple(broken))
 
 
-FAMILIES: dict[str, PdeFamily] = {
-    "burgers": PdeFamily(
-        name="burgers",
-        description="1D viscous Burgers u_t + (u^2/2)_x = nu u_xx, periodic on [0,1) (FNO benchmark)",
-        dims=("x",),
-        inputs=(FieldInfo("u0", "initial state, periodic Gaussian random field", ("x",)),),
-        outputs=(FieldInfo("u", "state at the recorded times", ("t", "x")),),
-        boundary="periodic",
-        grid="uniform periodic grid x_i = i / n on [0, 1)",
-        boundary_conditions="periodic",
-        scheme="Fourier pseudo-spectral, 2/3-rule dealiasing, ETDRK4 (Cox-Matthews, Kassam-Trefethen)",
-        solver="pdeserve.datagen.burgers.solve_burgers (scipy.fft)",
-        parameters=burgers.BurgersParameters,
-        coordinates=_burgers_coordinates,
-        sample=burgers.burgers_batch,
-        reference=_burgers_reference,
-        option_help={
-            "viscosity": "viscosity nu",
-            "final_time": "time of the last stored state",
-            "record_every": "store the state every this much time (unset: only the final state)",
-            "time_step": "ETDRK4 step (unset: 1e-3, halved until stable; an unstable step is refused)",
-            "solve_resolution": "points of the solver grid; stored fields are subsampled from it "
-            "(a multiple of the resolution)",
-            "sigma": "scale of the initial-state field: covariance sigma^2 (-Laplacian + tau^2)^-alpha",
-            "tau": "inverse length scale of the initial-state field",
-            "alpha": "smoothness exponent of the initial-state field",
-        },
-    ),
-    "darcy": PdeFamily(
-        name="darcy",
-        description="steady Darcy flow -div(a grad u) = f on (0,1)^2, u = 0 on the boundary (FNO benchmark)",
-        dims=("x", "y"),
-        inputs=(FieldInfo("a", "diffusion coefficient, from a Gaussian random field", ("x", "y")),),
-        outputs=(FieldInfo("u", "pressure solution of -div(a grad u) = f", ("x", "y")),),
-        boundary="dirichlet",
-        grid="uniform node-centred grid on [0, 1]^2, boundary nodes included",
-        boundary_conditions="dirichlet: u = 0 on all four sides",
-        scheme="second-order 5-point finite differences, arithmetic-mean face coefficients",
-        solver="QDLDL sparse LDL^T, symbolic factorisation reused across samples",
-        parameters=darcy.DarcyParameters,
-        coordinates=_unit_square_coordinates,
-        sample=darcy.darcy_batch,
-        reference=_darcy_reference,
-        option_help={
-            "alpha": "smoothness exponent of the Gaussian field",
-            "tau": "inverse length scale of the Gaussian field",
-            "coefficient": "piecewise: HIGH where the Gaussian field is >= 0, LOW elsewhere (benchmark); "
-            "lognormal: exp of the scaled field, spanning LOW..HIGH within two standard deviations",
-            "contrast": "coefficient levels HIGH/LOW",
-            "forcing": "constant right-hand side f",
-            "solve_resolution": "nodes per side of the solver grid; fields are subsampled from it "
-            "((solve_resolution - 1) must be a multiple of (resolution - 1); unset: the output resolution)",
-        },
-    ),
-    "navier-stokes": PdeFamily(
-        name="navier-stokes",
-        description="2D incompressible Navier-Stokes, vorticity form, on the unit torus (FNO benchmark)",
-        dims=("x", "y"),
-        inputs=(FieldInfo("w0", "initial vorticity, periodic Gaussian random field", ("x", "y")),),
-        outputs=(FieldInfo("w", "vorticity at the recorded times", ("t", "x", "y")),),
-        boundary="periodic",
-        grid="uniform periodic grid x_i = i / n on [0, 1)^2",
-        boundary_conditions="periodic",
-        scheme="Fourier pseudo-spectral, isotropic 2/3-rule dealiasing, Crank-Nicolson viscosity, "
-        "second-order Adams-Bashforth advection and forcing (CNAB2, Heun start-up step; second order)",
-        solver="pdeserve.datagen.navier_stokes.solve_navier_stokes (torch, batched, CUDA when present)",
-        parameters=navier_stokes.NavierStokesParameters,
-        coordinates=_torus_coordinates,
-        sample=navier_stokes.navier_stokes_batch,
-        reference=_navier_stokes_reference,
-        option_help={
-            "viscosity": "viscosity nu (benchmarks: 1e-3, 1e-4, 1e-5)",
-            "time_step": "largest time step (an unstable step is refused before any work)",
-            "final_time": "time of the last stored state",
-            "record_every": "store the vorticity every this much time",
-            "solve_resolution": "points per side of the solver grid; stored fields are subsampled from it "
-            "(a multiple of the resolution; unset: the resolution)",
-            "forcing_amplitude": "amplitude of f = A (sin(2 pi (x + y)) + cos(2 pi (x + y)))",
-            "alpha": "smoothness exponent of the initial-vorticity field",
-            "tau": "inverse length scale of the initial-vorticity field",
-            "sigma": "scale of the initial-vorticity field",
-        },
-    ),
-    "helmholtz": PdeFamily(
-        name="helmholtz",
-        description="Helmholtz -Lap(u) - (omega/c)^2 u = 0 on (0,1)^2, variable wave speed c, Neumann data "
-        "(de Hoop et al. 2022 benchmark)",
-        dims=("x", "y"),
-        inputs=(
-            FieldInfo(
-                "c", "wave speed c = speed_mean + speed_amplitude tanh(xi), xi a Gaussian field", ("x", "y")
-            ),
-        ),
-        outputs=(FieldInfo("u", "excitation field solving the Helmholtz problem", ("x", "y")),),
-        boundary="neumann",
-        grid="uniform node-centred grid on [0, 1]^2, boundary nodes included",
-        boundary_conditions="neumann: du/dn = 1 on the top edge where |x - source_center| <= "
-        "source_width / 2, du/dn = 0 on the rest of the boundary",
-        scheme="bilinear (Q1) finite elements on the node grid, 3x3 Gauss quadrature, wave speed "
-        "interpolated bilinearly, Neumann data integrated exactly (second order)",
-        solver="SuperLU sparse LU with threshold pivoting (scipy.sparse.linalg.splu); the matrix is "
-        "symmetric indefinite",
-        parameters=helmholtz.HelmholtzParameters,
-        coordinates=_unit_square_coordinates,
-        sample=helmholtz.helmholtz_batch,
-        reference=_helmholtz_reference,
-        option_help={
-            "omega": "angular frequency; the local wavenumber is omega / c",
-            "speed_mean": "wave speed c = SPEED_MEAN + SPEED_AMPLITUDE tanh(xi)",
-            "speed_amplitude": "wave speed c = SPEED_MEAN + SPEED_AMPLITUDE tanh(xi) (below SPEED_MEAN)",
-            "alpha": "smoothness exponent of the Gaussian field xi: covariance (-Laplacian + tau^2)^-alpha",
-            "tau": "inverse length scale of the Gaussian field xi",
-            "kl_modes": "Karhunen-Loeve modes of xi, lowest |k| first "
-            "(0: every mode the solve grid resolves)",
-            "source_center": "centre of the top-edge segment where du/dn = 1",
-            "source_width": "length of the top-edge segment where du/dn = 1",
-            "points_per_wavelength": "fewest solve-grid nodes per shortest wavelength 2 pi min(c) / omega",
-            "solve_resolution": "nodes per side of the solver grid; fields are subsampled from it "
-            "((solve_resolution - 1) must be a multiple of (resolution - 1); unset: the coarsest such grid "
-            "with --points-per-wavelength nodes per wavelength, the resolution itself at 101)",
-        },
-    ),
-}
+def families() -> Mapping[str, PdeFamily]:
+    """The installed families by name."""
+    return registry().families
 
 
 def get_family(name: str) -> PdeFamily:
-    """The family called ``name``; ``KeyError`` naming the known ones otherwise."""
+    """The family called ``name``; ``UnknownFamilyError`` (a ``KeyError``) naming the known ones otherwise."""
     try:
-        return FAMILIES[name]
+        return families()[name]
     except KeyError:
-        raise KeyError(f"unknown PDE family {name!r}; known: {', '.join(sorted(FAMILIES))}") from None
+        known = ", ".join(families()) or "none (is pdeserve installed? its families are entry points)"
+        raise UnknownFamilyError(f"unknown PDE family {name!r}; known: {known}") from None

@@ -19,9 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pdeserve.datagen.families import CLASSICAL, Refined
+from pdeserve.datagen.families import REFINED as REFINED  # the answer paths, re-exported with SURROGATE
 from pdeserve.operators.card import ErrorCalibration, ModelCard
 
-SURROGATE, REFINED, CLASSICAL = "surrogate", "refined", "classical"
+SURROGATE = "surrogate"
 
 
 @dataclass(frozen=True)
@@ -73,15 +75,6 @@ class RefinementUnavailableError(ValueError):
     """The model's PDE family has no refinement (or no indicator)."""
 
 
-# The indicator each PDE family's answers are scored with (recorded in a calibration).
-INDICATORS = {
-    "darcy": "preconditioned-residual",
-    "helmholtz": "relative-residual",
-    "burgers": "two-solution",
-    "navier-stokes": "two-solution",
-}
-
-
 def _family_and_parameters(card: ModelCard):
     from pdeserve.datagen.families import get_family
 
@@ -89,12 +82,18 @@ def _family_and_parameters(card: ModelCard):
     return family, family.parameters_from(card.pde_parameters)
 
 
+# The name of the two-solution indicator of a time-dependent family (its stepper's coarse solve).
+TWO_SOLUTION = "two-solution"
+
+
 def indicator_name(card: ModelCard) -> str:
     """The name of the indicator that scores ``card``'s answers (``RefinementUnavailableError`` if none)."""
-    try:
-        return INDICATORS[card.pde]
-    except KeyError:
-        raise RefinementUnavailableError(f"no error indicator for {card.pde} models") from None
+    family, _ = _family_and_parameters(card)
+    if card.time_map is not None and family.stepper is not None:
+        return TWO_SOLUTION
+    if card.time_map is None and family.indicator is not None:
+        return family.indicator.name
+    raise RefinementUnavailableError(f"no error indicator for {card.pde} models")
 
 
 @dataclass(frozen=True)
@@ -122,36 +121,12 @@ def _proposed(card: ModelCard, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
     return np.stack([np.asarray(outputs[name], dtype=np.float64) for name in card.output_names])
 
 
-def _coarse_solve(family_name: str):
-    """The two-solution estimator's coarse solver of a time-dependent family."""
-    from pdeserve.datagen import indicators
-
-    return indicators.burgers_coarse if family_name == "burgers" else indicators.navier_stokes_coarse
-
-
-def _advance(family_name: str):
-    """The classical solver of a time-dependent family on its input's own grid."""
-    from pdeserve.datagen import indicators
-
-    return indicators.burgers_advance if family_name == "burgers" else indicators.navier_stokes_advance
-
-
 def has_rollout_estimate(card: ModelCard) -> bool:
-    """Whether ``card``'s rollouts can be checked (a time-mapped model of a two-solution family)."""
-    return card.time_map is not None and INDICATORS.get(card.pde) == "two-solution"
-
-
-def _helmholtz_system(params, c: np.ndarray):
-    """``(matrix, load, resolved)``: the finite-element system of the Helmholtz problem on ``c``'s grid,
-    and whether the reference solves that very system (the grid resolves the wavelength, as the
-    benchmark's 101 x 101 does) rather than a finer one it subsamples."""
-    from pdeserve.datagen.grids import UnitSquareGrid
-    from pdeserve.datagen.helmholtz import HelmholtzSolver, benchmark_load
-
-    grid = UnitSquareGrid(c.shape[-1])
-    matrix = HelmholtzSolver(grid, params.omega).matrix(c).tocsr()
-    resolved = grid.n - 1 >= params.min_solve_cells() and params.solve_resolution in (None, grid.n)
-    return matrix, benchmark_load(params, grid).ravel(), resolved
+    """Whether ``card``'s rollouts can be checked (a time-mapped model of a family with a stepper)."""
+    if card.time_map is None:
+        return False
+    family, _ = _family_and_parameters(card)
+    return family.stepper is not None
 
 
 def indicator(card: ModelCard, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> float:
@@ -161,13 +136,10 @@ def indicator(card: ModelCard, inputs: Mapping[str, np.ndarray], outputs: Mappin
 
     family, params = _family_and_parameters(card)
     indicator_name(card)  # refuses a family without one
-    if family.name == "darcy":
-        return indicators.darcy_indicator(inputs["a"], outputs["u"], params.forcing)
-    if family.name == "helmholtz":
-        matrix, load, _ = _helmholtz_system(params, np.asarray(inputs["c"], dtype=np.float64))
-        return indicators.linear_residual(matrix, outputs["u"], load)
+    if card.time_map is None:
+        return float(family.indicator.score(params, inputs, outputs))
     path = _trajectory(card, inputs, outputs)
-    coarse = _coarse_solve(family.name)(params, path.start, path.offsets)
+    coarse = family.stepper.coarse(params, path.start, path.offsets)
     return indicators.two_solution(path.proposed, coarse, card.ndim)
 
 
@@ -236,7 +208,7 @@ def rollout_estimate(
 
     family, params = _family_and_parameters(card)
     offsets = _pass_offsets(card, family, params)
-    coarse = _coarse_solve(family.name)(params, check.coarse, offsets, check.coarse.shape[-1])
+    coarse = family.stepper.coarse(params, check.coarse, offsets, check.coarse.shape[-1])
     value = indicators.two_solution(_proposed(card, outputs), coarse, card.ndim)
     passes = check.passes + 1
     # Later passes' estimates extend the first's: none without it (as ModelInfo reports).
@@ -272,7 +244,7 @@ def classical_pass(
 
     family, params = _family_and_parameters(card)
     offsets = _pass_offsets(card, family, params)
-    advance = _advance(family.name)
+    advance = family.stepper.advance
     # Catching up covers every pass from the exact start, this one included; a fallen-back rollout goes on.
     state, passes = (check.start, check.passes + 1) if check.classical is None else (check.classical, 1)
     for _ in range(passes):
@@ -284,20 +256,6 @@ def classical_pass(
     return answer, dataclasses.replace(check, classical=state)
 
 
-# Inner iterations of GMRES between restarts.
-GMRES_RESTART = 50
-
-
-class _Counter:
-    """An iterative solver's callback that counts its iterations."""
-
-    def __init__(self) -> None:
-        self.iterations = 0
-
-    def __call__(self, _: object) -> None:
-        self.iterations += 1
-
-
 def refine(
     card: ModelCard,
     inputs: Mapping[str, np.ndarray],
@@ -307,12 +265,12 @@ def refine(
 ) -> Refinement:
     """Improve one sample's answer until its relative residual is at most ``tolerance``.
 
-    Darcy: conjugate gradients preconditioned by smoothed-aggregation AMG, from the answer. Helmholtz:
-    restarted GMRES preconditioned by an incomplete LU factorisation, from the answer; if it has not
-    met the tolerance within ``max_iterations``, the direct sparse LU solve (path ``classical``).
-    Burgers and Navier-Stokes: the classical solver from the last input state over the output times
-    (path ``classical``, residual 0: the answer is the reference itself; its work is fixed by the grid
-    and the dataset's time step).
+    A family with a ``refine`` hook improves the answer with it (Darcy: AMG-preconditioned conjugate
+    gradients from the answer; Helmholtz: ILU-preconditioned GMRES from the answer, the direct solve
+    when it has not met the tolerance within ``max_iterations``). Any other family answers with its
+    classical solver (path ``classical``, residual 0: the answer is the reference itself): a
+    time-mapped model from its last input state over the output times, a steady one by its reference
+    solve; that work is fixed by the grid and the family's settings.
 
     Parameters
     ----------
@@ -329,81 +287,19 @@ def refine(
         raise ValueError(f"tolerance must be in (0, 1], got {tolerance}")
     family, params = _family_and_parameters(card)
     started = time.perf_counter()
-    if family.name == "darcy":
-        answer = _refine_darcy(params, inputs, outputs, tolerance, max_iterations)
-    elif family.name == "helmholtz":
-        answer = _refine_helmholtz(params, inputs, outputs, tolerance, max_iterations)
-    elif family.name in ("burgers", "navier-stokes"):
-        answer = _classical_trajectory(card, family.name, params, inputs, outputs)
+    if card.time_map is not None:
+        if family.stepper is None:
+            raise RefinementUnavailableError(f"no refinement for {family.name} models")
+        path = _trajectory(card, inputs, outputs)
+        states = family.stepper.advance(params, path.start, path.offsets)
+        answer = Refined({name: states[j] for j, name in enumerate(card.output_names)}, CLASSICAL, 0, 0.0)
+    elif family.refine is not None:
+        answer = family.refine(params, inputs, outputs, tolerance, max_iterations)
+    elif family.reference is not None:
+        solved = family.reference(params, inputs)
+        answer = Refined({name: solved[name] for name in card.output_names}, CLASSICAL, 0, 0.0)
     else:
         raise RefinementUnavailableError(f"no refinement for {family.name} models")
-    return dataclasses.replace(answer, seconds=time.perf_counter() - started)
-
-
-def _refine_darcy(params, inputs, outputs, tolerance: float, max_iterations: int) -> Refinement:
-    import pyamg
-    import scipy.sparse.linalg as spla
-
-    from pdeserve.datagen.darcy import assemble_darcy
-    from pdeserve.datagen.grids import UnitSquareGrid
-
-    a = np.asarray(inputs["a"], dtype=np.float64)
-    if not np.all(np.isfinite(a)) or a.min() <= 0:
-        raise ValueError("the Darcy coefficient must be finite and strictly positive to refine")
-    n = a.shape[-1]
-    matrix = assemble_darcy(a, UnitSquareGrid(n)).tocsr()
-    rhs = np.full(matrix.shape[0], float(params.forcing))
-    guess = np.asarray(outputs["u"], dtype=np.float64)[1:-1, 1:-1].ravel()
-    preconditioner = pyamg.smoothed_aggregation_solver(matrix, symmetry="hermitian").aspreconditioner()
-    counter = _Counter()
-    solution, _ = spla.cg(
-        matrix, rhs, x0=guess, rtol=tolerance, maxiter=max_iterations, M=preconditioner, callback=counter
+    return Refinement(
+        answer.outputs, answer.path, answer.iterations, answer.residual, time.perf_counter() - started
     )
-    residual = float(np.linalg.norm(rhs - matrix @ solution) / np.linalg.norm(rhs))
-    u = np.zeros((n, n))
-    u[1:-1, 1:-1] = solution.reshape(n - 2, n - 2)
-    return Refinement({"u": u}, REFINED, counter.iterations, residual, 0.0)
-
-
-def _refine_helmholtz(params, inputs, outputs, tolerance: float, max_iterations: int) -> Refinement:
-    import scipy.sparse.linalg as spla
-
-    from pdeserve.datagen.helmholtz import helmholtz_reference
-    from pdeserve.datagen.indicators import linear_residual
-
-    c = np.asarray(inputs["c"], dtype=np.float64)
-    matrix, load, resolved = _helmholtz_system(params, c)
-    if not resolved:  # the reference solves a finer grid: only its solve gives the reference's answer
-        return Refinement({"u": helmholtz_reference(params, c)}, CLASSICAL, 0, 0.0, 0.0)
-    counter = _Counter()
-    try:
-        # This drop tolerance keeps the ILU of the indefinite matrix an accurate approximate inverse
-        # (GMRES then needs a few iterations); 1e-4 stalls at the benchmark's frequency.
-        factor = spla.spilu(matrix.tocsc(), drop_tol=1e-5, fill_factor=20)
-        solution, info = spla.gmres(
-            matrix,
-            load,
-            x0=np.asarray(outputs["u"], dtype=np.float64).ravel(),
-            rtol=tolerance,
-            restart=min(GMRES_RESTART, max_iterations),
-            maxiter=max(1, max_iterations // GMRES_RESTART),
-            M=spla.LinearOperator(matrix.shape, factor.solve),
-            callback=counter,
-            callback_type="pr_norm",
-        )
-    except RuntimeError:  # a singular incomplete factor
-        info = 1
-    path = REFINED
-    if info != 0 or linear_residual(matrix, solution, load) > tolerance:
-        lu = spla.splu(matrix.tocsc(), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.1)
-        solution, path = lu.solve(load), CLASSICAL
-    u = solution.reshape(c.shape)
-    residual = linear_residual(matrix, u, load)
-    return Refinement({"u": u}, path, counter.iterations if path == REFINED else 0, residual, 0.0)
-
-
-def _classical_trajectory(card: ModelCard, name: str, params, inputs, outputs) -> Refinement:
-    path = _trajectory(card, inputs, outputs)
-    states = _advance(name)(params, path.start, path.offsets)
-    answer = {output: states[j] for j, output in enumerate(card.output_names)}
-    return Refinement(answer, CLASSICAL, 0, 0.0, 0.0)

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -40,11 +41,17 @@ def test_every_command_has_help_with_examples(command):
         assert "examples:" in done.stdout, command
 
 
-def test_datagen_list_names_the_families_and_options():
+def test_datagen_list_names_the_families_their_origin_and_options():
     done = pdeserve("datagen", "list")
     assert done.returncode == 0
-    families = [line.split(":")[0] for line in done.stdout.splitlines() if not line.startswith(" ")]
-    assert families == ["burgers", "darcy", "navier-stokes", "helmholtz"]
+    heads = [line for line in done.stdout.splitlines() if not line.startswith(" ")]
+    families = [line.split(":")[0] for line in heads]
+    assert {"burgers", "darcy", "navier-stokes", "helmholtz"} <= set(families)
+    assert families == sorted(families)
+    built_in = [
+        line for line in heads if line.split(":")[0] in {"burgers", "darcy", "navier-stokes", "helmholtz"}
+    ]
+    assert all(line.endswith(f"[from pdeserve {version('pdeserve')}]") for line in built_in), built_in
     assert (
         "--solve-resolution" in done.stdout and "--viscosity" in done.stdout and "--contrast" in done.stdout
     )
@@ -89,7 +96,7 @@ def test_datagen_script_equals_pdeserve_datagen():
     ours = subprocess.run([script, "--help"], capture_output=True, text=True)
     theirs = pdeserve("datagen", "--help")
     assert ours.returncode == theirs.returncode == 0
-    choices = "{list,inspect,burgers,darcy,navier-stokes,helmholtz,retrain}"
+    choices = "{list,inspect,burgers,darcy,helmholtz,navier-stokes,retrain}"
     assert choices in " ".join(ours.stdout.split()) and choices in " ".join(theirs.stdout.split())
     refused = subprocess.run(
         [script, "darcy", "--n", "-1", "--resolution", "64", "--out", "x.h5"], capture_output=True, text=True

@@ -253,14 +253,14 @@ def test_navier_stokes_cli_file_opens_in_xarray_with_time_and_space_dims(tmp_pat
 
 
 def test_each_family_states_its_boundary_kind_as_its_recorded_conditions_begin():
-    from pdeserve.datagen.families import FAMILIES
+    from pdeserve.datagen.families import families
 
-    kinds = {name: family.boundary for name, family in FAMILIES.items()}
+    kinds = {name: family.boundary for name, family in families().items()}
     assert kinds == {
         "burgers": "periodic",
         "darcy": "dirichlet",
         "navier-stokes": "periodic",
         "helmholtz": "neumann",
     }
-    for family in FAMILIES.values():
+    for family in families().values():
         assert family.boundary_conditions.split(":")[0] == family.boundary
