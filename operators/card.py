@@ -373,6 +373,29 @@ class ErrorCalibration:
 
 
 @dataclass(frozen=True)
+class FamilySource:
+    """Where a model's PDE family comes from, so that a server can say what it lacks.
+
+    Parameters
+    ----------
+    distribution, version : str or None
+        The Python distribution that registers the family (``pdeserve`` for the built-ins) and its
+        version when the model was trained; None for a family known only from imported data, which has
+        no solver.
+    data_format : str or None
+        For imported data: the format it was imported from (``datagen import``).
+    """
+
+    distribution: str | None
+    version: str | None
+    data_format: str | None = None
+
+    @property
+    def has_solver(self) -> bool:
+        return self.distribution is not None
+
+
+@dataclass(frozen=True)
 class ValueRange:
     """The range of one input field over the training samples (answers outside it are flagged)."""
 
@@ -432,6 +455,9 @@ class ModelCard:
         indicator alone after the first pass).
     input_ranges : tuple of ValueRange
         Each input field's range over the training samples.
+    family : FamilySource or None
+        The distribution that registers the PDE family (None: a card written before it was recorded,
+        whose family is one of pdeserve's own).
     """
 
     architecture: str
@@ -457,6 +483,7 @@ class ModelCard:
     calibration: ErrorCalibration | None = None
     rollout_calibration: ErrorCalibration | None = None
     input_ranges: tuple[ValueRange, ...] = ()
+    family: FamilySource | None = None
 
     @property
     def input_names(self) -> list[str]:
@@ -479,8 +506,9 @@ class ModelCard:
         body = {"schema_version": SCHEMA_VERSION, **dataclasses.asdict(self)}
         # Written only when set (fields added within schema 2): readers that predate them still read
         # every card that does not use them.
-        if body["rollout_calibration"] is None:
-            del body["rollout_calibration"]
+        for optional in ("rollout_calibration", "family"):
+            if body[optional] is None:
+                del body[optional]
         for calibration in (body.get("calibration"), body.get("rollout_calibration")):
             if calibration is not None and calibration["steps"] == 1:
                 del calibration["steps"]
@@ -514,8 +542,10 @@ def card_from_legacy(config: Mapping[str, Any], metrics: Mapping[str, float], so
 
 
 def decode(kind: Any, value: Any, where: str) -> Any:
-    """``value`` (parsed JSON) as the annotated type ``kind``: dataclasses from objects (unknown or
-    missing keys are errors), tuples from lists, ``X | None``; ``CheckpointError`` naming ``where``."""
+    """``value`` (parsed JSON) as the annotated type ``kind``: dataclasses from objects (missing keys
+    are errors; keys it does not declare are ignored, so that a reader of schema 2 reads a card that a
+    newer writer of schema 2 extended), tuples from lists, ``X | None``; ``CheckpointError`` naming
+    ``where``."""
     origin = typing.get_origin(kind)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(kind)
@@ -528,7 +558,6 @@ def decode(kind: Any, value: Any, where: str) -> Any:
             raise CheckpointError(f"{where}: expected an object, got {type(value).__name__}")
         hints = typing.get_type_hints(kind)
         declared = {f.name: f for f in dataclasses.fields(kind)}
-        unknown = sorted(set(value) - set(declared))
         missing = sorted(
             n
             for n, f in declared.items()
@@ -536,9 +565,9 @@ def decode(kind: Any, value: Any, where: str) -> Any:
             and f.default is dataclasses.MISSING
             and f.default_factory is dataclasses.MISSING
         )
-        if unknown or missing:
-            raise CheckpointError(f"{where}: unknown fields {unknown}, missing fields {missing}")
-        arguments = {k: decode(hints[k], v, f"{where}.{k}") for k, v in value.items()}
+        if missing:
+            raise CheckpointError(f"{where}: missing fields {missing}")
+        arguments = {k: decode(hints[k], v, f"{where}.{k}") for k, v in value.items() if k in declared}
         try:
             return kind(**arguments)
         except (TypeError, ValueError) as exc:

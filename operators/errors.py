@@ -25,3 +25,9 @@ class CheckpointError(ValueError):
 class StaleParentError(RuntimeError):
     """A publish that required its parent to still be the newest version found another one newest
     (a rollback or another publish happened meanwhile); nothing was published."""
+
+
+class FamilyUnavailableError(Exception):
+    """A model's PDE family cannot be used here: the distribution that registers it is not installed,
+    or the model was trained on imported data and has no solver. The model itself still answers; what
+    needs the family's solver is refused. Not a ``ValueError``: it is no fault of the request's inputs."""

@@ -22,6 +22,7 @@ import numpy as np
 from pdeserve.datagen.families import CLASSICAL, Refined
 from pdeserve.datagen.families import REFINED as REFINED  # the answer paths, re-exported with SURROGATE
 from pdeserve.operators.card import ErrorCalibration, ModelCard
+from pdeserve.operators.family import family_and_parameters
 
 SURROGATE = "surrogate"
 
@@ -75,20 +76,13 @@ class RefinementUnavailableError(ValueError):
     """The model's PDE family has no refinement (or no indicator)."""
 
 
-def _family_and_parameters(card: ModelCard):
-    from pdeserve.datagen.families import get_family
-
-    family = get_family(card.pde)
-    return family, family.parameters_from(card.pde_parameters)
-
-
 # The name of the two-solution indicator of a time-dependent family (its stepper's coarse solve).
 TWO_SOLUTION = "two-solution"
 
 
 def indicator_name(card: ModelCard) -> str:
     """The name of the indicator that scores ``card``'s answers (``RefinementUnavailableError`` if none)."""
-    family, _ = _family_and_parameters(card)
+    family, _ = family_and_parameters(card)
     if card.time_map is not None and family.stepper is not None:
         return TWO_SOLUTION
     if card.time_map is None and family.indicator is not None:
@@ -106,7 +100,7 @@ class _Trajectory:
 
 
 def _trajectory(card: ModelCard, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]):
-    family, params = _family_and_parameters(card)
+    family, params = family_and_parameters(card)
     if card.time_map is None:
         raise RefinementUnavailableError(f"a {card.pde} model without a time map has no start state")
     return _Trajectory(
@@ -125,7 +119,7 @@ def has_rollout_estimate(card: ModelCard) -> bool:
     """Whether ``card``'s rollouts can be checked (a time-mapped model of a family with a stepper)."""
     if card.time_map is None:
         return False
-    family, _ = _family_and_parameters(card)
+    family, _ = family_and_parameters(card)
     return family.stepper is not None
 
 
@@ -134,7 +128,7 @@ def indicator(card: ModelCard, inputs: Mapping[str, np.ndarray], outputs: Mappin
     model, ``inputs`` hold its input window and ``outputs`` its predicted states."""
     from pdeserve.datagen import indicators
 
-    family, params = _family_and_parameters(card)
+    family, params = family_and_parameters(card)
     indicator_name(card)  # refuses a family without one
     if card.time_map is None:
         return float(family.indicator.score(params, inputs, outputs))
@@ -206,7 +200,7 @@ def rollout_estimate(
     """
     from pdeserve.datagen import indicators
 
-    family, params = _family_and_parameters(card)
+    family, params = family_and_parameters(card)
     offsets = _pass_offsets(card, family, params)
     coarse = family.stepper.coarse(params, check.coarse, offsets, check.coarse.shape[-1])
     value = indicators.two_solution(_proposed(card, outputs), coarse, card.ndim)
@@ -242,7 +236,7 @@ def classical_pass(
     time and raises ``RolloutStopped`` between passes once ``stop`` is set, so abandoned work ends within
     a pass."""
 
-    family, params = _family_and_parameters(card)
+    family, params = family_and_parameters(card)
     offsets = _pass_offsets(card, family, params)
     advance = family.stepper.advance
     # Catching up covers every pass from the exact start, this one included; a fallen-back rollout goes on.
@@ -285,7 +279,7 @@ def refine(
     """
     if not 0.0 < tolerance <= 1.0:
         raise ValueError(f"tolerance must be in (0, 1], got {tolerance}")
-    family, params = _family_and_parameters(card)
+    family, params = family_and_parameters(card)
     started = time.perf_counter()
     if card.time_map is not None:
         if family.stepper is None:

@@ -16,6 +16,7 @@ import numpy as np
 
 from pdeserve.datagen.dataset import LoadedDataset
 from pdeserve.operators.card import FieldSpec, ModelCard, TimeMap
+from pdeserve.operators.errors import FamilyUnavailableError
 
 
 @dataclass(frozen=True)
@@ -126,11 +127,11 @@ class RolloutTimes:
 
 def rollout_times(card: ModelCard) -> RolloutTimes:
     """The rollout time axis of a time-mapped model (``ValueError`` for a steady one)."""
-    from pdeserve.datagen.families import get_family
+    from pdeserve.operators.family import family_of
 
     if card.time_map is None:
         raise ValueError("a steady model has no time axis")
-    family = get_family(card.pde)
+    family = family_of(card)
     times = family.state_times(family.parameters_from(card.pde_parameters), card.training_resolution[-1])
     steps = np.diff(times)
     interval = float(steps[0]) if np.allclose(steps, steps[0]) else None
@@ -148,10 +149,11 @@ def reference_outputs(card: ModelCard, inputs: Mapping[str, np.ndarray]) -> dict
         One sample of each input field, without a batch axis. A time-mapped model is solved from its
         first input, the state at t = 0, and the states at its output times are returned.
     """
-    from pdeserve.datagen.families import get_family
+    from pdeserve.operators.family import family_and_parameters
 
-    family = get_family(card.pde)
-    params = family.parameters_from(card.pde_parameters)
+    family, params = family_and_parameters(card)
+    if family.reference is None:
+        raise FamilyUnavailableError(f"the PDE family {card.pde!r} has no classical solver")
     if card.time_map is None:
         solved = family.reference(params, inputs)
         return {name: solved[name] for name in card.output_names}

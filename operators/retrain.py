@@ -47,8 +47,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pdeserve.datagen.dataset import GenerationRequest, LoadedDataset, load_dataset, write_dataset
-from pdeserve.datagen.families import PdeFamily, get_family
+from pdeserve.datagen.families import PdeFamily
 from pdeserve.operators.card import DatasetRecord, Gate, HeldOut, Lineage
+from pdeserve.operators.family import family_of
 from pdeserve.operators.lineage import dataset_record, lineage_data
 from pdeserve.operators.settings import TrainingSettings
 
@@ -252,7 +253,7 @@ def retrain(options: RetrainOptions, log: Callable[[str], None] = lambda line: N
     total = sum(r.n_samples for r, _ in old)
     log(f"{owner}: {total} samples in {len(old)} dataset(s) of its lineage, fingerprints verified")
 
-    family = get_family(card.pde)
+    family = family_of(card)
     parameters = generation_parameters(family, card.pde_parameters, options.overrides)
     seed = options.seed
     if seed is None:

@@ -24,7 +24,14 @@ import torch
 
 from pdeserve.datagen.dataset import LoadedDataset
 from pdeserve.operators import validation
-from pdeserve.operators.card import ChannelStats, DatasetSummary, ModelCard, Normalizers, TimeMap
+from pdeserve.operators.card import (
+    ChannelStats,
+    DatasetSummary,
+    FamilySource,
+    ModelCard,
+    Normalizers,
+    TimeMap,
+)
 from pdeserve.operators.checkpoint import save_weights
 from pdeserve.operators.distributed import Distributed
 from pdeserve.operators.evaluation import evaluate, relative_l2
@@ -63,6 +70,15 @@ def channel_stats(x: np.ndarray) -> ChannelStats:
         mean=tuple(x.mean(axis=axes, dtype=np.float64).tolist()),
         std=tuple(x.std(axis=axes, dtype=np.float64).tolist()),
     )
+
+
+def family_source(data: LoadedDataset) -> FamilySource:
+    """Where ``data``'s family comes from: the distribution that registers it, or, for imported data
+    (no registered family, no solver), the format it was imported from."""
+    origin = data.family.origin
+    if origin is not None:
+        return FamilySource(origin.distribution, origin.version)
+    return FamilySource(None, None, str(data.attrs.get("source_format", "unknown")))
 
 
 def prepare(
@@ -117,6 +133,7 @@ def prepare(
         pdeserve_version=version("pdeserve"),
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         time_map=pairs.time_map,
+        family=family_source(data),
     )
     return TrainingRun(pairs, parts, config, card, family.boundary == "periodic")
 

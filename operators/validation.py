@@ -117,10 +117,10 @@ def fresh_samples(family, params, side: int, n_samples: int, seed: int) -> Loade
 
 def validation_samples(surrogate: Surrogate, side: int, n_samples: int, seed: int) -> OperatorPairs:
     """Fresh operator pairs for ``surrogate`` at ``side`` (its family's sampler and classical solver)."""
-    from pdeserve.datagen.families import get_family
+    from pdeserve.operators.family import family_of
 
     card = surrogate.card
-    family = get_family(card.pde)
+    family = family_of(card)
     params = _parameters_at(
         family, family.parameters_from(card.pde_parameters), card.training_resolution[-1], side
     )
@@ -217,14 +217,14 @@ def rollout_samples(surrogate: Surrogate, n_samples: int, steps: int, seed: int)
     """Fresh trajectories at the training side for ``steps`` forward passes of a rollout: ``x`` the
     exact input window, ``y`` the exact states of every pass in order (``(sample, steps * M, *grid)``);
     None for a steady model or one whose states are not evenly spaced (it has no rollout time axis)."""
-    from pdeserve.datagen.families import get_family
+    from pdeserve.operators.family import family_of
 
     card = surrogate.card
     if card.time_map is None or rollout_times(card).interval is None:
         return None
     if steps < 1:
         raise ValueError(f"a rollout calibration needs a horizon of at least 1 forward pass, got {steps}")
-    family = get_family(card.pde)
+    family = family_of(card)
     side = card.training_resolution[-1]
     interval = rollout_times(card).interval
     k, m = card.time_map.input_steps, len(card.output_names)

@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import grpc
 
-from pdeserve.operators.errors import CheckpointError, InvalidInputError
+from pdeserve.operators.errors import CheckpointError, FamilyUnavailableError, InvalidInputError
 from pdeserve.operators.repository import ModelNotFoundError
 
 logger = logging.getLogger("pdeserve")
@@ -78,6 +78,7 @@ KNOWN_FAILURES: dict[type[Exception], type[RequestError]] = {
     InvalidInputError: InvalidArgument,
     ModelNotFoundError: NotFound,
     CheckpointError: FailedPrecondition,  # a damaged checkpoint is refused, never run
+    FamilyUnavailableError: FailedPrecondition,  # the family's plugin is not installed, or it has no solver
 }
 
 
