@@ -1,7 +1,9 @@
 """Lineage: which dataset files a published version was fit on, and checking that they still are.
 
-A lineage entry (:class:`~pdeserve.operators.card.DatasetRecord`) names the file (relative to the model
-repository when inside it, absolute otherwise), its content fingerprint (``LoadedDataset.fingerprint``:
+A lineage entry (:class:`~pdeserve.operators.card.DatasetRecord`) names the file by a path relative to the
+model repository (``data/x.h5`` beside a ``models`` repository is ``../data/x.h5``: never an absolute path
+of the machine that trained it, so a clone of the repository and its data resolves it), its content
+fingerprint (``LoadedDataset.fingerprint``:
 sha256 of the arrays, so re-compressing a file does not change it) and its split counts
 ``n_train, n_validation, n_test`` (the samples lie in that order). ``pdeserve train`` records one entry
 for its ``--data`` file, a retrain one per dataset.
@@ -40,7 +42,8 @@ class LineageError(ValueError):
 
 
 def dataset_path(record: DatasetRecord, repo: str | os.PathLike) -> Path:
-    """The file of ``record``, resolving a repository-relative path against ``repo``."""
+    """The file of ``record``, resolving its repository-relative path against ``repo`` (an absolute
+    path, as cards written before paths were portable hold, is taken as it is)."""
     path = Path(record.path)
     return path if path.is_absolute() else Path(repo) / path
 
@@ -93,9 +96,8 @@ def dataset_record(
 
 
 def recorded_path(path: str | os.PathLike, repo: str | os.PathLike) -> str:
-    """``path`` as a lineage records it: relative to ``repo`` when it lies inside it, else absolute."""
-    location, root = Path(path).resolve(), Path(repo).resolve()
-    return str(location.relative_to(root) if location.is_relative_to(root) else location)
+    """``path`` as a lineage records it: relative to ``repo`` (POSIX separators), wherever it lies."""
+    return Path(os.path.relpath(Path(path).resolve(), Path(repo).resolve())).as_posix()
 
 
 def train_lineage(

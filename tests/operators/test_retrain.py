@@ -44,7 +44,9 @@ def template(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture
 def repo(template, tmp_path) -> Path:
+    """A copy of the template's repository and its data, laid out alike (lineage paths are relative)."""
     shutil.copytree(template[0], tmp_path / "repo")
+    shutil.copy(template[1], tmp_path / template[1].name)
     return tmp_path / "repo"
 
 
@@ -57,7 +59,7 @@ def test_train_records_its_data_file_in_the_lineage(template):
     loaded = load_dataset(data)
     parameters = {"alpha": 2.0, "coefficient": "piecewise", "contrast": "12/3", "forcing": 1.0, "tau": 3.0}
     assert entry == DatasetRecord(
-        path=str(data.resolve()),
+        path="../darcy32.h5",
         fingerprint=loaded.fingerprint(),
         n_train=36,
         n_validation=0,
@@ -209,7 +211,8 @@ def test_a_model_without_lineage_needs_its_own_data_file(template, bundled_repo,
     summary = DatasetSummary(fingerprint=fingerprint, n_samples=40, n_train=34, n_test=4)
     [(record, _)] = lineage_data(legacy.replace(dataset=summary), "x v1", tmp_path, template[1])
     assert (record.n_train, record.n_validation, record.n_test, record.seed) == (34, 2, 4, 0)
-    assert record.path == str(template[1].resolve()) and record.fingerprint == fingerprint
+    assert not Path(record.path).is_absolute() and record.fingerprint == fingerprint
+    assert (tmp_path / record.path).resolve() == template[1].resolve()
     with pytest.raises(LineageError, match="--data is only for versions published before"):
         lineage_data(read_card(template[0] / NAME / "1"), "t", tmp_path, "x.h5")
 

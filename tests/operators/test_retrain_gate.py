@@ -35,7 +35,9 @@ def template(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def repo(template, tmp_path) -> Path:
+    """A copy of the template's repository and its data, laid out alike (lineage paths are relative)."""
     shutil.copytree(template, tmp_path / "repo")
+    shutil.copy(template.parent / "darcy17.h5", tmp_path / "darcy17.h5")
     return tmp_path / "repo"
 
 
