@@ -52,7 +52,10 @@ def add_models_command(commands: Commands) -> None:
         description="Draw fresh samples from the model's PDE distribution, solve them classically, "
         "calibrate the error estimate (split conformal) at the training grid and measure the error "
         "across grid sides; publish the same weights with this card as the next version (lineage "
-        "mode validate).",
+        "mode validate). A model without a classical solver (trained on imported data) gets the "
+        "solver-free estimate instead, calibrated on half the held-out split of the training data its "
+        "lineage records (the file is read back and checked by fingerprint) and its coverage measured "
+        "on the other half.",
         epilog=EXAMPLES,
     )
     validate.add_argument("name", help="model name")
@@ -159,9 +162,27 @@ def _rollback(args: argparse.Namespace) -> None:
 
 
 def _validate(args: argparse.Namespace) -> None:
+    from pdeserve.operators.errors import FamilyUnavailableError
     from pdeserve.operators.validation import publish_validated
 
-    version, card = publish_validated(
+    try:
+        version, card = _publish_validated(args, publish_validated)
+    except FamilyUnavailableError as exc:  # one line, like every expected failure
+        raise LookupError(f"cannot validate {args.name}: {exc}") from None
+    free = card.solver_free
+    if card.validation is None and free is not None:
+        print(
+            f"published {args.name} version {version}: version {card.lineage.parent}'s weights; solver-free "
+            f"error estimate {free.scale:.3g} x {free.indicator} at {free.coverage:.0%} stated coverage "
+            f"({free.n_samples} held-out samples), {free.measured_coverage:.1%} measured on "
+            f"{free.n_test} others"
+        )
+        return
+    _print_validated(args, version, card)
+
+
+def _publish_validated(args: argparse.Namespace, publish_validated):
+    return publish_validated(
         args.repo,
         args.name,
         args.version,
@@ -179,6 +200,9 @@ def _validate(args: argparse.Namespace) -> None:
             if value is not None
         },
     )
+
+
+def _print_validated(args: argparse.Namespace, version: str, card) -> None:
     low, high = card.validation.validated_range()
     calibration, rollout = card.calibration, card.rollout_calibration
     print(

@@ -373,6 +373,60 @@ class ErrorCalibration:
 
 
 @dataclass(frozen=True)
+class SolverFreeCalibration:
+    """An error estimate that needs no solver: the input's distance from the training inputs, scaled
+    split-conformally on held-out pairs (``operators/solver_free_estimate.py``).
+
+    Parameters
+    ----------
+    indicator : str
+        The difficulty function it scales (``input-distance``).
+    coverage : float
+        Stated probability that the true relative L2 error is at most the estimate.
+    scale : float
+        The estimate is ``scale * indicator``: the conformal quantile of ``error / indicator`` over the
+        ``n_samples`` calibration pairs.
+    n_samples : int
+        Held-out pairs it was calibrated on.
+    measured_coverage : float
+        Fraction of ``n_test`` other held-out pairs whose error was at most their estimate.
+    n_test : int
+        Held-out pairs the coverage was measured on (none of them calibrated it).
+    statistics : Weights
+        The safetensors file in the version's folder (and its sha256) holding the training inputs'
+        principal directions and projections.
+    coarse_side : int
+        Grid side each input channel is averaged to before projection.
+    neighbours : int
+        Nearest training inputs whose mean distance the indicator takes.
+    floor : float
+        Added to every indicator (a fraction of the training inputs' typical neighbour distance), so
+        that an input equal to a training input still gets a positive estimate.
+    distance_limit : float
+        Inputs whose distance is above it (the calibration pairs' 99th percentile) are flagged.
+    band : tuple of int
+        Wavenumbers (cycles per domain, lowest and highest) whose share of an input channel's energy
+        is compared with ``band_limits``.
+    band_limits : tuple of float
+        Per input channel, the training inputs' 99th percentile of that share (above it: flagged).
+    """
+
+    indicator: str
+    coverage: float
+    scale: float
+    n_samples: int
+    measured_coverage: float
+    n_test: int
+    statistics: Weights
+    coarse_side: int
+    neighbours: int
+    floor: float
+    distance_limit: float
+    band: tuple[int, ...]
+    band_limits: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class FamilySource:
     """Where a model's PDE family comes from, so that a server can say what it lacks.
 
@@ -458,6 +512,9 @@ class ModelCard:
     family : FamilySource or None
         The distribution that registers the PDE family (None: a card written before it was recorded,
         whose family is one of pdeserve's own).
+    solver_free : SolverFreeCalibration or None
+        An error estimate that needs no solver (None: not calibrated); served when the family's own
+        estimate cannot be.
     """
 
     architecture: str
@@ -484,6 +541,7 @@ class ModelCard:
     rollout_calibration: ErrorCalibration | None = None
     input_ranges: tuple[ValueRange, ...] = ()
     family: FamilySource | None = None
+    solver_free: SolverFreeCalibration | None = None
 
     @property
     def input_names(self) -> list[str]:
@@ -506,7 +564,7 @@ class ModelCard:
         body = {"schema_version": SCHEMA_VERSION, **dataclasses.asdict(self)}
         # Written only when set (fields added within schema 2): readers that predate them still read
         # every card that does not use them.
-        for optional in ("rollout_calibration", "family"):
+        for optional in ("rollout_calibration", "family", "solver_free"):
             if body[optional] is None:
                 del body[optional]
         for calibration in (body.get("calibration"), body.get("rollout_calibration")):

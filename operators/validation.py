@@ -11,6 +11,9 @@
 - :func:`calibrate_rollout`: the same for the estimate along a time-mapped model's rollout, over a
   horizon of forward passes on fresh trajectories.
 - :func:`input_ranges`: each input field's range over the training samples.
+- :func:`calibrate_without_solver`: for a model without a classical solver (trained on imported data),
+  the solver-free estimate (``operators/solver_free_estimate.py``) calibrated on the held-out split of
+  the training data its lineage records, its coverage measured on other held-out pairs.
 - :func:`publish_validated`: all of them for a published version, republished with the same weights.
 
 Fresh samples come from seed sequences ``[VALIDATION_STREAM, seed, side, i]``; datasets use
@@ -23,13 +26,15 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 
 from pdeserve.datagen.dataset import LoadedDataset
-from pdeserve.operators import estimates
+from pdeserve.operators import estimates, solver_free_estimate
 from pdeserve.operators.card import (
     ErrorCalibration,
     Lineage,
@@ -40,7 +45,7 @@ from pdeserve.operators.card import (
     ValueRange,
 )
 from pdeserve.operators.evaluation import predict_pairs, relative_l2
-from pdeserve.operators.pairs import OperatorPairs, operator_pairs, rollout_times
+from pdeserve.operators.pairs import OperatorPairs, operator_pairs, rollout_times, stack_fields
 from pdeserve.operators.resolution import ResolutionRule
 from pdeserve.operators.surrogate import Surrogate
 
@@ -345,6 +350,10 @@ def publish_validated(
     version, source = repository.resolve(name, version)
     surrogate = load_surrogate(source, name, version)
     card = surrogate.card
+    lineage = _validated_lineage(card, version, command)
+    if card.family is not None and not card.family.has_solver:
+        calibrated = calibrate_without_solver(surrogate, repo, f"{name} v{version}", coverage)
+        return _republish_with_statistics(repository, name, source, card.replace(lineage=lineage), calibrated)
     # Refused before any sampling: the checks calibrate_rollout and rollout_samples would make last.
     refuse_uncalibratable(n_samples, coverage, "samples")
     if card.time_map is not None:
@@ -354,17 +363,6 @@ def publish_validated(
             f"a rollout calibration needs a horizon of at least 1 forward pass, got {rollout_steps}"
         )
     calibration_pairs = validation_samples(surrogate, card.training_resolution[-1], n_samples, seed)
-    lineage = dataclasses.replace(
-        card.lineage or Lineage(mode="validate"),
-        mode="validate",
-        parent=version,
-        parent_weights_sha256=card.weights.sha256 if card.weights else None,
-        command=tuple(command),
-        gate=None,
-        rollback_of=None,
-        replaces=None,
-        published_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    )
     trajectories = rollout_samples(surrogate, rollout_samples_count, rollout_steps, seed + 2)
     card = card.replace(
         calibration=calibrate(surrogate, calibration_pairs.x, calibration_pairs.y, coverage),
@@ -377,3 +375,82 @@ def publish_validated(
     )
 
     return repository.republish(name, version, card), card
+
+
+def _validated_lineage(card: ModelCard, version: str, command: Sequence[str]) -> Lineage:
+    """The lineage of ``card``'s version validated and republished (mode ``validate``)."""
+    return dataclasses.replace(
+        card.lineage or Lineage(mode="validate"),
+        mode="validate",
+        parent=version,
+        parent_weights_sha256=card.weights.sha256 if card.weights else None,
+        command=tuple(command),
+        gate=None,
+        rollback_of=None,
+        replaces=None,
+        published_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def held_out_split(
+    card: ModelCard, repo: str | os.PathLike, owner: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(x_train, x_held, y_held)``: the training inputs and the held-out (test) pairs of every dataset
+    of ``card``'s lineage, read back through the recorded paths (relative to the repository ``repo``)
+    and checked by fingerprint (``lineage.LineageError`` when missing or changed). ``owner`` names the
+    model in messages."""
+    from pdeserve.operators.lineage import LineageError, recorded_datasets, verified_dataset
+
+    records = recorded_datasets(card)
+    if records is None:
+        raise LineageError(
+            f"{owner} records no training data in its lineage: its solver-free estimate is calibrated "
+            "on the held-out split of that data"
+        )
+    x_train, x_held, y_held = [], [], []
+    for record in records:
+        data = verified_dataset(record, repo, owner)
+        if card.time_map is None:
+            x, y = stack_fields(data.inputs, card.input_names), stack_fields(data.outputs, card.output_names)
+        else:
+            pairs = operator_pairs(data, card.time_map)
+            x, y = pairs.x, pairs.y
+        train, _, test = record.parts()
+        x_train.append(x[train])
+        x_held.append(x[test])
+        y_held.append(y[test])
+    return np.concatenate(x_train), np.concatenate(x_held), np.concatenate(y_held)
+
+
+def calibrate_without_solver(
+    surrogate: Surrogate, repo: str | os.PathLike, owner: str, coverage: float = 0.9
+) -> solver_free_estimate.Calibrated:
+    """The solver-free estimate of ``surrogate`` calibrated on the first half of its lineage's held-out
+    pairs (:func:`held_out_split`) and its coverage measured on the second half."""
+    card = surrogate.card
+    x_train, x_held, y_held = held_out_split(card, repo, owner)
+    predictions = predict_pairs(
+        surrogate, OperatorPairs(x_held, y_held, card.inputs, card.outputs, card.time_map)
+    )
+    errors = solver_free_estimate.sample_errors(predictions, y_held)
+    return solver_free_estimate.calibrate(card, x_train, x_held, errors, coverage)
+
+
+def _republish_with_statistics(
+    repository, name: str, source: Path, card: ModelCard, calibrated: solver_free_estimate.Calibrated
+) -> tuple[str, ModelCard]:
+    """Publish ``source``'s files again (weights byte for byte) with the solver-free statistics and
+    ``card`` holding their calibration, as the next version; the version and its card."""
+    from pdeserve.operators.repository import write_card
+
+    written: list[ModelCard] = []
+
+    def write(folder: Path) -> None:
+        shutil.copytree(source, folder, dirs_exist_ok=True)
+        record = calibrated.statistics.save(folder)
+        written.append(
+            card.replace(solver_free=dataclasses.replace(calibrated.calibration, statistics=record))
+        )
+        write_card(folder, written[0])
+
+    return repository.publish(name, write), written[0]
