@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import threading
@@ -51,11 +50,9 @@ from grpc_health.v1 import health_pb2
 from ray import serve
 
 from pdeserve.operators import estimates
-from pdeserve.operators.card import FieldSpec, ModelCard
 from pdeserve.operators.errors import CheckpointError, InvalidInputError
 from pdeserve.operators.evaluation import relative_l2
-from pdeserve.operators.pairs import RolloutTimes, rollout_times
-from pdeserve.operators.registry import make_config
+from pdeserve.operators.pairs import RolloutTimes
 from pdeserve.operators.repository import ModelNotFoundError, ModelRepository
 from pdeserve.operators.surrogate import Surrogate, load_surrogate
 from pdeserve.protos.v1 import solver_pb2 as pb
@@ -74,7 +71,9 @@ from pdeserve.serving.checks import (
     requested_tolerance,
 )
 from pdeserve.serving.errors import DeadlineExceeded, FailedPrecondition, NotFound, ResourceExhausted
+from pdeserve.serving.family import rollout_axis
 from pdeserve.serving.metrics import Metrics
+from pdeserve.serving.model_info import model_info
 from pdeserve.serving.options import ServingOptions, replica_environment
 from pdeserve.serving.rpc import Call, response_types, rpc, streaming_rpc
 from pdeserve.serving.serve_config import DEPLOYMENT_LOGGING_CONFIG
@@ -108,51 +107,6 @@ METRICS_FLUSH_S = 1.0
 WEDGED_AFTER_S = 120.0
 
 
-def _field_specs(fields: tuple[FieldSpec, ...], shape: list[int]) -> list[pb.FieldSpec]:
-    return [
-        pb.FieldSpec(name=f.name, description=f.description, shape=shape, dtype=pb.DTYPE_FLOAT32)
-        for f in fields
-    ]
-
-
-def model_info(name: str, version: str, card: ModelCard, versions: list[str]) -> pb.ModelInfo:
-    """The ``ModelInfo`` message describing version ``version`` of model ``name`` from its card."""
-    rule = make_config(card.architecture, card.arguments).resolutions()
-    shape = list(card.training_resolution)
-    info = pb.ModelInfo(
-        name=name,
-        version=version,
-        versions=versions,
-        architecture=card.architecture,
-        pde=card.pde,
-        pde_parameters_json=json.dumps(card.pde_parameters, sort_keys=True),
-        inputs=_field_specs(card.inputs, shape),
-        outputs=_field_specs(card.outputs, shape),
-        min_resolution=rule.minimum,
-        max_resolution=rule.maximum,
-        resolution_multiple=rule.multiple,
-        metrics={k: float(v) for k, v in card.metrics.items()},
-        dataset_fingerprint=card.dataset.fingerprint,
-        created_at=card.created_at,
-        parameter_count=card.parameter_count,
-        input_ranges=[pb.ValueRange(name=r.name, low=r.low, high=r.high) for r in card.input_ranges],
-    )
-    if card.validation is not None:
-        info.side_errors.extend(
-            pb.SideError(side=s.side, relative_l2=s.relative_l2, n_samples=s.n_samples)
-            for s in card.validation.sides
-        )
-        info.validated_min_side, info.validated_max_side = card.validation.validated_range()
-        info.validation_max_factor = card.validation.max_factor
-    if card.calibration is not None:
-        info.estimate_coverage = card.calibration.coverage
-        info.error_indicator = card.calibration.indicator
-        info.calibration_samples = card.calibration.n_samples
-        if card.time_map is not None:
-            info.rollout_calibrated_passes = (card.rollout_calibration or card.calibration).steps
-    return info
-
-
 def _decode(request: pb.SolveRequest | pb.RolloutRequest) -> dict[str, np.ndarray]:
     return {name: from_tensor(tensor, name) for name, tensor in request.inputs.items()}
 
@@ -170,7 +124,7 @@ def _time_axis(surrogate: Surrogate) -> RolloutTimes:
             f"{surrogate.output_names}); Rollout needs a model trained on trajectory data with "
             "--input-steps/--output-steps: use Solve for this one"
         )
-    return rollout_times(surrogate.card)
+    return rollout_axis(surrogate.card)  # from the card's channel names when the family is missing
 
 
 def request_points(stacked: np.ndarray) -> int:
@@ -309,7 +263,7 @@ class SolverService:
         self.options = ServingOptions(**(options or {}))
         self.auth_token = self.options.resolved_auth_token()
         self.metrics = Metrics()
-        self.checker = Checker()  # estimates and refinements, on threads of their own
+        self.checker = Checker(self.repository)  # estimates and refinements, on threads of their own
         from pdeserve.serving import oip  # here, not at the top: see serving/oip.py
 
         self.oip = oip
@@ -485,7 +439,7 @@ class SolverService:
         bound_points(request_points(stacked), MAX_REQUEST_POINTS, "the request")
         outputs = _split(surrogate.output_names, await self._forward(surrogate, stacked), batched)
         call.forward_ms = (time.perf_counter() - call.started) * 1e3
-        checks = await self.checker.check(surrogate.card, inputs, outputs, batched, tolerance)
+        checks = await self.checker.check(surrogate, inputs, outputs, batched, tolerance)
         self._count(call, surrogate, checks)
         return surrogate, inputs, answer(surrogate.card, inputs, outputs, batched, checks, tolerance)
 

@@ -8,24 +8,38 @@ a classical solver cannot take (a non-positive coefficient, an amplitude its tim
 resolve) is an invalid argument, for the estimate, a refinement and the reference solve alike. A model
 whose PDE has no indicator yet answers without an estimate; a request for a tolerance on such a model is
 refused (it asked for a guarantee the server cannot give).
+
+A model without its classical solver here (its family's distribution is not installed, or it was trained
+on imported data) answers with its solver-free estimate when its card has one
+(``operators/solver_free_estimate.py``, loaded once per version beside the weights), else without an
+estimate; so does a model whose family's estimate is not calibrated. What needs the solver (a tolerance,
+the reference solve, a rollout held to an estimated error) is FAILED_PRECONDITION saying what is
+missing. Each sample's check lists why its inputs lie outside the training data (its range, and with a
+solver-free calibration its spectrum and distance).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import dataclasses
 import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pdeserve.operators import estimates
 from pdeserve.operators.card import ModelCard
+from pdeserve.operators.errors import FamilyUnavailableError
+from pdeserve.operators.family import family_of
 from pdeserve.operators.pairs import reference_outputs
+from pdeserve.operators.repository import ModelRepository
+from pdeserve.operators.solver_free_estimate import SolverFreeEstimator, load_estimator
 from pdeserve.protos.v1 import solver_pb2 as pb
 from pdeserve.serving.errors import (
     DeadlineExceeded,
@@ -33,6 +47,9 @@ from pdeserve.serving.errors import (
     InvalidArgument,
     ResourceExhausted,
 )
+
+if TYPE_CHECKING:
+    from pdeserve.operators.surrogate import Surrogate
 
 # Threads of a replica that compute estimates and refinements (apart from its torch thread).
 CHECK_THREADS = 2
@@ -50,6 +67,11 @@ PATHS = {
     estimates.REFINED: pb.ANSWER_PATH_REFINED,
     estimates.CLASSICAL: pb.ANSWER_PATH_CLASSICAL,
 }
+# Where an estimate comes from: the family's indicator, or the solver-free estimate.
+INDICATOR, SOLVER_FREE = "indicator", "solver-free"
+METHODS = {INDICATOR: pb.ESTIMATE_METHOD_INDICATOR, SOLVER_FREE: pb.ESTIMATE_METHOD_SOLVER_FREE}
+# Solver-free estimators a replica keeps loaded (small: principal directions and projections).
+ESTIMATORS_PER_REPLICA = 32
 
 
 @dataclass(frozen=True)
@@ -70,6 +92,10 @@ class SampleCheck:
         Relative residual of the answer, when the request asked for a tolerance.
     refine_seconds : float
         Time spent refining (0 when not refined).
+    method : str
+        Where the estimate comes from: ``indicator`` (the family's) or ``solver-free``.
+    out_of_distribution : tuple of str
+        Why the sample's inputs lie outside the training data (empty when they do not).
     """
 
     outputs: dict[str, np.ndarray]
@@ -78,13 +104,19 @@ class SampleCheck:
     iterations: int = 0
     residual: float | None = None
     refine_seconds: float = 0.0
+    method: str = INDICATOR
+    out_of_distribution: tuple[str, ...] = ()
 
     def message(self) -> pb.AnswerCheck:
         """The ``AnswerCheck`` of this sample (non-finite numbers are left absent)."""
         check = pb.AnswerCheck(
-            path=PATHS[self.path], refine_iterations=self.iterations, refine_ms=self.refine_seconds * 1e3
+            path=PATHS[self.path],
+            refine_iterations=self.iterations,
+            refine_ms=self.refine_seconds * 1e3,
+            out_of_distribution=self.out_of_distribution,
         )
         if self.estimate is not None:
+            check.estimate_method = METHODS[self.method]
             if math.isfinite(self.estimate.indicator):
                 check.indicator = self.estimate.indicator
             relative_l2 = self.estimate.relative_l2
@@ -119,7 +151,9 @@ def requested_max_error(value: float, field: str) -> float | None:
 
 
 def calibrated_rollouts(card: ModelCard) -> bool:
-    """Whether ``card``'s rollouts carry calibrated estimates (a fallback can be held to them)."""
+    """Whether ``card``'s rollouts carry calibrated estimates (a fallback can be held to them);
+    ``FamilyUnavailableError`` naming what is missing when this server lacks the model's family."""
+    family_of(card)
     return card.calibration is not None and estimates.has_rollout_estimate(card)
 
 
@@ -133,8 +167,13 @@ def grid_validated(card: ModelCard, sides: tuple[int, ...]) -> bool:
 
 def out_of_range_inputs(card: ModelCard, inputs: Mapping[str, np.ndarray]) -> list[str]:
     """Names of the inputs with a value outside the field's range over the training samples."""
+    return [r.name for r in _out_of_range(card, inputs)]
+
+
+def _out_of_range(card: ModelCard, inputs: Mapping[str, np.ndarray]) -> list:
+    """The training ranges (``ValueRange``) that a value of ``inputs`` lies outside."""
     return [
-        r.name
+        r
         for r in card.input_ranges
         if r.name in inputs and (np.min(inputs[r.name]) < r.low or np.max(inputs[r.name]) > r.high)
     ]
@@ -174,34 +213,55 @@ def finite(arrays: Mapping[str, np.ndarray], work: str) -> dict[str, np.ndarray]
 
 def classical_reference(card: ModelCard, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The classical solver's answer for one sample (``reference_outputs``); ``InvalidArgument`` for an
-    input the solver cannot take or whose solution it does not resolve."""
+    input the solver cannot take or whose solution it does not resolve, ``FailedPrecondition`` for a
+    model without its solver here."""
     try:
         solved = reference_outputs(card, inputs)
+    except FamilyUnavailableError as exc:
+        raise FailedPrecondition(f"no classical reference: {exc}") from None
     except SOLVER_REFUSALS as exc:
         raise refused_input(exc) from None
     return finite(solved, "the reference solve")
 
 
 def estimate(
-    card: ModelCard, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]
-) -> estimates.Estimate | None:
-    """The answer's estimate; None when the model's PDE has no indicator (or is unknown to this server),
-    ``InvalidArgument`` for an input the indicator's solver cannot take."""
+    card: ModelCard,
+    inputs: Mapping[str, np.ndarray],
+    outputs: Mapping[str, np.ndarray],
+    solver_free: SolverFreeEstimator | None = None,
+) -> SampleCheck:
+    """The surrogate's answer checked: the family's estimate when it is calibrated here, else the
+    solver-free one when the model has it, else the family's indicator alone, or none (no indicator, or
+    no family here); ``InvalidArgument`` for an input the indicator's solver cannot take. The check
+    lists why the inputs lie outside the training data."""
     try:
         estimates.indicator_name(card)  # before the PDE family is looked up
-        return estimates.estimate(card, inputs, outputs)
-    except estimates.RefinementUnavailableError:
-        return None
+        found = estimates.estimate(card, inputs, outputs)
+    except (estimates.RefinementUnavailableError, FamilyUnavailableError):
+        found = None
     except ValueError as exc:
         raise refused_input(exc) from None
+    reasons = [
+        f"{r.name}: values outside its training range [{r.low:g}, {r.high:g}]"
+        for r in _out_of_range(card, inputs)
+    ]
+    if solver_free is None:
+        return SampleCheck(dict(outputs), found, out_of_distribution=tuple(reasons))
+    flagged = solver_free.check(inputs)
+    reasons.extend(flagged.reasons)
+    if found is not None and found.relative_l2 is not None:
+        return SampleCheck(dict(outputs), found, out_of_distribution=tuple(reasons))
+    calibration = solver_free.calibration
+    free = estimates.Estimate(flagged.indicator, calibration.scale * flagged.indicator, calibration.coverage)
+    return SampleCheck(dict(outputs), free, method=SOLVER_FREE, out_of_distribution=tuple(reasons))
 
 
 def start_rollout(card: ModelCard, inputs: Mapping[str, np.ndarray]) -> estimates.RolloutCheck | None:
     """The check of one sample's rollout from its exact input window; None when the model's PDE has no
-    rollout estimate."""
+    rollout estimate (or is not installed here)."""
     try:
         return estimates.start_rollout(card, inputs)
-    except estimates.RefinementUnavailableError:
+    except (estimates.RefinementUnavailableError, FamilyUnavailableError):
         return None
 
 
@@ -242,27 +302,27 @@ def check_sample(
     outputs: dict[str, np.ndarray],
     tolerance: float | None,
     max_iterations: int,
+    solver_free: SolverFreeEstimator | None = None,
 ) -> SampleCheck:
     """One sample's check: with a tolerance, the answer is refined until its relative residual meets it
     (an answer that already does stays the surrogate's); then the estimate of the returned answer."""
     if tolerance is None:
-        return SampleCheck(outputs, estimate(card, inputs, outputs))
+        return estimate(card, inputs, outputs, solver_free)
     try:
         refined = estimates.refine(card, inputs, outputs, tolerance, max_iterations)
-    except estimates.RefinementUnavailableError as exc:
+    except (estimates.RefinementUnavailableError, FamilyUnavailableError) as exc:
         raise FailedPrecondition(f"cannot refine to a tolerance: {exc}") from None
     except SOLVER_REFUSALS as exc:
         raise refused_input(exc) from None
     finite(refined.outputs, "refining the answer")
     if refined.iterations == 0 and refined.path == estimates.REFINED:  # met it already
-        return SampleCheck(outputs, estimate(card, inputs, outputs), residual=refined.residual)
-    return SampleCheck(
-        refined.outputs,
-        estimate(card, inputs, refined.outputs),
-        refined.path,
-        refined.iterations,
-        refined.residual,
-        refined.seconds,
+        return dataclasses.replace(estimate(card, inputs, outputs, solver_free), residual=refined.residual)
+    return dataclasses.replace(
+        estimate(card, inputs, refined.outputs, solver_free),
+        path=refined.path,
+        iterations=refined.iterations,
+        residual=refined.residual,
+        refine_seconds=refined.seconds,
     )
 
 
@@ -285,26 +345,58 @@ def bound_classical_work(per_sample: int, total: int, instead: str) -> None:
 
 
 class Checker:
-    """Runs the checks of a replica's answers on :data:`CHECK_THREADS` threads."""
+    """Runs the checks of a replica's answers on :data:`CHECK_THREADS` threads.
 
-    def __init__(self) -> None:
+    Parameters
+    ----------
+    repository : ModelRepository, optional
+        Where the versions' solver-free statistics are read from (None: no solver-free estimates).
+    """
+
+    def __init__(self, repository: ModelRepository | None = None) -> None:
         self._pool = ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="pdeserve-check")
+        self._repository = repository
+        self._estimators: collections.OrderedDict[tuple[str, str], SolverFreeEstimator | None] = (
+            collections.OrderedDict()
+        )
+
+    def _load_estimator(self, surrogate: Surrogate) -> SolverFreeEstimator | None:
+        if self._repository is None or surrogate.card.solver_free is None:
+            return None
+        folder = self._repository.resolve(surrogate.name, surrogate.version)[1]
+        return load_estimator(folder, surrogate.card)
+
+    async def solver_free(self, surrogate: Surrogate) -> SolverFreeEstimator | None:
+        """The solver-free estimator of ``surrogate``'s version (None when its card has none), read once
+        on the pool and kept for the :data:`ESTIMATORS_PER_REPLICA` most recently used versions;
+        ``CheckpointError`` when its statistics file is damaged."""
+        key = (surrogate.name, surrogate.version)
+        if key not in self._estimators:
+            loaded = await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._load_estimator, surrogate
+            )
+            self._estimators[key] = loaded
+            while len(self._estimators) > ESTIMATORS_PER_REPLICA:
+                self._estimators.popitem(last=False)
+        self._estimators.move_to_end(key)
+        return self._estimators[key]
 
     async def check(
         self,
-        card: ModelCard,
+        surrogate: Surrogate,
         inputs: Mapping[str, np.ndarray],
         outputs: Mapping[str, np.ndarray],
         batched: bool,
         tolerance: float | None,
     ) -> list[SampleCheck]:
-        """Every sample's check, in the batch's order. With a tolerance, ``ResourceExhausted`` above the
-        size limits and ``DeadlineExceeded`` past the time limit (the solver's iterations are bounded
-        too, so abandoned work ends)."""
+        """Every sample's check of ``surrogate``'s answer, in the batch's order. With a tolerance,
+        ``ResourceExhausted`` above the size limits and ``DeadlineExceeded`` past the time limit (the
+        solver's iterations are bounded too, so abandoned work ends)."""
         if tolerance is not None:
             bound_refinement(outputs, batched)
         pairs = zip(samples(inputs, batched), samples(outputs, batched), strict=True)
-        work = self._each(check_sample, card, pairs, tolerance, MAX_REFINE_ITERATIONS)
+        solver_free = await self.solver_free(surrogate)
+        work = self._each(check_sample, surrogate.card, pairs, tolerance, MAX_REFINE_ITERATIONS, solver_free)
         if tolerance is None:
             return list(await work)
         try:

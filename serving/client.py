@@ -50,6 +50,11 @@ class AnswerCheck:
         for a tolerance.
     refine_ms : float
         Milliseconds the server spent refining it.
+    estimate_method : str
+        ``indicator`` (the PDE family's), ``solver-free`` (the inputs' distance from the training
+        inputs) or ``""`` without an estimate.
+    out_of_distribution : tuple of str
+        Why the sample's inputs lie outside the model's training data (empty when they do not).
     """
 
     estimated_relative_l2: float | None
@@ -59,6 +64,8 @@ class AnswerCheck:
     refine_iterations: int
     residual: float | None
     refine_ms: float
+    estimate_method: str = ""
+    out_of_distribution: tuple[str, ...] = ()
 
     @classmethod
     def from_message(cls, message: pb.AnswerCheck) -> AnswerCheck:
@@ -72,6 +79,13 @@ class AnswerCheck:
             refine_iterations=message.refine_iterations,
             residual=message.residual if message.HasField("residual") else None,
             refine_ms=message.refine_ms,
+            estimate_method=""
+            if message.estimate_method == pb.ESTIMATE_METHOD_UNSPECIFIED
+            else pb.EstimateMethod.Name(message.estimate_method)
+            .removeprefix("ESTIMATE_METHOD_")
+            .lower()
+            .replace("_", "-"),
+            out_of_distribution=tuple(message.out_of_distribution),
         )
 
 

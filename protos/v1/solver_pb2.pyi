@@ -19,6 +19,12 @@ class AnswerPath(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ANSWER_PATH_SURROGATE: _ClassVar[AnswerPath]
     ANSWER_PATH_REFINED: _ClassVar[AnswerPath]
     ANSWER_PATH_CLASSICAL: _ClassVar[AnswerPath]
+
+class EstimateMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ESTIMATE_METHOD_UNSPECIFIED: _ClassVar[EstimateMethod]
+    ESTIMATE_METHOD_INDICATOR: _ClassVar[EstimateMethod]
+    ESTIMATE_METHOD_SOLVER_FREE: _ClassVar[EstimateMethod]
 DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT32: DType
 DTYPE_FLOAT64: DType
@@ -26,6 +32,9 @@ ANSWER_PATH_UNSPECIFIED: AnswerPath
 ANSWER_PATH_SURROGATE: AnswerPath
 ANSWER_PATH_REFINED: AnswerPath
 ANSWER_PATH_CLASSICAL: AnswerPath
+ESTIMATE_METHOD_UNSPECIFIED: EstimateMethod
+ESTIMATE_METHOD_INDICATOR: EstimateMethod
+ESTIMATE_METHOD_SOLVER_FREE: EstimateMethod
 
 class Tensor(_message.Message):
     __slots__ = ("shape", "dtype", "data")
@@ -59,7 +68,7 @@ class SolveRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., inputs: _Optional[_Mapping[str, Tensor]] = ..., reference: _Optional[bool] = ..., tolerance: _Optional[float] = ...) -> None: ...
 
 class AnswerCheck(_message.Message):
-    __slots__ = ("estimated_relative_l2", "indicator", "coverage", "path", "refine_iterations", "residual", "refine_ms")
+    __slots__ = ("estimated_relative_l2", "indicator", "coverage", "path", "refine_iterations", "residual", "refine_ms", "estimate_method", "out_of_distribution")
     ESTIMATED_RELATIVE_L2_FIELD_NUMBER: _ClassVar[int]
     INDICATOR_FIELD_NUMBER: _ClassVar[int]
     COVERAGE_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +76,8 @@ class AnswerCheck(_message.Message):
     REFINE_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     RESIDUAL_FIELD_NUMBER: _ClassVar[int]
     REFINE_MS_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATE_METHOD_FIELD_NUMBER: _ClassVar[int]
+    OUT_OF_DISTRIBUTION_FIELD_NUMBER: _ClassVar[int]
     estimated_relative_l2: float
     indicator: float
     coverage: float
@@ -74,7 +85,9 @@ class AnswerCheck(_message.Message):
     refine_iterations: int
     residual: float
     refine_ms: float
-    def __init__(self, estimated_relative_l2: _Optional[float] = ..., indicator: _Optional[float] = ..., coverage: _Optional[float] = ..., path: _Optional[_Union[AnswerPath, str]] = ..., refine_iterations: _Optional[int] = ..., residual: _Optional[float] = ..., refine_ms: _Optional[float] = ...) -> None: ...
+    estimate_method: EstimateMethod
+    out_of_distribution: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, estimated_relative_l2: _Optional[float] = ..., indicator: _Optional[float] = ..., coverage: _Optional[float] = ..., path: _Optional[_Union[AnswerPath, str]] = ..., refine_iterations: _Optional[int] = ..., residual: _Optional[float] = ..., refine_ms: _Optional[float] = ..., estimate_method: _Optional[_Union[EstimateMethod, str]] = ..., out_of_distribution: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SolveResponse(_message.Message):
     __slots__ = ("model", "version", "outputs", "reference_outputs", "reference_relative_l2", "inference_ms", "checks", "grid_validated", "out_of_range_inputs")
@@ -170,7 +183,7 @@ class ValueRange(_message.Message):
     def __init__(self, name: _Optional[str] = ..., low: _Optional[float] = ..., high: _Optional[float] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "versions", "architecture", "pde", "pde_parameters_json", "inputs", "outputs", "min_resolution", "max_resolution", "resolution_multiple", "metrics", "dataset_fingerprint", "created_at", "parameter_count", "side_errors", "validated_min_side", "validated_max_side", "validation_max_factor", "estimate_coverage", "error_indicator", "calibration_samples", "input_ranges", "rollout_calibrated_passes")
+    __slots__ = ("name", "version", "versions", "architecture", "pde", "pde_parameters_json", "inputs", "outputs", "min_resolution", "max_resolution", "resolution_multiple", "metrics", "dataset_fingerprint", "created_at", "parameter_count", "side_errors", "validated_min_side", "validated_max_side", "validation_max_factor", "estimate_coverage", "error_indicator", "calibration_samples", "input_ranges", "rollout_calibrated_passes", "has_solver", "solver_unavailable_reason", "solver_free_estimate")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -202,6 +215,9 @@ class ModelInfo(_message.Message):
     CALIBRATION_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     INPUT_RANGES_FIELD_NUMBER: _ClassVar[int]
     ROLLOUT_CALIBRATED_PASSES_FIELD_NUMBER: _ClassVar[int]
+    HAS_SOLVER_FIELD_NUMBER: _ClassVar[int]
+    SOLVER_UNAVAILABLE_REASON_FIELD_NUMBER: _ClassVar[int]
+    SOLVER_FREE_ESTIMATE_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     versions: _containers.RepeatedScalarFieldContainer[str]
@@ -226,7 +242,24 @@ class ModelInfo(_message.Message):
     calibration_samples: int
     input_ranges: _containers.RepeatedCompositeFieldContainer[ValueRange]
     rollout_calibrated_passes: int
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., architecture: _Optional[str] = ..., pde: _Optional[str] = ..., pde_parameters_json: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., min_resolution: _Optional[int] = ..., max_resolution: _Optional[int] = ..., resolution_multiple: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., dataset_fingerprint: _Optional[str] = ..., created_at: _Optional[str] = ..., parameter_count: _Optional[int] = ..., side_errors: _Optional[_Iterable[_Union[SideError, _Mapping]]] = ..., validated_min_side: _Optional[int] = ..., validated_max_side: _Optional[int] = ..., validation_max_factor: _Optional[float] = ..., estimate_coverage: _Optional[float] = ..., error_indicator: _Optional[str] = ..., calibration_samples: _Optional[int] = ..., input_ranges: _Optional[_Iterable[_Union[ValueRange, _Mapping]]] = ..., rollout_calibrated_passes: _Optional[int] = ...) -> None: ...
+    has_solver: bool
+    solver_unavailable_reason: str
+    solver_free_estimate: SolverFreeEstimate
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., architecture: _Optional[str] = ..., pde: _Optional[str] = ..., pde_parameters_json: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., min_resolution: _Optional[int] = ..., max_resolution: _Optional[int] = ..., resolution_multiple: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., dataset_fingerprint: _Optional[str] = ..., created_at: _Optional[str] = ..., parameter_count: _Optional[int] = ..., side_errors: _Optional[_Iterable[_Union[SideError, _Mapping]]] = ..., validated_min_side: _Optional[int] = ..., validated_max_side: _Optional[int] = ..., validation_max_factor: _Optional[float] = ..., estimate_coverage: _Optional[float] = ..., error_indicator: _Optional[str] = ..., calibration_samples: _Optional[int] = ..., input_ranges: _Optional[_Iterable[_Union[ValueRange, _Mapping]]] = ..., rollout_calibrated_passes: _Optional[int] = ..., has_solver: _Optional[bool] = ..., solver_unavailable_reason: _Optional[str] = ..., solver_free_estimate: _Optional[_Union[SolverFreeEstimate, _Mapping]] = ...) -> None: ...
+
+class SolverFreeEstimate(_message.Message):
+    __slots__ = ("indicator", "coverage", "measured_coverage", "test_samples", "calibration_samples")
+    INDICATOR_FIELD_NUMBER: _ClassVar[int]
+    COVERAGE_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_COVERAGE_FIELD_NUMBER: _ClassVar[int]
+    TEST_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    indicator: str
+    coverage: float
+    measured_coverage: float
+    test_samples: int
+    calibration_samples: int
+    def __init__(self, indicator: _Optional[str] = ..., coverage: _Optional[float] = ..., measured_coverage: _Optional[float] = ..., test_samples: _Optional[int] = ..., calibration_samples: _Optional[int] = ...) -> None: ...
 
 class RolloutRequest(_message.Message):
     __slots__ = ("model", "version", "inputs", "steps", "max_estimated_error")
