@@ -15,13 +15,16 @@ Sample ``i`` is drawn from ``SeedSequence([seed, i])``, so the data do not depen
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
+import functools
 import hashlib
 import json
 import multiprocessing
 import os
+import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -30,7 +33,7 @@ from typing import Any
 import h5netcdf
 import numpy as np
 
-from pdeserve.datagen.families import PdeFamily, get_family
+from pdeserve.datagen.families import FieldInfo, PdeFamily, get_family
 
 SCHEMA_VERSION = 1
 _GENERATION_KEY = "generation_key"
@@ -246,15 +249,21 @@ def write_dataset(
             raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
         partial = out.with_name(out.name + ".partial")
         _fill(request, partial, workers, ray_address, chunk_size, progress)
-        with open(partial, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(partial, out)
-        directory = os.open(out.parent, os.O_RDONLY)  # and the rename itself
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        publish_file(partial, out)
     return out
+
+
+def publish_file(partial: Path, out: Path) -> None:
+    """Flush the complete ``partial`` to disk and rename it to ``out`` (then flush the rename), so that
+    ``out`` never names a half-written file."""
+    with open(partial, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(partial, out)
+    directory = os.open(out.parent, os.O_RDONLY)  # and the rename itself
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def _fill(
@@ -322,6 +331,10 @@ class LoadedDataset:
 
     @property
     def family(self) -> PdeFamily:
+        """The file's PDE family: the registered one of its ``pde`` name, or for an imported file
+        (one with ``source_format``) the data-only family its attributes describe."""
+        if "source_format" in self.attrs:
+            return data_only_family(self.attrs)
         return get_family(self.attrs["pde"])
 
     @property
@@ -345,6 +358,75 @@ class LoadedDataset:
 
 def _as_list(value: Any) -> list[str]:
     return [str(v) for v in np.atleast_1d(value)]
+
+
+def data_only_family(attrs: Mapping[str, Any]) -> PdeFamily:
+    """The family of an imported file (``pdeserve datagen import``), from its root attributes: its fields
+    and dimensions, and a parameter dataclass holding the scalars recorded from the source; no sampler,
+    no solver, no hooks, no origin. Every field is a steady map over ``spatial_dims`` (windows of a
+    trajectory are separate channels), so operator pairs treat it as Darcy's. One object per distinct
+    set of attributes, so that its parameters compare equal across reads."""
+    return _data_only_family(
+        str(attrs["pde"]),
+        str(attrs.get("description", "")),
+        tuple(_as_list(attrs["input_fields"])),
+        tuple(_as_list(attrs["output_fields"])),
+        tuple(_as_list(attrs["spatial_dims"])),
+        str(attrs["boundary"]),
+        str(attrs.get("boundary_conditions", "")),
+        str(attrs["parameters_json"]),
+        str(attrs.get("source_variables", "{}")),
+    )
+
+
+def _data_only_coordinates(parameters: Any, resolution: int) -> dict[str, np.ndarray]:
+    raise ValueError(
+        "a data-only family has no grid of its own: its coordinates are the variables of its file"
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _data_only_family(
+    name: str,
+    description: str,
+    inputs: tuple[str, ...],
+    outputs: tuple[str, ...],
+    dims: tuple[str, ...],
+    boundary: str,
+    boundary_conditions: str,
+    parameters_json: str,
+    source_variables: str,
+) -> PdeFamily:
+    values = json.loads(parameters_json)
+    parameters = dataclasses.make_dataclass(
+        "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", name)) + "Parameters",
+        [(key, type(value), dataclasses.field(default=value)) for key, value in values.items()],
+        frozen=True,
+        namespace={"as_dict": lambda self: dataclasses.asdict(self)},
+    )
+    sources = json.loads(source_variables)
+
+    def field(field_name: str) -> FieldInfo:
+        text = sources.get(field_name, {}).get("description", f"{field_name}, imported")
+        return FieldInfo(field_name, text, dims)
+
+    return PdeFamily(
+        name=name,
+        description=description,
+        dims=dims,
+        inputs=tuple(field(n) for n in inputs),
+        outputs=tuple(field(n) for n in outputs),
+        boundary=boundary,  # type: ignore[arg-type]
+        grid="the source file's",
+        boundary_conditions=boundary_conditions,
+        scheme="none: data imported from another code",
+        solver="none",
+        parameters=parameters,
+        coordinates=_data_only_coordinates,
+        sample=None,
+        reference=None,
+        option_help={},
+    )
 
 
 def load_dataset(path: str | os.PathLike) -> LoadedDataset:

@@ -233,8 +233,9 @@ def record_checks(
     surrogate: Surrogate, data: LoadedDataset, sweep_samples: int, seed: int, coverage: float = 0.9
 ) -> ModelCard:
     """The surrogate's card with what it promises about its errors, measured before publishing: the
-    resolution sweep (``sweep_samples`` fresh samples per side; 0 skips it), the indicator's calibration
-    on the held-out test split (None when it has fewer samples than ``coverage`` needs) and each
+    resolution sweep (``sweep_samples`` fresh samples per side; 0, or a family without a sampler, skips
+    it), the indicator's calibration on the held-out test split (None when it has fewer samples than
+    ``coverage`` needs, or the family no indicator) and each
     input's range over the training split (``operators/validation.py``).
 
     Parameters
@@ -251,16 +252,21 @@ def record_checks(
         Stated coverage of the error estimate.
     """
     card = surrogate.card
+    family = data.family
     pairs = operator_pairs(data, card.time_map)
     n, n_test = card.dataset.n_samples, card.dataset.n_test
     x_test, y_test = pairs.x[n - n_test : n], pairs.y[n - n_test : n]
+    # A family without an indicator (imported data: no solver at all) has nothing to calibrate, and one
+    # without a sampler no fresh samples for the sweep.
+    scored = family.stepper is not None if card.time_map is not None else family.indicator is not None
     calibration = (
         validation.calibrate(surrogate, x_test, y_test, coverage)
-        if n_test >= validation.min_samples(coverage)
+        if scored and n_test >= validation.min_samples(coverage)
         else None
     )
+    sweep = sweep_samples if family.sample is not None else 0
     return card.replace(
-        validation=validation.validate_resolutions(surrogate, sweep_samples, seed) if sweep_samples else None,
+        validation=validation.validate_resolutions(surrogate, sweep, seed) if sweep else None,
         calibration=calibration,
         input_ranges=validation.input_ranges(card.input_names, pairs.x[: card.dataset.n_train]),
     )
