@@ -39,6 +39,7 @@ def add_datagen_commands(parser: argparse.ArgumentParser) -> None:
     inspect.add_argument("--plot", metavar="PNG", help="write a preview of the first samples to this PNG")
     inspect.add_argument("--samples", type=int, default=3, help="samples in the preview")
     inspect.set_defaults(func=_inspect)
+    _add_import(commands)
     for family in families().values():
         if family.name in RESERVED or family.sample is None:
             continue  # listed by `datagen list`, which says why it has no command
@@ -67,6 +68,94 @@ def add_datagen_commands(parser: argparse.ArgumentParser) -> None:
         family.add_options(generate)
         generate.set_defaults(func=_generate, family=family.name)
     add_retrain_command(commands)
+
+
+IMPORT_EXAMPLES = """examples:
+  pdeserve datagen import pdebench 2D_DarcyFlow_beta1.0_Train.hdf5 --out darcy-beta1.h5 --name pdebench-darcy
+  pdeserve datagen import auto 1D_Burgers_Sols_Nu0.001.hdf5 --out burgers.h5 --input-steps 2
+  pdeserve datagen import the-well shear_flow_Reynolds_1e4.hdf5 --out shear.h5 --name shear-flow
+  pdeserve datagen import fno-mat piececonst_r421_N1024_smooth1.mat --out fno-darcy.h5 --name fno-darcy
+  pdeserve datagen import fno-mat ns_V1e-3_N5000_T50.mat --out ns.h5 --name fno-ns --input-steps 10
+  pdeserve datagen import neuraloperator-pt darcy_train_16.pt --out darcy16.h5 --name no-darcy16
+  pdeserve datagen import xarray sim.nc --inputs k --outputs p --sample-dim run --out sim.h5 --name my-sim
+  pdeserve train --data darcy-beta1.h5 --model fno --repo models --name pdebench-darcy-fno
+"""
+
+
+def _add_import(commands: Commands) -> None:
+    from pdeserve.datagen.importers import FORMATS
+
+    command = commands.add(
+        "import",
+        help="convert a file another code wrote (The Well, PDEBench, FNO .mat, neuraloperator .pt, xarray)",
+        description="Convert a dataset file in a format the field uses into a pdeserve dataset, streaming "
+        "it in chunks of samples, and record the source's format, sha256, variables and file name. Time "
+        "series become windows: the states at steps t-K+1..t (inputs u@t-1, u@t, ...) map to the state at "
+        "t+1 (output u@t+1). The imported dataset has no sampler or solver of its own: models trained on it "
+        "are checked against its data only.",
+        epilog=IMPORT_EXAMPLES,
+    )
+    command.add_argument(
+        "format", choices=("auto", *FORMATS), help="the source's format (auto: from the file)"
+    )
+    command.add_argument("source", help="the file to import")
+    command.add_argument("--out", required=True, help="output HDF5 file")
+    command.add_argument(
+        "--name", help="dataset (family) name recorded as its pde, e.g. pdebench-darcy (default: from SOURCE)"
+    )
+    command.add_argument(
+        "--inputs",
+        type=_names,
+        metavar="VAR[=FIELD],...",
+        help="source variables that become inputs (xarray: required; others: instead of the format's own)",
+    )
+    command.add_argument("--outputs", type=_names, metavar="VAR[=FIELD],...", help="as --inputs, for outputs")
+    command.add_argument(
+        "--input-steps", type=int, default=1, help="time series: states in each input window"
+    )
+    command.add_argument("--sample-dim", default="sample", help="xarray: the dimension that indexes samples")
+    command.add_argument(
+        "--boundary",
+        choices=("periodic", "dirichlet", "neumann"),
+        help="boundary kind, instead of what the file says (non-periodic sources default to dirichlet)",
+    )
+    command.add_argument("--chunk-size", type=int, default=32, help="samples read and written at a time")
+    command.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    command.add_argument("--quiet", action="store_true", help="no progress bar")
+    command.set_defaults(func=_import)
+
+
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated variable names, got {text!r}")
+    return names
+
+
+def _import(args: argparse.Namespace) -> None:
+    import h5netcdf
+    import numpy as np
+
+    from pdeserve.datagen.importers import ImportOptions, import_file
+
+    options = ImportOptions(args.inputs, args.outputs, args.input_steps, args.sample_dim, args.boundary)
+    path = import_file(
+        args.format,
+        args.source,
+        args.out,
+        args.name,
+        options,
+        overwrite=args.overwrite,
+        chunk_size=args.chunk_size,
+        progress=not args.quiet,
+    )
+    with h5netcdf.File(path, "r") as f:
+        attrs = {k: f.attrs[k] for k in ("pde", "n_samples", "input_fields", "output_fields")}
+    print(
+        f"wrote {attrs['n_samples']} {attrs['pde']} samples from {Path(args.source).name} to {path} "
+        f"(inputs {', '.join(np.atleast_1d(attrs['input_fields']))}; "
+        f"outputs {', '.join(np.atleast_1d(attrs['output_fields']))})"
+    )
 
 
 def _list(args: argparse.Namespace) -> None:

@@ -91,12 +91,12 @@ def test_errors_are_one_line_and_non_zero(tmp_path, args, code, message):
 
 
 def test_datagen_script_equals_pdeserve_datagen():
-    """The installed ``datagen`` script has every ``pdeserve datagen`` subcommand, retrain included."""
+    """The installed ``datagen`` script has every ``pdeserve datagen`` subcommand (import, retrain too)."""
     script = Path(sys.executable).with_name("datagen")
     ours = subprocess.run([script, "--help"], capture_output=True, text=True)
     theirs = pdeserve("datagen", "--help")
     assert ours.returncode == theirs.returncode == 0
-    choices = "{list,inspect,burgers,darcy,helmholtz,navier-stokes,retrain}"
+    choices = "{list,inspect,import,burgers,darcy,helmholtz,navier-stokes,retrain}"
     assert choices in " ".join(ours.stdout.split()) and choices in " ".join(theirs.stdout.split())
     refused = subprocess.run(
         [script, "darcy", "--n", "-1", "--resolution", "64", "--out", "x.h5"], capture_output=True, text=True
