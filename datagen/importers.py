@@ -585,5 +585,8 @@ def import_file(
     if fmt not in READERS:
         raise ValueError(f"unknown format {format!r}; known: auto, {', '.join(FORMATS)}")
     with contextlib.ExitStack() as stack:
-        found = READERS[fmt](path, options or ImportOptions(), stack)
+        options = options or ImportOptions()
+        found = READERS[fmt](path, options, stack)
+        if options.input_steps != 1 and "input_steps" not in found.extra:
+            raise ValueError(f"--input-steps applies to time series; {path.name} holds input/output pairs")
         return write_import(found, out, name, overwrite=overwrite, chunk_size=chunk_size, progress=progress)

@@ -314,6 +314,10 @@ def sample_map(
 def _coordinates(
     dims: Sequence[str], grid: Sequence[int], given: Mapping[str, np.ndarray] | None
 ) -> dict[str, np.ndarray]:
+    if not 1 <= len(grid) <= 3 or len(dims) != len(grid):
+        raise ValueError(
+            f"a grid of shape {tuple(grid)} and dimensions {tuple(dims)}: 1 to 3 named axes expected"
+        )
     coords = {}
     for dim, size in zip(dims, grid, strict=True):
         values = None if given is None else given.get(dim)

@@ -281,6 +281,18 @@ def test_malformed_files_get_one_line_naming_what_is_wrong(tmp_path, capsys):
             "1 input steps need at least 2 states",
         ),
         (
+            "pdebench",
+            lambda p: _h5(p, tensor=np.ones((2, 3, 2, 2, 2, 2))),
+            None,
+            "a grid of shape (2, 2, 2, 2) and dimensions ('x', 'y', 'z'): 1 to 3 named axes expected",
+        ),
+        (
+            "pdebench",
+            pdebench_darcy,
+            ImportOptions(input_steps=2),
+            "--input-steps applies to time series; bad.src holds input/output pairs",
+        ),
+        (
             "fno-mat",
             lambda p: matlab_v73(p, {"a": np.ones((2, 4, 4)), "u": np.ones((2, 5, 4, 3))}),
             None,
