@@ -8,7 +8,8 @@
 #   docker build --build-arg MODELS=path/to/repo .                     another model repository baked in
 #   docker build --target runtime -t pdeserve:0.1.0-slim .             no models: mount a repository
 #                                                                       at /models (the Helm chart does)
-# Then: docker run -p 9000:9000 pdeserve:0.1.0   (HEALTHCHECK asks grpc.health.v1 on port 9000).
+# Then: docker run --restart on-failure -p 9000:9000 pdeserve:0.1.0 (HEALTHCHECK asks grpc.health.v1 on
+# port 9000; pdeserve serve exits non-zero when the application cannot serve, for the restart policy).
 
 ARG RAY_IMAGE=rayproject/ray:2.60.0-py311-cpu
 

@@ -13,6 +13,7 @@ from pdeserve.serving.options import (
     DEFAULT_GRPC_PORT,
     DEFAULT_HTTP_PORT,
     DEFAULT_METRICS_PORT,
+    DEFAULT_UNHEALTHY_EXIT_S,
     ServingOptions,
     listen_host,
 )
@@ -77,6 +78,15 @@ def add_serve_commands(commands: Commands) -> None:
         help="replicas of the service (default: one per CPU this process may use, its affinity and "
         "cgroup quota counted, at least one); on CPUs, N replicas of 1 CPU serve "
         "more solutions/s than one replica of N CPUs, which answers a lone request sooner",
+    )
+    serve.add_argument(
+        "--unhealthy-exit-after",
+        type=float,
+        default=DEFAULT_UNHEALTHY_EXIT_S,
+        metavar="SECONDS",
+        help="exit non-zero (code 3) once the application has failed its health check this long, so "
+        "that a supervisor restarts it (Serve restarts a lost controller, proxy or replica on its own "
+        "meanwhile)",
     )
     serve.set_defaults(func=_serve)
 
@@ -166,6 +176,8 @@ def _serve(args: argparse.Namespace) -> None:
 
     if args.replicas is not None and args.replicas < 1:  # before Ray starts
         raise ValueError(f"--replicas must be at least 1, got {args.replicas}")
+    if not args.unhealthy_exit_after > 0:
+        raise ValueError(f"--unhealthy-exit-after must be positive, got {args.unhealthy_exit_after}")
     options = _serving_options(args)
     if args.address == "local":  # the replicas inherit this environment: refuse a missing token now
         options.resolved_auth_token()
@@ -180,6 +192,7 @@ def _serve(args: argparse.Namespace) -> None:
         replica_cpus=scaling.num_cpus,
         replicas=scaling.max_replicas,
         host=listen_host(options, args.host),
+        unhealthy_exit_s=args.unhealthy_exit_after,
     )
 
 

@@ -122,6 +122,24 @@ def descendants(pid: int, proc: Path = PROC) -> list[int]:
     return found
 
 
+def reap_adopted(keep: int | None, proc: Path = PROC) -> list[int]:
+    """Collect the exit status of this process's ended children except ``keep`` (whose owner waits for
+    it): orphans it adopted, such as a HAProxy whose actor Serve restarted, would otherwise stay
+    ``<defunct>`` while the server runs. Returns the pids collected."""
+    me, collected = os.getpid(), []
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, ValueError):
+            continue
+        pid = int(stat.parent.name)
+        if state == "Z" and int(ppid) == me and pid != keep:
+            with contextlib.suppress(ChildProcessError):
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    collected.append(pid)
+    return collected
+
+
 def reap_children() -> None:
     """Collect the exit status of every child that has ended (adopted orphans included)."""
     while True:

