@@ -8,13 +8,14 @@ GRPC_PORT ?= 9000
 # resolves torch to a multi-GB CUDA wheel. GPU machines: `make install TORCH_SPEC=torch` (any CUDA build).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install serve test lint format protos helm-config bench bench-accuracy bench-refine bench-payoff bundled-model bundled-ns-model bundled-models clean
+.PHONY: install serve test lint format protos helm-config bench bench-accuracy bench-refine bench-payoff bundled-model bundled-ns-model bundled-allen-cahn-model bundled-models clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt examples/allen-cahn/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install --quiet -c constraints.txt -e examples/allen-cahn
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -75,7 +76,17 @@ bundled-ns-model: $(STAMP)
 		--epochs 60 --batch-size 16 --seed 0 --validation-samples 0
 	$(VENV)/bin/pdeserve models validate ns-fno --repo models
 
-bundled-models: bundled-model bundled-ns-model
+# The bundled Allen-Cahn model (models/allen-cahn-fno) of the example plugin family (examples/allen-cahn,
+# installed by `make install`): u0 -> u(8) on 64 x 64 nodes, data solved on 127 x 127 (~15 min on 2 cores).
+bundled-allen-cahn-model: $(STAMP)
+	nice -n 10 $(VENV)/bin/pdeserve datagen allen-cahn --n 256 --resolution 64 --seed 0 --overwrite \
+		--out data/allen-cahn64.h5
+	nice -n 10 $(VENV)/bin/pdeserve train --data data/allen-cahn64.h5 --model fno --repo models \
+		--name allen-cahn-fno --arg hidden_channels=24 --arg 'n_modes=[16,16]' --epochs 30 --batch-size 16 \
+		--seed 0
+	nice -n 10 $(VENV)/bin/pdeserve models validate allen-cahn-fno --repo models
+
+bundled-models: bundled-model bundled-ns-model bundled-allen-cahn-model
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
