@@ -141,6 +141,19 @@ def bound_points(points: int, limit: int, what: str) -> None:
         )
 
 
+def bound_answer(stacked: np.ndarray, channels: int, limit: int) -> None:
+    """``ResourceExhausted`` before any work when the answer to a validated ``(batch, channels, *grid)``
+    request, ``channels`` float32 fields per sample on its grid, would be above ``limit`` bytes (the
+    message limit that bounds answers as it bounds requests)."""
+    size = stacked.shape[0] * channels * math.prod(stacked.shape[2:]) * np.dtype(np.float32).itemsize
+    if size > limit:
+        raise ResourceExhausted(
+            f"the answer would hold {size} bytes ({stacked.shape[0]} samples x {channels} output fields x "
+            f"{math.prod(stacked.shape[2:])} points x 4 bytes), above this server's limit of {limit}; send "
+            "fewer samples per request or a coarser grid"
+        )
+
+
 @contextlib.contextmanager
 def model_files(name: str, version: str) -> Iterator[None]:
     """Reading model ``name``'s files at ``version`` ("" = newest): a failure the layers below do not
@@ -428,15 +441,18 @@ class SolverService:
         model_field: str,
         decode: Callable[[Surrogate], dict[str, np.ndarray]],
         tolerance: float | None,
+        copies: int = 1,
     ) -> tuple[Surrogate, dict[str, np.ndarray], Answer]:
         """``_lookup``, ``decode(surrogate)`` of the wire tensors, the model's own validation, one
         (batched) forward pass and every sample's check (refined to ``tolerance`` when not None): the
         surrogate, the inputs and the checked answer, in the inputs' batch layout. ``call.forward_ms``
-        is the time from the request's entry until the forward pass's outputs were ready."""
+        is the time from the request's entry until the forward pass's outputs were ready. The answer
+        carries ``copies`` of the outputs (2 with the reference solution), bounded before any work."""
         surrogate = await self._lookup(request, call, model_field)
         inputs = decode(surrogate)
         stacked, batched = surrogate.validate(inputs)
         bound_points(request_points(stacked), MAX_REQUEST_POINTS, "the request")
+        bound_answer(stacked, copies * len(surrogate.output_names), self.options.max_request_bytes)
         outputs = _split(surrogate.output_names, await self._forward(surrogate, stacked), batched)
         call.forward_ms = (time.perf_counter() - call.started) * 1e3
         checks = await self.checker.check(surrogate, inputs, outputs, batched, tolerance)
@@ -460,7 +476,7 @@ class SolverService:
             points = max((math.prod(t.shape) for t in request.inputs.values()), default=0)
             bound_points(points, MAX_REFERENCE_POINTS, "the classical reference solve of the request")
         surrogate, inputs, checked = await self._predict(
-            request, call, "SolveRequest.model", lambda _: _decode(request), tolerance
+            request, call, "SolveRequest.model", lambda _: _decode(request), tolerance, 1 + request.reference
         )
         response = pb.SolveResponse(
             model=surrogate.name,
@@ -509,6 +525,7 @@ class SolverService:
             )
         points = request_points(window)
         bound_points(points, MAX_REQUEST_POINTS, "one step of the rollout")
+        bound_answer(window, len(surrogate.output_names), self.options.max_request_bytes)
         bound_points(request.steps * points, MAX_ROLLOUT_POINTS, f"the rollout of {request.steps} steps")
         # Each pass is checked against the classical solution from this exact start, carried along.
         rollouts = await self.checker.start_rollout(

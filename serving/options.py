@@ -97,6 +97,7 @@ GRPC_MESSAGE_SIZE_VARIABLE = "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"
 def replica_environment(options: ServingOptions) -> dict[str, str]:
     """Environment of the replicas: their gRPC ingress (Serve's direct ingress, on by default in
     pdeserve) refuses a message above ``max_request_bytes`` with RESOURCE_EXHAUSTED before reading it
-    into memory (Serve's own limit is 2 GiB). The limit bounds answers too: an answer above it (a model
-    with many output channels at the point limits) is refused with RESOURCE_EXHAUSTED when sent."""
+    into memory (Serve's own limit is 2 GiB). The limit bounds answers too: the servicer refuses a
+    request whose answer would be above it (a model with many output channels at the point limits)
+    before its forward pass, and the gRPC server refuses anything larger it would send."""
     return {GRPC_MESSAGE_SIZE_VARIABLE: str(options.max_request_bytes)}

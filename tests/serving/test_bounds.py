@@ -12,16 +12,23 @@ import numpy as np
 import pytest
 from test_serving_features import _poll, _total
 
+from pdeserve.datagen.burgers import BurgersParameters
 from pdeserve.datagen.darcy import DarcyParameters, darcy_sample
+from pdeserve.datagen.families import get_family
 from pdeserve.operators import load_model
+from pdeserve.operators.settings import TrainingSettings
+from pdeserve.operators.surrogate import Surrogate
+from pdeserve.operators.training import prepare, publish
+from pdeserve.operators.validation import fresh_samples
 from pdeserve.serving.app import MAX_REFERENCE_POINTS, MAX_REQUEST_POINTS, reference_solutions
-from pdeserve.serving.batching import MAX_PASS_POINTS
+from pdeserve.serving.batching import MAX_PASS_POINTS, micro_batches
 from pdeserve.serving.client import SolverClient, SolverError
 from pdeserve.serving.options import ServingOptions
 
 APP = "bounds"
 NAME = "darcy-bounded"  # a name no other test calls: its counters start from zero
 SIDE = 64
+TRAJECTORY, STATES, BURGERS_SIDE = "burgers-states", 20, 64
 pytestmark = pytest.mark.ray
 
 
@@ -34,9 +41,14 @@ def fields() -> np.ndarray:
 @pytest.fixture(scope="module")
 def bounded(serve_apps, bundled_repo, bundled_versions, tmp_path_factory):
     """The bundled model as ``darcy-bounded``, with a request limit of 24 MiB (a request at the
-    grid-point limit is 16 MiB of float32)."""
+    grid-point limit is 16 MiB of float32), beside an untrained Burgers model whose answer holds
+    :data:`STATES` states per initial state."""
     repo = tmp_path_factory.mktemp("bounds")
     shutil.copytree(bundled_repo / "darcy-fno" / bundled_versions[-1], repo / NAME / "1")
+    params = BurgersParameters(final_time=1.0, record_every=1.0 / STATES).for_resolution(BURGERS_SIDE)
+    data = fresh_samples(get_family("burgers"), params, BURGERS_SIDE, 2, seed=3)
+    run = prepare(data, "fno", {"n_modes": [4], "hidden_channels": 4, "n_layers": 1}, TrainingSettings())
+    publish(repo, TRAJECTORY, Surrogate(TRAJECTORY, "1", run.card, run.config.build().eval()))
     yield serve_apps.deploy(APP, repo, ServingOptions(max_request_bytes=24 * 2**20))
     serve_apps.delete(APP)
 
@@ -96,6 +108,24 @@ def test_requests_above_the_point_limits_are_refused_before_any_work(bounded, fi
     assert "reference" in message and str(MAX_REFERENCE_POINTS) in message
     with SolverClient(bounded, application=APP) as c:  # the replica keeps serving
         assert c.solve(NAME, {"a": fields[0]})["u"].shape == (SIDE, SIDE)
+
+
+def test_an_answer_above_the_size_limit_is_refused_before_the_forward_pass(bounded, metrics_port):
+    # 6,000 initial states of 64 points: a 1.5 MB request whose answer (20 states each) is 30.7 MB.
+    u0 = np.random.default_rng(0).standard_normal((6000, BURGERS_SIDE)).astype(np.float32)
+    with SolverClient(bounded, application=APP, retries=0, timeout=120) as c:
+        with pytest.raises(SolverError) as err:
+            c.solve_response(TRAJECTORY, {"u0": u0})
+        assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert f"the answer would hold {6000 * STATES * BURGERS_SIDE * 4} bytes" in str(err.value)
+        assert str(24 * 2**20) in str(err.value)
+        answer = c.solve(TRAJECTORY, {"u0": u0[:4000]})  # 20.5 MB: within the limit, answered
+    assert answer[f"u@t={1.0 / STATES:g}"].shape == (4000, BURGERS_SIDE) and len(answer) == STATES
+    samples = _poll(metrics_port, lambda s: _total(s, "ray_pdeserve_requests_total", model=TRAJECTORY) == 2)
+    # The refused request never reached a forward pass: only the answered one's samples did.
+    passes = len(micro_batches(4000, BURGERS_SIDE))
+    assert _total(samples, "ray_pdeserve_forward_passes_total", model=TRAJECTORY) == passes
+    assert _total(samples, "ray_pdeserve_requests_total", model=TRAJECTORY, code="RESOURCE_EXHAUSTED") == 1
 
 
 def test_a_message_above_the_size_limit_is_refused_by_the_grpc_ingress(bounded, fields):
