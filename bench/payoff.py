@@ -1,6 +1,6 @@
 """When does a surrogate pay off? Its cost against the best classical solver's at equal accuracy.
 
-Usage: ``python bench/payoff.py [--quick] [--families darcy,burgers,navier-stokes,helmholtz]
+Usage: ``python bench/payoff.py [--quick] [--families darcy,burgers,navier-stokes,helmholtz,allen-cahn]
 [--target HOST:PORT] [--out bench/results/payoff.json] [--img-dir docs/img]``.
 
 Per family and per output resolution ``r``, on the same fresh samples (root seed ``--seed``, not any
@@ -12,11 +12,13 @@ and subsampled to ``r``.
 The classical side is a cost-accuracy curve: the family's solver on coarser (and finer) grids, the
 input interpolated onto the solve grid and the answer back onto ``r`` (bilinear on the node grids of
 Darcy and Helmholtz, Fourier on the periodic grids of Burgers and Navier-Stokes), and for the
-time-dependent families every stable time step of a ladder. Darcy runs both the sparse direct LDL^T
-solve and conjugate gradients preconditioned by smoothed-aggregation AMG (pyamg) at two tolerances.
-Each point is the median wall time per sample (batch 1; the batched solvers of Burgers and
-Navier-Stokes also report their per-sample time in one batch of all samples) and the mean error. The
-curve is the Pareto front of the points: the cheapest way to reach each error.
+time-dependent families every stable time step of a ladder. A family with a ``ladder`` hook (the example
+plugin ``allen-cahn``) is measured on its own rungs instead: the benchmark holds no copy of its settings.
+Darcy runs both the sparse direct LDL^T solve and conjugate gradients preconditioned by
+smoothed-aggregation AMG (pyamg) at two tolerances. Each point is the median wall time per sample
+(batch 1; the batched solvers, and the ladder's rungs, also report their per-sample time in one batch
+of all samples) and the mean error. The curve is the Pareto front of the points: the cheapest way to
+reach each error.
 
 The surrogate is the bundled model when ``models/`` has one for the family, otherwise an FNO trained
 here with ``operators.training.train`` on data from ``datagen.dataset.write_dataset`` (both timed).
@@ -57,7 +59,7 @@ from scipy import signal
 
 from pdeserve.datagen import burgers, darcy, helmholtz, navier_stokes
 from pdeserve.datagen.dataset import GenerationRequest, LoadedDataset, load_dataset, write_dataset
-from pdeserve.datagen.families import PdeFamily, get_family
+from pdeserve.datagen.families import PdeFamily, families, get_family
 from pdeserve.datagen.grids import UnitSquareGrid
 from pdeserve.operators.evaluation import relative_l2
 from pdeserve.operators.pairs import operator_pairs
@@ -131,6 +133,8 @@ class Plan:
     time_steps: tuple[float, ...]
     model: str
     training: Training
+    reference_overrides: dict[str, Any] | None = None
+    """Parameters of the reference solve, for a family without ``solve_resolution`` (a plugin's)."""
 
 
 @dataclass(frozen=True)
@@ -345,7 +349,26 @@ def navier_stokes_methods(
     return methods
 
 
+def ladder_methods(family: PdeFamily, params: Any, r: int, largest: int | None) -> list[Method]:
+    """The rungs of a family's ``ladder`` hook (a batch per call), those on solve grids up to ``largest``."""
+    methods, name = [], family.inputs[0].name
+    for rung in family.ladder(params, r):
+        grid = int(rung.settings.get("grid", r))
+        if largest is not None and grid > largest:
+            continue
+
+        def solve(start: np.ndarray, rung=rung) -> np.ndarray:
+            outputs = rung.solve(params, {name: start})
+            return np.stack([outputs[f.name] for f in family.outputs], axis=1)
+
+        methods.append(Method(f"{family.name} ladder", grid, rung.settings.get("time_step"), solve, True))
+    return methods
+
+
 def classical_methods(plan: Plan, params: Any, r: int, times: np.ndarray) -> list[Method]:
+    family = get_family(plan.family)
+    if family.ladder is not None:
+        return ladder_methods(family, params, r, max(plan.grids[r]) if plan.grids.get(r) else None)
     grids = plan.grids[r]
     if plan.family == "darcy":
         return darcy_methods(params, r, grids)
@@ -385,6 +408,8 @@ class Samples:
 
 def reference_parameters(plan: Plan, params: Any) -> Any:
     """``params`` solved on the reference grid (and with the reference time step)."""
+    if plan.reference_overrides is not None:
+        return replace(params, **plan.reference_overrides).for_resolution(plan.reference_resolution)
     fine = replace(params, solve_resolution=plan.reference_resolution)
     if plan.reference_time_step is not None:
         fine = replace(fine, time_step=plan.reference_time_step)
@@ -642,7 +667,8 @@ def surrogate_for(plan: Plan, repo: Path, folder: Path) -> tuple[Surrogate, Any,
         surrogate, provenance = trained(plan, plan.parameters, folder)
         return surrogate, plan.parameters, provenance
     params = family.parameters_from(model.card.pde_parameters)
-    params = replace(params, solve_resolution=None)
+    if "solve_resolution" in {f.name for f in dataclasses.fields(params)}:
+        params = replace(params, solve_resolution=None)
     provenance = Provenance(
         f"bundled {repo.name}/{plan.model} v{model.version}",
         plan.model,
@@ -764,6 +790,53 @@ def plans(quick: bool) -> list[Plan]:
             "helmholtz-fno",
             Training(200, 101, 8, 10, fno2d),
         ),
+    ]
+
+
+BUILTIN_FAMILIES = ("darcy", "burgers", "navier-stokes", "helmholtz")
+
+
+def plugin_plans(quick: bool) -> list[Plan]:
+    """The example plugin family's plan (``examples/allen-cahn``), when it is installed.
+
+    Its classical side is the family's ``ladder`` hook (grids 17 ... 127, BDF2 steps 0.05 ... 0.4); the
+    reference is its own solve refined twice (a 253-node grid for the 127-node samples) with a step of
+    0.05. Out of ``--quick``'s default families (the suite checks the built-ins'): run it with
+    ``--quick --families allen-cahn`` (about 20 s)."""
+    if "allen-cahn" not in families():
+        return []
+    params = get_family("allen-cahn").parameters()
+    fno2d = {"n_modes": [16, 16], "hidden_channels": 24, "n_layers": 4}
+    if quick:
+        return [
+            Plan(
+                "allen-cahn",
+                params,
+                (17, 33),
+                33,
+                None,
+                2,
+                {17: (9, 17, 33), 33: (9, 17, 33)},
+                (),
+                "allen-cahn-fno",
+                Training(16, 17, 2, 8, {"n_modes": [4, 4], "hidden_channels": 8, "n_layers": 2}),
+                {"refinement": 2},
+            )
+        ]
+    return [
+        Plan(
+            "allen-cahn",
+            params,
+            (64, 127),
+            127,
+            None,
+            8,
+            {},
+            (),
+            "allen-cahn-fno",
+            Training(400, 64, 40, 16, fno2d),
+            {"refinement": 2, "time_step": 0.05},
+        )
     ]
 
 
@@ -958,7 +1031,11 @@ def run_family(plan: Plan, args: argparse.Namespace, folder: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes for the test (well under a minute)")
-    parser.add_argument("--families", default="darcy,burgers,navier-stokes,helmholtz")
+    parser.add_argument(
+        "--families",
+        help="comma-separated (default: the four built-ins, and with no --quick the installed example "
+        "plugin's allen-cahn)",
+    )
     parser.add_argument("--seed", type=int, default=20261203, help="root seed of the fresh samples")
     parser.add_argument("--model-repo", default="models")
     parser.add_argument("--target", help="HOST:PORT of a pdeserve server: also time Solve through gRPC")
@@ -971,11 +1048,12 @@ def main() -> None:
         args.img_dir = "docs/img"
     args.batches = (1, 4, 16) if args.quick else (1, 4, 16, 64)
     torch.set_num_threads(args.torch_threads)
-    chosen = args.families.split(",")
+    default = BUILTIN_FAMILIES if args.quick else (*BUILTIN_FAMILIES, "allen-cahn")
+    chosen = args.families.split(",") if args.families else list(default)
     started = time.perf_counter()
     results = {}
     with tempfile.TemporaryDirectory() as folder:
-        for plan in plans(args.quick):
+        for plan in [*plans(args.quick), *plugin_plans(args.quick)]:
             if plan.family in chosen:
                 results[plan.family] = run_family(plan, args, Path(folder))
     print_table(results)
