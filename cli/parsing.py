@@ -7,8 +7,10 @@ import functools
 import sys
 from collections.abc import Callable
 
+from pdeserve.operators.errors import FamilyUnavailableError
+
 # Failures a command reports as one line; anything else is a bug and keeps its traceback.
-EXPECTED_ERRORS = (ValueError, LookupError, OSError, RuntimeError)
+EXPECTED_ERRORS = (ValueError, LookupError, OSError, RuntimeError, FamilyUnavailableError)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

@@ -169,3 +169,21 @@ def test_models_validate_republishes_the_same_weights_with_a_checked_card(tmp_pa
     assert [s.side for s in card.validation.sides][::6] == [32, 96, 256]
     assert all(s.relative_l2 < 0.1 for s in card.validation.sides)
     assert (card.input_ranges[0].low, card.input_ranges[0].high) == (3.0, 12.0)
+
+
+def test_a_model_whose_family_is_not_installed_is_one_line_naming_the_distribution(tmp_path):
+    import json
+    import shutil
+
+    root = Path(__file__).resolve().parents[1]
+    version = sorted((root / "models" / "darcy-fno").iterdir(), key=lambda p: int(p.name))[-1]
+    shutil.copytree(version, tmp_path / "orphan" / "1")
+    config = tmp_path / "orphan" / "1" / "config.json"
+    card = json.loads(config.read_text())
+    card["pde"] = "porous-media"
+    card["family"] = {"distribution": "pdeserve-porous-media", "version": "2.1.0", "data_format": None}
+    config.write_text(json.dumps(card))
+    done = pdeserve("datagen", "retrain", "--model", "orphan", "--repo", str(tmp_path), "--quiet")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr
+    assert "'pdeserve-porous-media' (version 2.1.0), which is not installed here" in lines[0]
