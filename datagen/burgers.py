@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 from scipy import fft
 
+from pdeserve.datagen.errors import SolverRefusal
 from pdeserve.datagen.grids import check_time_grid, covering_steps, time_grid
 from pdeserve.datagen.random_fields import PeriodicGaussianField
 
@@ -135,7 +136,7 @@ def solve_burgers(u0: np.ndarray, viscosity: float, dt: float, times: np.ndarray
     u0 = np.asarray(u0, dtype=np.float64)
     times = np.asarray(times, dtype=np.float64)
     if u0.ndim != 2:
-        raise ValueError(f"u0 must have shape (batch, n), got {u0.shape}")
+        raise SolverRefusal(f"u0 must have shape (batch, n), got {u0.shape}")
     if times.ndim != 1 or times.size == 0 or times[0] < 0 or np.any(np.diff(times) < 0):
         raise ValueError("times must be a non-empty, non-decreasing 1D array of times >= 0")
     if not viscosity > 0 or not dt > 0:
@@ -285,9 +286,9 @@ class BurgersParameters:
         explicit nonlinear term is linearly unstable (before any work is done).
         """
         if resolution < 2:
-            raise ValueError(f"--resolution must be at least 2, got {resolution}")
+            raise SolverRefusal(f"--resolution must be at least 2, got {resolution}")
         if self.solve_resolution % resolution:
-            raise ValueError(
+            raise SolverRefusal(
                 f"resolution {resolution} does not divide solve resolution {self.solve_resolution}: "
                 "--solve-resolution must be a multiple of --resolution"
             )
@@ -295,7 +296,7 @@ class BurgersParameters:
             return replace(self, time_step=self.default_time_step())
         factor = self.stability_factor(self.time_step)
         if factor > 1.0 + 1e-9:
-            raise ValueError(
+            raise SolverRefusal(
                 f"--time-step {self.time_step} is unstable at solve resolution {self.solve_resolution} and "
                 f"viscosity {self.viscosity}: ETDRK4 amplifies the linearised explicit term by {factor:.3g} "
                 f"per step for speeds up to {self.speed_bound:.3g} (a bound on max |u0|); use "

@@ -18,6 +18,7 @@ import numpy as np
 import qdldl
 import scipy.sparse as sp
 
+from pdeserve.datagen.errors import SolverRefusal
 from pdeserve.datagen.grids import UnitSquareGrid
 from pdeserve.datagen.random_fields import NeumannGaussianField
 
@@ -39,7 +40,7 @@ def assemble_darcy(a: np.ndarray, grid: UnitSquareGrid) -> sp.csc_matrix:
     """
     n = grid.n
     if a.shape != (n, n):
-        raise ValueError(f"coefficient must have shape {(n, n)}, got {a.shape}")
+        raise SolverRefusal(f"coefficient must have shape {(n, n)}, got {a.shape}")
     m = n - 2
     # Face coefficients between interior node (i, j) and its four neighbours.
     east = 0.5 * (a[1:-1, 1:-1] + a[2:, 1:-1])
@@ -91,7 +92,7 @@ class DarcySolver:
             Forcing at the nodes (only interior values are used), or a constant.
         """
         if not np.all(np.isfinite(a)) or np.min(a) <= 0:
-            raise ValueError("the Darcy coefficient must be finite and strictly positive")
+            raise SolverRefusal("the Darcy coefficient must be finite and strictly positive")
         n = self.grid.n
         upper = sp.triu(assemble_darcy(np.asarray(a, dtype=np.float64), self.grid), format="csc")
         if self._ldl is None:

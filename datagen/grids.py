@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import fft
 
+from pdeserve.datagen.errors import SolverRefusal
+
 
 @dataclass(frozen=True)
 class UnitSquareGrid:
@@ -24,7 +26,7 @@ class UnitSquareGrid:
 
     def __post_init__(self) -> None:
         if self.n < 3:
-            raise ValueError(f"a grid needs at least 3 nodes per side, got {self.n}")
+            raise SolverRefusal(f"a grid needs at least 3 nodes per side, got {self.n}")
 
     @property
     def h(self) -> float:
@@ -43,7 +45,7 @@ class UnitSquareGrid:
     def subsample_factor(self, coarse: UnitSquareGrid) -> int:
         """Stride that maps this grid's nodes onto ``coarse``'s (same domain, nested nodes)."""
         if (self.n - 1) % (coarse.n - 1):
-            raise ValueError(
+            raise SolverRefusal(
                 f"resolution {coarse.n} does not nest in solve resolution {self.n}: "
                 f"(solve_resolution - 1) must be a multiple of (resolution - 1)"
             )

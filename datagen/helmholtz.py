@@ -65,6 +65,7 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
+from pdeserve.datagen.errors import SolverRefusal
 from pdeserve.datagen.grids import UnitSquareGrid
 from pdeserve.datagen.random_fields import NeumannGaussianField
 
@@ -174,14 +175,14 @@ class HelmholtzParameters:
             solve = self.solve_resolution
             UnitSquareGrid(solve).subsample_factor(out)
             if solve - 1 < cells:
-                raise ValueError(
+                raise SolverRefusal(
                     f"solve resolution {solve} puts {(solve - 1) * self.shortest_wavelength:.3g} nodes on "
                     f"the shortest wavelength 2 pi min(c) / omega = {self.shortest_wavelength:.4g}, fewer "
                     f"than --points-per-wavelength {self.points_per_wavelength:g}: use --solve-resolution "
                     f">= {cells + 1} (nested with the resolution) or leave it unset"
                 )
         if solve > MAX_SOLVE_RESOLUTION:
-            raise ValueError(
+            raise SolverRefusal(
                 f"solve resolution {solve} exceeds {MAX_SOLVE_RESOLUTION}, the largest grid the sparse "
                 "direct solver handles in reasonable memory: lower --omega, --points-per-wavelength "
                 "or --resolution"
@@ -374,9 +375,9 @@ class HelmholtzSolver:
         n = self.grid.n
         c = np.asarray(c, dtype=np.float64)
         if c.shape != (n, n):
-            raise ValueError(f"the wave speed must have shape {(n, n)}, got {c.shape}")
+            raise SolverRefusal(f"the wave speed must have shape {(n, n)}, got {c.shape}")
         if not np.all(np.isfinite(c)) or c.min() <= 0:
-            raise ValueError("the wave speed must be finite and strictly positive")
+            raise SolverRefusal("the wave speed must be finite and strictly positive")
         shape, mass_kernel, cells, position, indices, indptr, stiffness_data = self._pattern
         coefficient = (self.omega / (c.reshape(-1)[cells] @ shape.T)) ** 2  # (cells, Gauss points)
         element_mass = np.einsum("eg,gab->eab", coefficient, mass_kernel)
@@ -402,7 +403,7 @@ class HelmholtzSolver:
         )
         u = lu.solve(np.asarray(load, dtype=np.float64).reshape(n * n))
         if not np.all(np.isfinite(u)):
-            raise RuntimeError("the Helmholtz solve produced non-finite values (a resonant wave speed?)")
+            raise SolverRefusal("the Helmholtz solve produced non-finite values (a resonant wave speed?)")
         return u.reshape(n, n)
 
 
@@ -516,7 +517,7 @@ def helmholtz_reference(params: HelmholtzParameters, c: np.ndarray) -> np.ndarra
     """
     c = np.asarray(c, dtype=np.float64)
     if c.ndim != 2 or c.shape[0] != c.shape[1]:
-        raise ValueError(f"the wave speed must have shape (r, r), got {c.shape}")
+        raise SolverRefusal(f"the wave speed must have shape (r, r), got {c.shape}")
     n = c.shape[-1]
     try:
         params = params.for_resolution(n)

@@ -37,6 +37,7 @@ import numpy as np
 from scipy import fft, signal
 
 from pdeserve.datagen import burgers, navier_stokes
+from pdeserve.datagen.errors import SolverRefusal
 from pdeserve.datagen.grids import UnitSquareGrid
 
 # The coarse grid of the two-solution estimator: half the answer's side, never below this.
@@ -68,7 +69,7 @@ def darcy_operator(a: np.ndarray, u: np.ndarray) -> np.ndarray:
     u = np.asarray(u, dtype=np.float64)
     n = a.shape[-1]
     if a.ndim < 2 or a.shape[-2] != n or u.shape != a.shape:
-        raise ValueError(f"a and u must both have shape (..., n, n), got {a.shape} and {u.shape}")
+        raise SolverRefusal(f"a and u must both have shape (..., n, n), got {a.shape} and {u.shape}")
     h2 = UnitSquareGrid(n).h ** 2
     padded = np.zeros_like(u)
     padded[..., 1:-1, 1:-1] = u[..., 1:-1, 1:-1]

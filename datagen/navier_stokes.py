@@ -66,6 +66,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pdeserve.datagen.errors import SolverRefusal
 from pdeserve.datagen.grids import (
     check_time_grid,
     covering_steps,
@@ -195,9 +196,9 @@ def solve_navier_stokes(
 
     times = np.asarray(times, dtype=np.float64)
     if w0.ndim != 3 or w0.shape[-1] != w0.shape[-2]:
-        raise ValueError(f"w0 must have shape (batch, n, n), got {tuple(w0.shape)}")
+        raise SolverRefusal(f"w0 must have shape (batch, n, n), got {tuple(w0.shape)}")
     if w0.dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"w0 must be float32 or float64, got {w0.dtype}")
+        raise SolverRefusal(f"w0 must be float32 or float64, got {w0.dtype}")
     if times.ndim != 1 or times.size == 0 or times[0] < 0 or np.any(np.diff(times) < 0):
         raise ValueError("times must be a non-empty, non-decreasing sequence of times >= 0")
     if not (viscosity > 0 and dt > 0):
@@ -484,18 +485,20 @@ class NavierStokesParameters:
         explicit advection is linearly unstable at the solve resolution (before any work is done).
         """
         if resolution < 2:
-            raise ValueError(f"--resolution must be at least 2, got {resolution}")
+            raise SolverRefusal(f"--resolution must be at least 2, got {resolution}")
         solve = self.solve_resolution or resolution
         if solve % resolution:
-            raise ValueError(
+            raise SolverRefusal(
                 f"resolution {resolution} does not divide solve resolution {solve}: "
                 "--solve-resolution must be a multiple of --resolution"
             )
         if solve < 8:
-            raise ValueError(f"the solve resolution must be at least 8, got {solve}: set --solve-resolution")
+            raise SolverRefusal(
+                f"the solve resolution must be at least 8, got {solve}: set --solve-resolution"
+            )
         factor = self.stability_factor(solve)
         if factor > 1.0 + 1e-12:
-            raise ValueError(
+            raise SolverRefusal(
                 f"--time-step {self.time_step:g} is unstable at solve resolution {solve} and viscosity "
                 f"{self.viscosity:g}: the explicit advection grows by a factor {factor:.6g} per step for "
                 f"speeds up to {self.speed_bound(solve):.3g} (a bound on max |u| up to --final-time "
@@ -574,7 +577,7 @@ def navier_stokes_reference(
 
     w0 = np.asarray(w0, dtype=np.float64)
     if w0.ndim not in (2, 3) or w0.shape[-1] != w0.shape[-2]:
-        raise ValueError(f"w0 must have shape (r, r) or (batch, r, r), got {w0.shape}")
+        raise SolverRefusal(f"w0 must have shape (r, r) or (batch, r, r), got {w0.shape}")
     n = w0.shape[-1]
     params = params.on_grid(n)
     if device is None:

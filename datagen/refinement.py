@@ -15,6 +15,7 @@ import numpy as np
 
 from pdeserve.datagen import indicators
 from pdeserve.datagen.darcy import DarcyParameters, assemble_darcy
+from pdeserve.datagen.errors import SolverRefusal
 from pdeserve.datagen.families import CLASSICAL, REFINED, Refined
 from pdeserve.datagen.grids import UnitSquareGrid
 from pdeserve.datagen.helmholtz import (
@@ -59,7 +60,7 @@ def refine_darcy(
 
     a = np.asarray(inputs["a"], dtype=np.float64)
     if not np.all(np.isfinite(a)) or a.min() <= 0:
-        raise ValueError("the Darcy coefficient must be finite and strictly positive to refine")
+        raise SolverRefusal("the Darcy coefficient must be finite and strictly positive to refine")
     n = a.shape[-1]
     matrix = assemble_darcy(a, UnitSquareGrid(n)).tocsr()
     rhs = np.full(matrix.shape[0], float(params.forcing))
