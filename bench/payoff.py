@@ -9,15 +9,15 @@ relative L2 (``operators.evaluation.relative_l2``, per sample, then the mean ove
 fine reference, the family's own generator run at ``reference_resolution`` (and a small time step)
 and subsampled to ``r``.
 
-The classical side is a cost-accuracy curve: the family's solver on coarser (and finer) grids, the
-input interpolated onto the solve grid and the answer back onto ``r`` (bilinear on the node grids of
-Darcy and Helmholtz, Fourier on the periodic grids of Burgers and Navier-Stokes), and for the
-time-dependent families every stable time step of a ladder. A family with a ``ladder`` hook (the example
-plugin ``allen-cahn``) is measured on its own rungs instead: the benchmark holds no copy of its settings.
-Darcy runs both the sparse direct LDL^T solve and conjugate gradients preconditioned by
-smoothed-aggregation AMG (pyamg) at two tolerances. Each point is the median wall time per sample
-(batch 1; the batched solvers, and the ladder's rungs, also report their per-sample time in one batch
-of all samples) and the mean error. The curve is the Pareto front of the points: the cheapest way to
+The classical side is a cost-accuracy curve: the rungs of the family's ``ladder`` hook (the built-ins':
+``datagen/ladders.py``, the example plugin ``allen-cahn``'s own), those on the plan's solve grids and time
+steps; the benchmark holds no copy of a solver's settings. A rung solves on its grid and answers on ``r``
+(the input interpolated onto the solve grid and the answer back: bilinear on the node grids of Darcy and
+Helmholtz, Fourier on the periodic grids of Burgers and Navier-Stokes), and for the time-dependent
+families every stable time step of the ladder. Darcy's ladder has the sparse direct LDL^T solve and
+conjugate gradients preconditioned by smoothed-aggregation AMG (pyamg) at two tolerances.
+Each point is the median wall time per sample (batch 1; the batched rungs also report their per-sample
+time in one batch of all samples) and the mean error. The curve is the Pareto front of the points: the cheapest way to
 reach each error.
 
 The surrogate is the bundled model when ``models/`` has one for the family, otherwise an FNO trained
@@ -52,15 +52,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyamg
 import torch
 from common import write_results
-from scipy import signal
 
 from pdeserve.datagen import burgers, darcy, helmholtz, navier_stokes
 from pdeserve.datagen.dataset import GenerationRequest, LoadedDataset, load_dataset, write_dataset
 from pdeserve.datagen.families import PdeFamily, families, get_family
-from pdeserve.datagen.grids import UnitSquareGrid
 from pdeserve.operators.evaluation import relative_l2
 from pdeserve.operators.pairs import operator_pairs
 from pdeserve.operators.registry import get_architecture
@@ -223,160 +220,46 @@ class EqualAccuracy:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Interpolation between grids
+# Classical methods: the rungs of each family's ladder hook (the built-ins': datagen/ladders.py)
 
 
-def node_interpolation(source: int, target: int) -> np.ndarray:
-    """Linear interpolation from ``source`` to ``target`` nodes on [0, 1] (boundary nodes included), as a
-    ``(target, source)`` matrix: bilinear interpolation of a grid is ``P @ values @ P.T``."""
-    coarse, fine = np.linspace(0.0, 1.0, source), np.linspace(0.0, 1.0, target)
-    return np.stack([np.interp(fine, coarse, unit) for unit in np.eye(source)], axis=1)
+def ladder_parameters(params: Any, horizon: np.ndarray) -> Any:
+    """``params`` answering at ``horizon`` (times after the start state) for a time-dependent family,
+    unchanged for a steady one (empty ``horizon``)."""
+    if not len(horizon):
+        return params
+    return replace(params, final_time=float(horizon[-1]), record_every=float(horizon[0]))
 
 
-def fourier_resample(values: np.ndarray, n: int, axes: Sequence[int]) -> np.ndarray:
-    """Trigonometric interpolation of periodic ``values`` onto ``n`` points along each of ``axes``."""
-    for axis in axes:
-        if values.shape[axis] != n:
-            values = signal.resample(values, n, axis=axis)
-    return values
-
-
-# ----------------------------------------------------------------------------------------------------
-# Classical methods per family
-
-
-def on_node_grid(r: int, m: int, solve_one: Callable[[np.ndarray], np.ndarray]) -> SolveFn:
-    """A per-sample solve on the ``m``-node grid of inputs and answers on the ``r``-node grid, both
-    interpolated bilinearly (one channel out)."""
-    down, up = node_interpolation(r, m), node_interpolation(m, r)
-
-    def solve(inputs: np.ndarray) -> np.ndarray:
-        return np.stack([up @ solve_one(down @ s @ down.T) @ up.T for s in inputs])[:, None]
-
-    return solve
-
-
-def amg_pcg(a: np.ndarray, grid: UnitSquareGrid, forcing: float, tol: float) -> np.ndarray:
-    """Darcy by CG preconditioned by one smoothed-aggregation V-cycle (set-up included), on ``grid``."""
-    m = grid.n
-    matrix = darcy.assemble_darcy(a, grid).tocsr()
-    hierarchy = pyamg.smoothed_aggregation_solver(matrix, symmetry="hermitian")
-    u = np.zeros((m, m))
-    rhs = np.full((m - 2) ** 2, forcing)
-    u[1:-1, 1:-1] = hierarchy.solve(rhs, tol=tol, accel="cg", maxiter=500).reshape(m - 2, m - 2)
-    return u
-
-
-def darcy_methods(params: darcy.DarcyParameters, r: int, grids: Sequence[int]) -> list[Method]:
-    """The direct LDL^T solve and AMG-preconditioned CG (two tolerances) on each grid."""
-    methods = []
-    for m in grids:
-        grid, solver = UnitSquareGrid(m), darcy.DarcySolver(UnitSquareGrid(m))
-        direct = on_node_grid(r, m, lambda a, solver=solver: solver.solve(a, params.forcing))
-        methods.append(Method("direct LDL^T", m, None, direct, False))
-        for tol in (1e-2, 1e-6):
-            amg = on_node_grid(r, m, lambda a, grid=grid, tol=tol: amg_pcg(a, grid, params.forcing, tol))
-            methods.append(Method(f"AMG-PCG rtol {tol:g}", m, None, amg, False))
-    return methods
-
-
-def helmholtz_methods(params: helmholtz.HelmholtzParameters, r: int, grids: Sequence[int]) -> list[Method]:
-    """The sparse LU solve on each grid."""
-    methods = []
-    for m in grids:
-        grid = UnitSquareGrid(m)
-        solver = helmholtz.HelmholtzSolver(grid, params.omega)
-        load = helmholtz.benchmark_load(params, grid)
-        direct = on_node_grid(r, m, lambda c, solver=solver, load=load: solver.solve(c, load))
-        methods.append(Method("direct LU", m, None, direct, False))
-    return methods
-
-
-def stable(check: Callable[[], Any]) -> bool:
-    """Whether the family's parameter check accepts a grid and step (it refuses unstable steps)."""
-    try:
-        check()
-    except ValueError:
-        return False
-    return True
-
-
-def burgers_methods(
-    params: burgers.BurgersParameters, r: int, grids: Sequence[int], steps: Sequence[float], times: np.ndarray
-) -> list[Method]:
-    """ETDRK4 pseudo-spectral on each grid and every stable step of the ladder."""
-    methods = []
-    for n in grids:
-        for dt in steps:
-            if not stable(
-                lambda n=n, dt=dt: replace(params, solve_resolution=n, time_step=dt).for_resolution(n)
-            ):
-                continue
-
-            def solve(u0: np.ndarray, n=n, dt=dt) -> np.ndarray:
-                start = fourier_resample(u0, n, (-1,))
-                u = burgers.solve_burgers(start, params.viscosity, dt, times)
-                return fourier_resample(u, r, (-1,))
-
-            methods.append(Method("pseudo-spectral ETDRK4", n, dt, solve, True))
-    return methods
-
-
-def navier_stokes_methods(
-    params: navier_stokes.NavierStokesParameters,
+def ladder_methods(
+    family: PdeFamily,
+    params: Any,
     r: int,
-    grids: Sequence[int],
+    grids: Sequence[int] | None,
     steps: Sequence[float],
-    times: np.ndarray,
+    horizon: np.ndarray,
 ) -> list[Method]:
-    """CNAB2 pseudo-spectral (float64, torch on the CPU) on each grid and every step the solver's check
-    admits over the first of ``times``: its a-priori bound grows with the final time and refuses, over
-    long horizons, steps that run fine; a step that fails later shows as a large error."""
-    methods = []
-    for n in grids:
-        forcing = navier_stokes.forcing_field(n, params.forcing_amplitude)
-        for dt in steps:
-            check = replace(params, solve_resolution=None, time_step=dt, final_time=float(times[0]))
-            if not stable(lambda n=n, check=check: check.for_resolution(n)):
-                continue
-
-            def solve(w0: np.ndarray, n=n, dt=dt, forcing=forcing) -> np.ndarray:
-                start = torch.as_tensor(fourier_resample(w0, n, (-2, -1)), dtype=torch.float64)
-                w = navier_stokes.solve_navier_stokes(start, forcing, params.viscosity, dt, times).numpy()
-                return fourier_resample(w, r, (-2, -1))
-
-            methods.append(Method("pseudo-spectral CNAB2", n, dt, solve, True))
-    return methods
-
-
-def ladder_methods(family: PdeFamily, params: Any, r: int, largest: int | None) -> list[Method]:
-    """The rungs of a family's ``ladder`` hook (a batch per call), those on solve grids up to ``largest``."""
+    """The rungs of a family's ``ladder`` hook on ``grids`` (None: every grid) and, for a time-dependent
+    rung, ``steps`` (empty: every step); a rung solves a batch of start states per call."""
     methods, name = [], family.inputs[0].name
-    for rung in family.ladder(params, r):
-        grid = int(rung.settings.get("grid", r))
-        if largest is not None and grid > largest:
+    rung_params = ladder_parameters(params, horizon)
+    for rung in family.ladder(rung_params, r):
+        grid, step = int(rung.settings.get("grid", r)), rung.settings.get("time_step")
+        if (grids is not None and grid not in grids) or (steps and step is not None and step not in steps):
             continue
 
         def solve(start: np.ndarray, rung=rung) -> np.ndarray:
-            outputs = rung.solve(params, {name: start})
+            outputs = rung.solve(rung_params, {name: start})
             return np.stack([outputs[f.name] for f in family.outputs], axis=1)
 
-        methods.append(Method(f"{family.name} ladder", grid, rung.settings.get("time_step"), solve, True))
+        method = rung.settings.get("method", f"{family.name} ladder")
+        methods.append(Method(method, grid, step, solve, rung.batched))
     return methods
 
 
 def classical_methods(plan: Plan, params: Any, r: int, times: np.ndarray) -> list[Method]:
     family = get_family(plan.family)
-    if family.ladder is not None:
-        return ladder_methods(family, params, r, max(plan.grids[r]) if plan.grids.get(r) else None)
-    grids = plan.grids[r]
-    if plan.family == "darcy":
-        return darcy_methods(params, r, grids)
-    if plan.family == "helmholtz":
-        return helmholtz_methods(params, r, grids)
-    if plan.family == "burgers":
-        return burgers_methods(params, r, grids, plan.time_steps, times)
-    return navier_stokes_methods(params, r, grids, plan.time_steps, times)
+    return ladder_methods(family, params, r, plan.grids.get(r), plan.time_steps, times)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -816,7 +699,7 @@ def plugin_plans(quick: bool) -> list[Plan]:
                 33,
                 None,
                 2,
-                {17: (9, 17, 33), 33: (9, 17, 33)},
+                {17: (17, 22, 32), 33: (17, 22, 32)},
                 (),
                 "allen-cahn-fno",
                 Training(16, 17, 2, 8, {"n_modes": [4, 4], "hidden_channels": 8, "n_layers": 2}),

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from pdeserve.datagen import burgers, darcy, helmholtz, indicators, navier_stokes, refinement
+from pdeserve.datagen import burgers, darcy, helmholtz, indicators, ladders, navier_stokes, refinement
 from pdeserve.datagen.families import FieldInfo, Indicator, PdeFamily, TimeStepper
 from pdeserve.datagen.grids import UnitSquareGrid, periodic_coordinates
 
@@ -88,6 +88,7 @@ BURGERS = PdeFamily(
         "alpha": "smoothness exponent of the initial-state field",
     },
     stepper=TimeStepper(indicators.burgers_advance, indicators.burgers_coarse),
+    ladder=ladders.burgers_ladder,
 )
 
 DARCY = PdeFamily(
@@ -117,6 +118,7 @@ DARCY = PdeFamily(
     },
     indicator=Indicator("preconditioned-residual", refinement.darcy_score),
     refine=refinement.refine_darcy,
+    ladder=ladders.darcy_ladder,
 )
 
 NAVIER_STOKES = PdeFamily(
@@ -148,6 +150,7 @@ NAVIER_STOKES = PdeFamily(
         "sigma": "scale of the initial-vorticity field",
     },
     stepper=TimeStepper(indicators.navier_stokes_advance, indicators.navier_stokes_coarse),
+    ladder=ladders.navier_stokes_ladder,
 )
 
 HELMHOLTZ = PdeFamily(
@@ -189,4 +192,5 @@ HELMHOLTZ = PdeFamily(
     },
     indicator=Indicator("relative-residual", refinement.helmholtz_score),
     refine=refinement.refine_helmholtz,
+    ladder=ladders.helmholtz_ladder,
 )

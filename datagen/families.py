@@ -149,12 +149,16 @@ class Rung:
         The settings, as JSON values.
     solve : callable
         ``solve(parameters, inputs) -> outputs`` for a batch (leading sample axis), answers on the
-        inputs' grid.
+        inputs' grid; an input it cannot take is a ``SolverRefusal`` (``datagen/errors.py``).
+    batched : bool
+        Whether ``solve`` treats a batch at once, cheaper per sample than one call per sample (False:
+        it loops over the samples, so a benchmark times it per sample only).
     """
 
     label: str
     settings: Mapping[str, Any]
     solve: Callable[[Parameters, Fields], dict[str, np.ndarray]]
+    batched: bool = True
 
 
 @dataclass(frozen=True)
@@ -197,7 +201,8 @@ class PdeFamily:
     stepper : TimeStepper, optional
         A time-dependent family's solver as its two-solution estimate and rollout fallback use it.
     ladder : callable, optional
-        ``ladder(parameters, resolution) -> [Rung, ...]``: cheaper classical settings, cheapest first.
+        ``ladder(parameters, resolution) -> [Rung, ...]``: cheaper (and finer) classical settings for
+        answers at ``resolution``, coarsest solve grid first (the built-ins': ``ladders.py``).
     origin : FamilyOrigin, optional
         The distribution that registered it (set by the registry).
     """
