@@ -339,6 +339,16 @@ def segment_load(grid: UnitSquareGrid, start: float, end: float, flux: float = 1
     return load
 
 
+def factorise(matrix: sp.spmatrix, **options: object) -> spla.SuperLU:
+    """``splu(matrix, **options)``; a ``SolverRefusal`` when the matrix is singular (a wave speed for
+    which the discrete Helmholtz operator has a zero eigenvalue, e.g. so large that only the Neumann
+    Laplacian is left)."""
+    try:
+        return spla.splu(matrix, **options)
+    except RuntimeError as exc:
+        raise SolverRefusal(f"the Helmholtz system is singular for this wave speed ({exc})") from None
+
+
 class HelmholtzSolver:
     """Solves ``-Laplace(u) - (omega / c)^2 u = f`` with Neumann data on one grid, for many wave speeds.
 
@@ -398,7 +408,7 @@ class HelmholtzSolver:
         matrix = self.matrix(c)
         # The symmetric pattern suits a minimum-degree ordering of A^T + A; a pivot threshold below 1
         # keeps most pivots on the diagonal (preserving the ordering) while still pivoting off small ones.
-        lu = spla.splu(
+        lu = factorise(
             matrix, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.1, options={"SymmetricMode": True}
         )
         u = lu.solve(np.asarray(load, dtype=np.float64).reshape(n * n))

@@ -3,9 +3,11 @@
 The numerics live in ``operators/estimates.py`` (an indicator per PDE family, the card's calibration,
 refinement by an iterative solver); this module runs them for a request's samples on a bounded pool of
 threads, apart from the replica's torch thread, within the limits below (grid points a refinement may
-cover per sample and per request, iterations, seconds), and gives the failures their status: an input
-a classical solver cannot take (a non-positive coefficient, an amplitude its time step does not
-resolve) is an invalid argument, for the estimate, a refinement and the reference solve alike. A model
+cover per sample and per request, iterations, seconds). An input a classical solver refuses (a
+non-positive coefficient, a grid it cannot take: ``datagen.errors.SolverRefusal``) is an invalid argument
+(serving/errors.py), for the estimate, a refinement and the reference solve alike, and so is an answer
+that is not finite (an amplitude its time step does not resolve); any other failure of a solver is a bug
+(INTERNAL). A model
 whose PDE has no indicator yet answers without an estimate; a request for a tolerance on such a model is
 refused (it asked for a guarantee the server cannot give).
 
@@ -187,17 +189,6 @@ def samples(arrays: Mapping[str, np.ndarray], batched: bool) -> list[dict[str, n
     return [{name: array[i] for name, array in arrays.items()} for i in range(n)]
 
 
-# What the classical solvers raise for an input they cannot take: a failed precondition (ValueError), or
-# a system that is singular for it (scipy's sparse LU, e.g. Helmholtz with a wave speed so large that
-# only the Neumann Laplacian is left).
-SOLVER_REFUSALS = (ValueError, RuntimeError)
-
-
-def refused_input(exc: Exception) -> InvalidArgument:
-    """The status of an input a classical solver refused (``exc`` says why)."""
-    return InvalidArgument(f"the classical solver of this model's PDE cannot take this input: {exc}")
-
-
 def finite(arrays: Mapping[str, np.ndarray], work: str) -> dict[str, np.ndarray]:
     """``arrays``, the result of a classical solve (``work`` says which); ``InvalidArgument`` if one
     is not finite: the input lies beyond what the solver resolves (an explicit time step is stable up
@@ -219,8 +210,6 @@ def classical_reference(card: ModelCard, inputs: Mapping[str, np.ndarray]) -> di
         solved = reference_outputs(card, inputs)
     except FamilyUnavailableError as exc:
         raise FailedPrecondition(f"no classical reference: {exc}") from None
-    except SOLVER_REFUSALS as exc:
-        raise refused_input(exc) from None
     return finite(solved, "the reference solve")
 
 
@@ -239,8 +228,6 @@ def estimate(
         found = estimates.estimate(card, inputs, outputs)
     except (estimates.RefinementUnavailableError, FamilyUnavailableError):
         found = None
-    except ValueError as exc:
-        raise refused_input(exc) from None
     reasons = [
         f"{r.name}: values outside its training range [{r.low:g}, {r.high:g}]"
         for r in _out_of_range(card, inputs)
@@ -281,17 +268,14 @@ def check_rollout_pass(
     own difference, and may be above ``max_error``). ``stop`` ends the classical solve between passes."""
     if check is None:
         return SampleCheck(outputs, None), None
-    try:
-        if check.classical is None:
-            estimate, after = estimates.rollout_estimate(card, check, outputs)
-            if max_error is None or (estimate.relative_l2 is not None and estimate.relative_l2 <= max_error):
-                return SampleCheck(outputs, estimate), after
-        started = time.perf_counter()
-        outputs, fallen_back = estimates.classical_pass(card, check, stop)
-        seconds = time.perf_counter() - started
-        estimate, after = estimates.rollout_estimate(card, fallen_back, outputs)
-    except ValueError as exc:
-        raise refused_input(exc) from None
+    if check.classical is None:
+        estimate, after = estimates.rollout_estimate(card, check, outputs)
+        if max_error is None or (estimate.relative_l2 is not None and estimate.relative_l2 <= max_error):
+            return SampleCheck(outputs, estimate), after
+    started = time.perf_counter()
+    outputs, fallen_back = estimates.classical_pass(card, check, stop)
+    seconds = time.perf_counter() - started
+    estimate, after = estimates.rollout_estimate(card, fallen_back, outputs)
     finite(outputs, "the classical solve of the rollout")
     return SampleCheck(outputs, estimate, estimates.CLASSICAL, refine_seconds=seconds), after
 
@@ -312,8 +296,6 @@ def check_sample(
         refined = estimates.refine(card, inputs, outputs, tolerance, max_iterations)
     except (estimates.RefinementUnavailableError, FamilyUnavailableError) as exc:
         raise FailedPrecondition(f"cannot refine to a tolerance: {exc}") from None
-    except SOLVER_REFUSALS as exc:
-        raise refused_input(exc) from None
     finite(refined.outputs, "refining the answer")
     if refined.iterations == 0 and refined.path == estimates.REFINED:  # met it already
         return dataclasses.replace(estimate(card, inputs, outputs, solver_free), residual=refined.residual)

@@ -15,6 +15,7 @@ from typing import ClassVar
 
 import grpc
 
+from pdeserve.datagen.errors import SolverRefusal
 from pdeserve.operators.errors import CheckpointError, FamilyUnavailableError, InvalidInputError
 from pdeserve.operators.repository import ModelNotFoundError
 
@@ -69,13 +70,28 @@ class Unauthenticated(RequestError):
     code = grpc.StatusCode.UNAUTHENTICATED
 
 
+class OutOfRange(RequestError):
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+
 class Internal(RequestError):
     code = grpc.StatusCode.INTERNAL
+
+
+class RefusedInput(InvalidArgument):
+    """An input a classical solver refused (``SolverRefusal``), said as the client reads it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the classical solver of this model's PDE cannot take this input: {reason}")
+
+    def __reduce__(self) -> tuple:
+        return InvalidArgument, (str(self),)
 
 
 # The known failures of the layers below, by the status they answer with (the first match wins).
 KNOWN_FAILURES: dict[type[Exception], type[RequestError]] = {
     InvalidInputError: InvalidArgument,
+    SolverRefusal: RefusedInput,  # the input's fault; any other failure of a solver is a bug (INTERNAL)
     ModelNotFoundError: NotFound,
     CheckpointError: FailedPrecondition,  # a damaged checkpoint is refused, never run
     FamilyUnavailableError: FailedPrecondition,  # the family's plugin is not installed, or it has no solver
