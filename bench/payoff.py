@@ -17,8 +17,8 @@ Helmholtz, Fourier on the periodic grids of Burgers and Navier-Stokes), and for 
 families every stable time step of the ladder. Darcy's ladder has the sparse direct LDL^T solve and
 conjugate gradients preconditioned by smoothed-aggregation AMG (pyamg) at two tolerances.
 Each point is the median wall time per sample (batch 1; the batched rungs also report their per-sample
-time in one batch of all samples) and the mean error. The curve is the Pareto front of the points: the cheapest way to
-reach each error.
+time in one batch of all samples) and the mean error. The curve is the Pareto front of the points: the
+cheapest way to reach each error.
 
 The surrogate is the bundled model when ``models/`` has one for the family, otherwise an FNO trained
 here with ``operators.training.train`` on data from ``datagen.dataset.write_dataset`` (both timed).
@@ -58,6 +58,7 @@ from common import write_results
 from pdeserve.datagen import burgers, darcy, helmholtz, navier_stokes
 from pdeserve.datagen.dataset import GenerationRequest, LoadedDataset, load_dataset, write_dataset
 from pdeserve.datagen.families import PdeFamily, families, get_family
+from pdeserve.datagen.ladders import ladder_parameters
 from pdeserve.operators.evaluation import relative_l2
 from pdeserve.operators.pairs import operator_pairs
 from pdeserve.operators.registry import get_architecture
@@ -221,14 +222,6 @@ class EqualAccuracy:
 
 # ----------------------------------------------------------------------------------------------------
 # Classical methods: the rungs of each family's ladder hook (the built-ins': datagen/ladders.py)
-
-
-def ladder_parameters(params: Any, horizon: np.ndarray) -> Any:
-    """``params`` answering at ``horizon`` (times after the start state) for a time-dependent family,
-    unchanged for a steady one (empty ``horizon``)."""
-    if not len(horizon):
-        return params
-    return replace(params, final_time=float(horizon[-1]), record_every=float(horizon[0]))
 
 
 def ladder_methods(

@@ -80,6 +80,15 @@ def add_models_command(commands: Commands) -> None:
         metavar="N",
         help="forward passes of that calibration's horizon (default 40)",
     )
+    validate.add_argument(
+        "--ledger-samples",
+        type=int,
+        default=30,
+        metavar="N",
+        help="fresh samples of the ledger: the error quantile, mean error and seconds per sample of the "
+        "surrogate, of every classical ladder rung and of the reference, which the server's router reads "
+        "(default 30; 0: none)",
+    )
     validate.add_argument("--seed", type=int, default=0, help="seeds the fresh samples")
     validate.set_defaults(func=_validate)
 
@@ -196,6 +205,7 @@ def _publish_validated(args: argparse.Namespace, publish_validated):
             for keyword, value in (
                 ("rollout_samples_count", args.rollout_samples),
                 ("rollout_steps", args.rollout_steps),
+                ("ledger_samples", args.ledger_samples),
             )
             if value is not None
         },
@@ -217,3 +227,14 @@ def _print_validated(args: argparse.Namespace, version: str, card) -> None:
             f"({rollout.n_samples} trajectories)"
         )
     )
+    if card.ledger is not None:
+        ledger = card.ledger
+        print(
+            f"ledger at side {ledger.side} ({ledger.n_samples} samples): error at {ledger.coverage:.0%}, "
+            "mean error, ms per sample"
+        )
+        for entry in ledger.entries:
+            print(
+                f"  {entry.path:9} {entry.rung:42} {entry.error_quantile:9.3g} {entry.mean_error:9.3g} "
+                f"{1e3 * entry.seconds:9.3g}"
+            )

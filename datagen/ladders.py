@@ -38,6 +38,18 @@ NAVIER_STOKES_STEPS = (1e-3, 2e-3, 4e-3, 5e-3, 8e-3, 1e-2, 1.6e-2, 3.2e-2)
 NODE_GRID_MULTIPLE = 4
 
 
+def ladder_parameters(params: Any, horizon: Sequence[float]) -> Any:
+    """``params`` whose rungs answer at ``horizon``, evenly spaced times after the start state (a
+    time-dependent family's ``final_time`` and ``record_every``); unchanged for an empty ``horizon``
+    (a steady family). ``SolverRefusal`` for times that are not evenly spaced from the start."""
+    if not len(horizon):
+        return params
+    interval = float(horizon[0])
+    if not np.allclose(horizon, interval * np.arange(1, len(horizon) + 1)):
+        raise SolverRefusal(f"the ladder answers at evenly spaced times, not at {list(horizon)}")
+    return replace(params, final_time=float(horizon[-1]), record_every=interval)
+
+
 def node_interpolation(source: int, target: int) -> np.ndarray:
     """Linear interpolation from ``source`` to ``target`` nodes on [0, 1] (boundary nodes included), as a
     ``(target, source)`` matrix: bilinear interpolation of a grid is ``P @ values @ P.T``."""

@@ -372,6 +372,63 @@ class ErrorCalibration:
     steps: int = 1
 
 
+# The paths of a ledger entry: the surrogate's forward pass (with its estimate), a rung of the family's
+# classical ladder, the family's reference solve.
+SURROGATE_PATH, RUNG_PATH, REFERENCE_PATH = "surrogate", "rung", "reference"
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One way of answering, measured on fresh samples of the model's distribution.
+
+    Parameters
+    ----------
+    path : str
+        ``surrogate``, ``rung`` or ``reference``.
+    rung : str
+        The rung's label (``"direct LDL^T, grid 33"``); ``""`` for the surrogate and the reference.
+    settings : mapping
+        The rung's settings, as JSON values (empty for the other paths).
+    error_quantile : float
+        The ledger's ``coverage`` quantile of the relative L2 error against the family's reference (the
+        conformal one: the ``ceil((n + 1) coverage)``-th smallest of ``n``).
+    mean_error : float
+        Mean relative L2 error.
+    seconds : float
+        Wall time per sample, one call on all samples (the surrogate's includes its estimate).
+    """
+
+    path: str
+    rung: str
+    settings: Mapping[str, Any]
+    error_quantile: float
+    mean_error: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """What each way of answering costs and how accurate it is, at the training grid (the router's table,
+    ``serving/router.py``).
+
+    Parameters
+    ----------
+    side : int
+        Grid side it was measured at (the training side).
+    coverage : float
+        The quantile of ``LedgerEntry.error_quantile``.
+    n_samples : int
+        Fresh samples each path answered.
+    entries : tuple of LedgerEntry
+        The surrogate, every rung on a solve grid no finer than ``side``, and the reference.
+    """
+
+    side: int
+    coverage: float
+    n_samples: int
+    entries: tuple[LedgerEntry, ...]
+
+
 @dataclass(frozen=True)
 class SolverFreeCalibration:
     """An error estimate that needs no solver: the input's distance from the training inputs, scaled
@@ -515,6 +572,8 @@ class ModelCard:
     solver_free : SolverFreeCalibration or None
         An error estimate that needs no solver (None: not calibrated); served when the family's own
         estimate cannot be.
+    ledger : Ledger or None
+        Error and cost of the surrogate, of every ladder rung and of the reference (None: not measured).
     """
 
     architecture: str
@@ -542,6 +601,7 @@ class ModelCard:
     input_ranges: tuple[ValueRange, ...] = ()
     family: FamilySource | None = None
     solver_free: SolverFreeCalibration | None = None
+    ledger: Ledger | None = None
 
     @property
     def input_names(self) -> list[str]:
@@ -564,7 +624,7 @@ class ModelCard:
         body = {"schema_version": SCHEMA_VERSION, **dataclasses.asdict(self)}
         # Written only when set (fields added within schema 2): readers that predate them still read
         # every card that does not use them.
-        for optional in ("rollout_calibration", "family", "solver_free"):
+        for optional in ("rollout_calibration", "family", "solver_free", "ledger"):
             if body[optional] is None:
                 del body[optional]
         for calibration in (body.get("calibration"), body.get("rollout_calibration")):

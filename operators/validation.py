@@ -27,16 +27,25 @@ import json
 import math
 import os
 import shutil
+import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from pdeserve.datagen.dataset import LoadedDataset
+from pdeserve.datagen.families import Rung
+from pdeserve.datagen.ladders import ladder_parameters
 from pdeserve.operators import estimates, solver_free_estimate
 from pdeserve.operators.card import (
+    REFERENCE_PATH,
+    RUNG_PATH,
+    SURROGATE_PATH,
     ErrorCalibration,
+    Ledger,
+    LedgerEntry,
     Lineage,
     ModelCard,
     ResolutionValidation,
@@ -60,6 +69,9 @@ ROLLOUT_SAMPLES, ROLLOUT_STEPS = 20, 40
 # Largest side of a sweep, in training sides: steady families, and time-dependent ones (a time
 # integration per sample for the reference).
 MAX_MULTIPLE, MAX_MULTIPLE_TIME_DEPENDENT = 4.0, 2.0
+# Fresh samples of a ledger, and the most of them the reference solve answers (for a time-mapped model
+# it integrates from the first input state, the costliest path by far; its error is the floor).
+LEDGER_SAMPLES, LEDGER_REFERENCE_SAMPLES = 30, 4
 
 
 def sweep_sides(
@@ -315,6 +327,7 @@ def publish_validated(
     command: Sequence[str] = (),
     rollout_samples_count: int = ROLLOUT_SAMPLES,
     rollout_steps: int = ROLLOUT_STEPS,
+    ledger_samples: int = 0,
 ) -> tuple[str, ModelCard]:
     """Validate and calibrate a published version on fresh samples and publish its weights, byte for
     byte, with the new card as the next version (lineage mode ``validate``, parent that version).
@@ -340,6 +353,8 @@ def publish_validated(
     rollout_samples_count, rollout_steps : int
         For a time-mapped model with evenly spaced states: fresh trajectories, and forward passes of
         the horizon, that calibrate its rollout estimate (:func:`calibrate_rollout`).
+    ledger_samples : int
+        Fresh samples of the ledger (:func:`measure_ledger`; 0: none is measured).
 
     Returns the new version and its card.
     """
@@ -373,6 +388,9 @@ def publish_validated(
         input_ranges=card.input_ranges or input_ranges(card.input_names, calibration_pairs.x),
         lineage=lineage,
     )
+    if ledger_samples > 0:  # measured with the new calibration: the surrogate's path includes its estimate
+        surrogate.card = card
+        card = card.replace(ledger=measure_ledger(surrogate, ledger_samples, seed + 3, coverage))
 
     return repository.republish(name, version, card), card
 
@@ -454,3 +472,99 @@ def _republish_with_statistics(
         write_card(folder, written[0])
 
     return repository.publish(name, write), written[0]
+
+
+# ----------------------------------------------------------------------------------------------------
+# The ledger: error and cost of every way of answering (serving/router.py reads it)
+
+
+def ladder_of(card: ModelCard, side: int) -> tuple[Any, Any, list[Rung]]:
+    """``(family, parameters, rungs)``: the rungs of ``card``'s family's ladder that answer at ``side``
+    on a solve grid no finer than ``side`` (cheaper than the reference), with the parameters they take:
+    for a time-mapped model, those of the interval from its last input state to its outputs."""
+    from pdeserve.operators.family import family_of
+
+    family = family_of(card)
+    params = family.parameters_from(card.pde_parameters)
+    if family.ladder is None:
+        return family, params, []
+    if card.time_map is not None:
+        states = family.state_times(params, side)
+        k, m = card.time_map.input_steps, len(card.output_names)
+        params = ladder_parameters(params, states[k : k + m] - states[k - 1])
+    rungs = [r for r in family.ladder(params, side) if int(r.settings.get("grid", side)) <= side]
+    return family, params, rungs
+
+
+def rung_answers(card: ModelCard, family: Any, params: Any, rung: Rung, x: np.ndarray) -> np.ndarray:
+    """``rung``'s answers ``(sample, output, *grid)`` to a model's inputs ``x`` (``(sample, input,
+    *grid)``, on any grid): a steady model's inputs by name, a time-mapped model's last input state."""
+    if card.time_map is None:
+        solved = rung.solve(params, {name: x[:, c] for c, name in enumerate(card.input_names)})
+        return np.stack([np.asarray(solved[name]) for name in card.output_names], axis=1)
+    solved = rung.solve(params, {family.inputs[0].name: np.asarray(x[:, -1], dtype=np.float64)})
+    return np.asarray(solved[family.outputs[0].name])
+
+
+def _quantile(errors: Sequence[float], coverage: float) -> float:
+    """The conformal ``coverage`` quantile: the ``ceil((n + 1) coverage)``-th smallest (the largest for
+    fewer samples)."""
+    ordered = np.sort(errors)
+    return float(ordered[min(len(ordered), math.ceil((len(ordered) + 1) * coverage)) - 1])
+
+
+def _entry(path: str, rung: str, settings, answer, x: np.ndarray, y: np.ndarray, coverage: float):
+    """The ``LedgerEntry`` of ``answer`` (``x -> y``'s answers) after one untimed warm-up call; None
+    when it refuses the samples or answers something not finite (it cannot answer them)."""
+    try:
+        answer(x[:1])
+        started = time.perf_counter()
+        predicted = answer(x)
+        seconds = (time.perf_counter() - started) / len(x)
+    except ValueError:  # a refusal: this path cannot take these samples
+        return None
+    if not np.all(np.isfinite(predicted)):
+        return None
+    errors = [relative_l2(predicted[i : i + 1], y[i : i + 1]) for i in range(len(y))]
+    return LedgerEntry(
+        path, rung, dict(settings), _quantile(errors, coverage), float(np.mean(errors)), seconds
+    )
+
+
+def measure_ledger(
+    surrogate: Surrogate, n_samples: int = LEDGER_SAMPLES, seed: int = 0, coverage: float = 0.9
+) -> Ledger:
+    """Error (the ``coverage`` quantile and the mean) and seconds per sample of the surrogate with its
+    estimate, of every rung of :func:`ladder_of` and of the family's reference solve, on ``n_samples``
+    fresh samples at the training side against the family's reference (the reference itself on at most
+    :data:`LEDGER_REFERENCE_SAMPLES`, one at a time as a server solves them)."""
+    from pdeserve.operators.pairs import reference_outputs
+
+    card = surrogate.card
+    side = card.training_resolution[-1]
+    pairs = validation_samples(surrogate, side, n_samples, seed)
+    x, y = pairs.x, pairs.y
+
+    def surrogate_answers(x: np.ndarray) -> np.ndarray:
+        predicted = surrogate.forward(x)
+        if card.calibration is not None:
+            for i in range(len(x)):
+                estimates.estimate(
+                    card,
+                    _sample_fields(card.input_names, x[i]),
+                    _sample_fields(card.output_names, predicted[i]),
+                )
+        return predicted
+
+    def reference_answers(x: np.ndarray) -> np.ndarray:
+        solved = [reference_outputs(card, _sample_fields(card.input_names, sample)) for sample in x]
+        return np.stack([[s[name] for name in card.output_names] for s in solved])
+
+    family, params, rungs = ladder_of(card, side)
+    entries = [_entry(SURROGATE_PATH, "", {}, surrogate_answers, x, y, coverage)]
+    for rung in rungs:
+        answer = lambda x, rung=rung: rung_answers(card, family, params, rung, x)  # noqa: E731
+        entries.append(_entry(RUNG_PATH, rung.label, rung.settings, answer, x, y, coverage))
+    few = min(len(x), LEDGER_REFERENCE_SAMPLES)
+    entries.append(_entry(REFERENCE_PATH, "", {}, reference_answers, x[:few], y[:few], coverage))
+    return Ledger(side, coverage, n_samples, tuple(e for e in entries if e is not None))
