@@ -22,6 +22,7 @@ EXAMPLES = """examples:
   pdeserve solve --target 127.0.0.1:9000 --model darcy-fno --input a.npy --out u.npy
   pdeserve solve --target 127.0.0.1:9000 --model darcy-fno --input data/darcy64.h5 --reference
   pdeserve solve --model darcy-fno --input a.npy --tolerance 1e-6 --out u.npy   # refined to a residual
+  pdeserve solve --model darcy-fno --input a.npy --max-error 0.05   # the cheapest path meeting 5%
   pdeserve solve --model ns-fno --input data/ns64.h5 --steps 40 --out trajectory.npy   # Rollout stream
   pdeserve solve --target solver.example.org:443 --tls --model darcy-fno --input a.npy   # via a TLS ingress
 """
@@ -63,8 +64,16 @@ def add_solve_command(commands: Commands) -> None:
         "--max-error",
         type=float,
         default=0.0,
-        help="with --steps: the largest estimated relative L2 error a state may carry; a sample above it "
-        "continues with the classical solver's states (default 0: no limit)",
+        help="the relative L2 error the answer may have: the server answers by the cheapest path its "
+        "ledger predicts to meet it (surrogate, classical ladder rung or reference); with --steps, the "
+        "largest estimated error a state may carry, a sample above it continuing with the classical "
+        "solver's states (default 0: no limit)",
+    )
+    solve.add_argument(
+        "--method",
+        choices=("auto", "surrogate", "classical"),
+        default="auto",
+        help="with --max-error: which paths may answer (default auto: the cheapest)",
     )
     solve.add_argument("--timeout", type=float, default=60.0, help="deadline in seconds (whole stream)")
     solve.add_argument(
@@ -184,7 +193,7 @@ def _check_line(i: int, check: AnswerCheck) -> str:
         estimate = f"indicator {check.indicator:.3g} (model not calibrated: no estimate)"
     else:
         estimate = "no estimate for this model"
-    line = f"  sample {i}: {estimate}, path {check.path}"
+    line = f"  sample {i}: {estimate}, path {check.path}" + (f" ({check.rung})" if check.rung else "")
     if check.residual is not None:
         line += f", residual {check.residual:.3g}"
     if check.refine_iterations:
@@ -202,8 +211,8 @@ def _solve(args: argparse.Namespace) -> None:
         raise FileNotFoundError(f"no such input file: {path}")
     if args.steps is not None and args.reference:
         raise ValueError("--reference checks a single Solve; it does not apply to --steps")
-    if args.steps is None and args.max_error:
-        raise ValueError("--max-error holds a rollout's states to an estimate; it needs --steps")
+    if args.method != "auto" and not args.max_error:
+        raise ValueError("--method chooses the paths that meet --max-error; it needs --max-error")
     if args.steps is not None and args.tolerance:
         raise ValueError("--tolerance refines a single Solve's answers; it does not apply to --steps")
     if path.suffix not in (".npy", ".npz"):
@@ -224,7 +233,13 @@ def _solve(args: argparse.Namespace) -> None:
             _rollout_command(args, client, inputs)
             return
         response = client.solve_response(
-            args.model, inputs, args.version, reference=args.reference, tolerance=args.tolerance
+            args.model,
+            inputs,
+            args.version,
+            reference=args.reference,
+            tolerance=args.tolerance,
+            max_error=args.max_error,
+            method=args.method,
         )
     outputs = {name: from_tensor(t, name) for name, t in response.outputs.items()}
     shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in outputs.items())

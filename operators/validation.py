@@ -478,10 +478,11 @@ def _republish_with_statistics(
 # The ledger: error and cost of every way of answering (serving/router.py reads it)
 
 
-def ladder_of(card: ModelCard, side: int) -> tuple[Any, Any, list[Rung]]:
+def ladder_of(card: ModelCard, side: int, finest: int | None = None) -> tuple[Any, Any, list[Rung]]:
     """``(family, parameters, rungs)``: the rungs of ``card``'s family's ladder that answer at ``side``
-    on a solve grid no finer than ``side`` (cheaper than the reference), with the parameters they take:
-    for a time-mapped model, those of the interval from its last input state to its outputs."""
+    on a solve grid no finer than ``finest`` (default ``side``: cheaper than the reference), with the
+    parameters they take: for a time-mapped model, those of the interval from its last input state to
+    its outputs (at the training side's times)."""
     from pdeserve.operators.family import family_of
 
     family = family_of(card)
@@ -489,10 +490,11 @@ def ladder_of(card: ModelCard, side: int) -> tuple[Any, Any, list[Rung]]:
     if family.ladder is None:
         return family, params, []
     if card.time_map is not None:
-        states = family.state_times(params, side)
+        states = family.state_times(params, card.training_resolution[-1])
         k, m = card.time_map.input_steps, len(card.output_names)
         params = ladder_parameters(params, states[k : k + m] - states[k - 1])
-    rungs = [r for r in family.ladder(params, side) if int(r.settings.get("grid", side)) <= side]
+    finest = side if finest is None else finest
+    rungs = [r for r in family.ladder(params, side) if int(r.settings.get("grid", side)) <= finest]
     return family, params, rungs
 
 

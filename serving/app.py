@@ -70,11 +70,13 @@ from pdeserve.serving.checks import (
     requested_max_error,
     requested_tolerance,
 )
+from pdeserve.serving.dataplane import DataPlane, Wanted, requested_route
 from pdeserve.serving.errors import DeadlineExceeded, FailedPrecondition, NotFound, ResourceExhausted
 from pdeserve.serving.family import rollout_axis
 from pdeserve.serving.metrics import Metrics
 from pdeserve.serving.model_info import model_info
 from pdeserve.serving.options import ServingOptions, replica_environment
+from pdeserve.serving.router import METHODS
 from pdeserve.serving.rpc import Call, response_types, rpc, streaming_rpc
 from pdeserve.serving.serve_config import DEPLOYMENT_LOGGING_CONFIG
 from pdeserve.serving.tensors import from_tensor, to_tensor
@@ -277,6 +279,9 @@ class SolverService:
         self.auth_token = self.options.resolved_auth_token()
         self.metrics = Metrics()
         self.checker = Checker(self.repository)  # estimates and refinements, on threads of their own
+        self.dataplane = DataPlane(
+            self._forward, self.checker, self._reference_pool, REFERENCE_TIMEOUT_S, self.metrics
+        )
         from pdeserve.serving import oip  # here, not at the top: see serving/oip.py
 
         self.oip = oip
@@ -442,17 +447,26 @@ class SolverService:
         decode: Callable[[Surrogate], dict[str, np.ndarray]],
         tolerance: float | None,
         copies: int = 1,
+        wanted: Wanted | None = None,
     ) -> tuple[Surrogate, dict[str, np.ndarray], Answer]:
         """``_lookup``, ``decode(surrogate)`` of the wire tensors, the model's own validation, one
         (batched) forward pass and every sample's check (refined to ``tolerance`` when not None): the
         surrogate, the inputs and the checked answer, in the inputs' batch layout. ``call.forward_ms``
         is the time from the request's entry until the forward pass's outputs were ready. The answer
-        carries ``copies`` of the outputs (2 with the reference solution), bounded before any work."""
+        carries ``copies`` of the outputs (2 with the reference solution), bounded before any work. With
+        ``wanted`` (a ``max_error``), the data plane's router picks the path (serving/dataplane.py)."""
         surrogate = await self._lookup(request, call, model_field)
         inputs = decode(surrogate)
         stacked, batched = surrogate.validate(inputs)
         bound_points(request_points(stacked), MAX_REQUEST_POINTS, "the request")
         bound_answer(stacked, copies * len(surrogate.output_names), self.options.max_request_bytes)
+        if wanted is not None:
+            route = self.dataplane.route(surrogate, stacked, wanted)
+            routed, call.forward_ms = await self.dataplane.answer(
+                surrogate, inputs, stacked, batched, route, wanted.max_error, call.started
+            )
+            self._count(call, surrogate, routed.checks)
+            return surrogate, inputs, routed
         outputs = _split(surrogate.output_names, await self._forward(surrogate, stacked), batched)
         call.forward_ms = (time.perf_counter() - call.started) * 1e3
         checks = await self.checker.check(surrogate, inputs, outputs, batched, tolerance)
@@ -472,11 +486,19 @@ class SolverService:
         the time since the request entered the replica until the forward pass's outputs were ready
         (validation, queueing for the batch and the forward pass)."""
         tolerance = requested_tolerance(request.tolerance, "SolveRequest.tolerance")
+        method = METHODS[request.method] if request.method < len(METHODS) else str(request.method)
+        wanted = requested_route(request.max_error, method, tolerance, "SolveRequest.max_error")
         if request.reference:  # refused before any work
             points = max((math.prod(t.shape) for t in request.inputs.values()), default=0)
             bound_points(points, MAX_REFERENCE_POINTS, "the classical reference solve of the request")
         surrogate, inputs, checked = await self._predict(
-            request, call, "SolveRequest.model", lambda _: _decode(request), tolerance, 1 + request.reference
+            request,
+            call,
+            "SolveRequest.model",
+            lambda _: _decode(request),
+            tolerance,
+            1 + request.reference,
+            wanted,
         )
         response = pb.SolveResponse(
             model=surrogate.name,
@@ -694,14 +716,18 @@ class SolverService:
     @rpc(model_fields=("model_name", "model_version"))
     async def ModelInfer(self, request: oip_pb.ModelInferRequest, call: Call) -> oip_pb.ModelInferResponse:
         """Solve through the Open Inference Protocol: the same checks, batching and metrics as ``Solve``
-        (the tolerance is the request parameter ``tolerance``; see serving/oip.py)."""
+        (the tolerance and the accepted error are the request parameters ``tolerance`` and ``max_error``;
+        see serving/oip.py)."""
         tolerance = requested_tolerance(self.oip.tolerance(request), "ModelInferRequest parameter tolerance")
+        field = "ModelInferRequest parameter max_error"
+        wanted = requested_route(self.oip.max_error(request), "auto", tolerance, field)
         surrogate, _, checked = await self._predict(
             request,
             call,
             "ModelInferRequest.model_name",
             lambda s: self.oip.decode_inputs(request, s),
             tolerance,
+            wanted=wanted,
         )
         return self.oip.infer_response(request, surrogate, checked)
 

@@ -69,9 +69,14 @@ PATHS = {
     estimates.REFINED: pb.ANSWER_PATH_REFINED,
     estimates.CLASSICAL: pb.ANSWER_PATH_CLASSICAL,
 }
-# Where an estimate comes from: the family's indicator, or the solver-free estimate.
-INDICATOR, SOLVER_FREE = "indicator", "solver-free"
-METHODS = {INDICATOR: pb.ESTIMATE_METHOD_INDICATOR, SOLVER_FREE: pb.ESTIMATE_METHOD_SOLVER_FREE}
+# Where an estimate comes from: the family's indicator, the solver-free estimate, or the ledger's
+# recorded error of the classical path that answered.
+INDICATOR, SOLVER_FREE, LEDGER = "indicator", "solver-free", "ledger"
+METHODS = {
+    INDICATOR: pb.ESTIMATE_METHOD_INDICATOR,
+    SOLVER_FREE: pb.ESTIMATE_METHOD_SOLVER_FREE,
+    LEDGER: pb.ESTIMATE_METHOD_LEDGER,
+}
 # Solver-free estimators a replica keeps loaded (small: principal directions and projections).
 ESTIMATORS_PER_REPLICA = 32
 
@@ -108,6 +113,9 @@ class SampleCheck:
     refine_seconds: float = 0.0
     method: str = INDICATOR
     out_of_distribution: tuple[str, ...] = ()
+    rung: str = ""
+    predicted_ms: float = 0.0
+    measured_ms: float = 0.0
 
     def message(self) -> pb.AnswerCheck:
         """The ``AnswerCheck`` of this sample (non-finite numbers are left absent)."""
@@ -116,6 +124,9 @@ class SampleCheck:
             refine_iterations=self.iterations,
             refine_ms=self.refine_seconds * 1e3,
             out_of_distribution=self.out_of_distribution,
+            rung=self.rung,
+            predicted_ms=self.predicted_ms,
+            measured_ms=self.measured_ms,
         )
         if self.estimate is not None:
             check.estimate_method = METHODS[self.method]

@@ -18,6 +18,13 @@ from pdeserve.protos.v1 import solver_pb2 as pb
 from pdeserve.protos.v1 import solver_pb2_grpc
 from pdeserve.serving.tensors import from_tensor, to_tensor
 
+# SolveRequest.method by name.
+SOLVE_METHODS = {
+    "auto": pb.SOLVE_METHOD_AUTO,
+    "surrogate": pb.SOLVE_METHOD_SURROGATE,
+    "classical": pb.SOLVE_METHOD_CLASSICAL,
+}
+
 
 class SolverError(RuntimeError):
     """A failed call: ``code`` is the gRPC status, the message its details."""
@@ -52,9 +59,12 @@ class AnswerCheck:
         Milliseconds the server spent refining it.
     estimate_method : str
         ``indicator`` (the PDE family's), ``solver-free`` (the inputs' distance from the training
-        inputs) or ``""`` without an estimate.
+        inputs), ``ledger`` (the recorded error of the classical path that answered) or ``""`` without
+        an estimate.
     out_of_distribution : tuple of str
         Why the sample's inputs lie outside the model's training data (empty when they do not).
+    rung : str
+        The classical ladder's rung that answered (``reference`` for the reference solve; ``""`` else).
     """
 
     estimated_relative_l2: float | None
@@ -66,6 +76,7 @@ class AnswerCheck:
     refine_ms: float
     estimate_method: str = ""
     out_of_distribution: tuple[str, ...] = ()
+    rung: str = ""
 
     @classmethod
     def from_message(cls, message: pb.AnswerCheck) -> AnswerCheck:
@@ -86,6 +97,7 @@ class AnswerCheck:
             .lower()
             .replace("_", "-"),
             out_of_distribution=tuple(message.out_of_distribution),
+            rung=message.rung,
         )
 
 
@@ -223,10 +235,21 @@ class SolverClient:
         version: str = "",
         reference: bool = False,
         tolerance: float = 0.0,
+        max_error: float = 0.0,
+        method: str = "auto",
     ) -> pb.SolveResponse:
         """The raw ``SolveResponse`` for ``inputs`` (field name -> array); ``tolerance`` > 0 asks for
-        answers refined to that relative residual."""
-        request = pb.SolveRequest(model=model, version=version, reference=reference, tolerance=tolerance)
+        answers refined to that relative residual; ``max_error`` > 0 for an answer by the cheapest path
+        predicted to meet that relative L2 error, of ``method`` (``auto``, ``surrogate`` or
+        ``classical``; ``checks[i].path`` and ``rung`` say which answered)."""
+        request = pb.SolveRequest(
+            model=model,
+            version=version,
+            reference=reference,
+            tolerance=tolerance,
+            max_error=max_error,
+            method=SOLVE_METHODS[method],
+        )
         for name, array in inputs.items():
             request.inputs[name].CopyFrom(to_tensor(array))
         return self._call(self.stub.Solve, request)

@@ -136,6 +136,12 @@ class Metrics:
             "classical (refined / all = the refined fraction)",
             tag_keys=(*MODEL_TAGS, "method", "path"),
         )
+        self.escalations = BufferedCounter(
+            "pdeserve_escalations",
+            "samples of a request with max_error first answered by the surrogate whose estimate missed it, "
+            "answered again by a classical path",
+            tag_keys=MODEL_TAGS,
+        )
         self.estimated_error = metrics.Histogram(
             "pdeserve_estimated_relative_l2",
             "estimated relative L2 error of each answered sample, for calibrated models (Rollout: of each "
@@ -146,7 +152,7 @@ class Metrics:
 
     def flush(self) -> None:
         """Hand every counter's counts since the last flush to Ray."""
-        for counter in (self.requests, self.answers, self.forward_passes):
+        for counter in (self.requests, self.answers, self.forward_passes, self.escalations):
             counter.flush()
 
     def answered(

@@ -78,15 +78,25 @@ def model_metadata(name: str, card: ModelCard, versions: list[str]) -> pb.ModelM
     )
 
 
-def tolerance(request: pb.ModelInferRequest) -> float:
-    """The request parameter ``tolerance`` (0 when absent); ``InvalidInputError`` unless it is a number."""
-    if "tolerance" not in request.parameters:
+def number(request: pb.ModelInferRequest, name: str) -> float:
+    """The request parameter ``name`` (0 when absent); ``InvalidInputError`` unless it is a number."""
+    if name not in request.parameters:
         return 0.0
-    parameter = request.parameters["tolerance"]
+    parameter = request.parameters[name]
     kind = parameter.WhichOneof("parameter_choice")
     if kind not in ("double_param", "int64_param"):
-        raise InvalidInputError(f"parameter tolerance is a {kind}; send a double")
+        raise InvalidInputError(f"parameter {name} is a {kind}; send a double")
     return float(getattr(parameter, kind))
+
+
+def tolerance(request: pb.ModelInferRequest) -> float:
+    """The request parameter ``tolerance`` (0 when absent)."""
+    return number(request, "tolerance")
+
+
+def max_error(request: pb.ModelInferRequest) -> float:
+    """The request parameter ``max_error`` (0 when absent): as ``SolveRequest.max_error``, method AUTO."""
+    return number(request, "max_error")
 
 
 def _decode(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> np.ndarray:

@@ -13,6 +13,12 @@ class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DTYPE_FLOAT32: _ClassVar[DType]
     DTYPE_FLOAT64: _ClassVar[DType]
 
+class SolveMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SOLVE_METHOD_AUTO: _ClassVar[SolveMethod]
+    SOLVE_METHOD_SURROGATE: _ClassVar[SolveMethod]
+    SOLVE_METHOD_CLASSICAL: _ClassVar[SolveMethod]
+
 class AnswerPath(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ANSWER_PATH_UNSPECIFIED: _ClassVar[AnswerPath]
@@ -25,9 +31,13 @@ class EstimateMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ESTIMATE_METHOD_UNSPECIFIED: _ClassVar[EstimateMethod]
     ESTIMATE_METHOD_INDICATOR: _ClassVar[EstimateMethod]
     ESTIMATE_METHOD_SOLVER_FREE: _ClassVar[EstimateMethod]
+    ESTIMATE_METHOD_LEDGER: _ClassVar[EstimateMethod]
 DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT32: DType
 DTYPE_FLOAT64: DType
+SOLVE_METHOD_AUTO: SolveMethod
+SOLVE_METHOD_SURROGATE: SolveMethod
+SOLVE_METHOD_CLASSICAL: SolveMethod
 ANSWER_PATH_UNSPECIFIED: AnswerPath
 ANSWER_PATH_SURROGATE: AnswerPath
 ANSWER_PATH_REFINED: AnswerPath
@@ -35,6 +45,7 @@ ANSWER_PATH_CLASSICAL: AnswerPath
 ESTIMATE_METHOD_UNSPECIFIED: EstimateMethod
 ESTIMATE_METHOD_INDICATOR: EstimateMethod
 ESTIMATE_METHOD_SOLVER_FREE: EstimateMethod
+ESTIMATE_METHOD_LEDGER: EstimateMethod
 
 class Tensor(_message.Message):
     __slots__ = ("shape", "dtype", "data")
@@ -47,7 +58,7 @@ class Tensor(_message.Message):
     def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class SolveRequest(_message.Message):
-    __slots__ = ("model", "version", "inputs", "reference", "tolerance")
+    __slots__ = ("model", "version", "inputs", "reference", "tolerance", "max_error", "method")
     class InputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -60,15 +71,19 @@ class SolveRequest(_message.Message):
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_FIELD_NUMBER: _ClassVar[int]
     TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    MAX_ERROR_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     inputs: _containers.MessageMap[str, Tensor]
     reference: bool
     tolerance: float
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., inputs: _Optional[_Mapping[str, Tensor]] = ..., reference: _Optional[bool] = ..., tolerance: _Optional[float] = ...) -> None: ...
+    max_error: float
+    method: SolveMethod
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., inputs: _Optional[_Mapping[str, Tensor]] = ..., reference: _Optional[bool] = ..., tolerance: _Optional[float] = ..., max_error: _Optional[float] = ..., method: _Optional[_Union[SolveMethod, str]] = ...) -> None: ...
 
 class AnswerCheck(_message.Message):
-    __slots__ = ("estimated_relative_l2", "indicator", "coverage", "path", "refine_iterations", "residual", "refine_ms", "estimate_method", "out_of_distribution")
+    __slots__ = ("estimated_relative_l2", "indicator", "coverage", "path", "refine_iterations", "residual", "refine_ms", "estimate_method", "out_of_distribution", "rung", "predicted_ms", "measured_ms")
     ESTIMATED_RELATIVE_L2_FIELD_NUMBER: _ClassVar[int]
     INDICATOR_FIELD_NUMBER: _ClassVar[int]
     COVERAGE_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +93,9 @@ class AnswerCheck(_message.Message):
     REFINE_MS_FIELD_NUMBER: _ClassVar[int]
     ESTIMATE_METHOD_FIELD_NUMBER: _ClassVar[int]
     OUT_OF_DISTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    RUNG_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_MS_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_MS_FIELD_NUMBER: _ClassVar[int]
     estimated_relative_l2: float
     indicator: float
     coverage: float
@@ -87,7 +105,10 @@ class AnswerCheck(_message.Message):
     refine_ms: float
     estimate_method: EstimateMethod
     out_of_distribution: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, estimated_relative_l2: _Optional[float] = ..., indicator: _Optional[float] = ..., coverage: _Optional[float] = ..., path: _Optional[_Union[AnswerPath, str]] = ..., refine_iterations: _Optional[int] = ..., residual: _Optional[float] = ..., refine_ms: _Optional[float] = ..., estimate_method: _Optional[_Union[EstimateMethod, str]] = ..., out_of_distribution: _Optional[_Iterable[str]] = ...) -> None: ...
+    rung: str
+    predicted_ms: float
+    measured_ms: float
+    def __init__(self, estimated_relative_l2: _Optional[float] = ..., indicator: _Optional[float] = ..., coverage: _Optional[float] = ..., path: _Optional[_Union[AnswerPath, str]] = ..., refine_iterations: _Optional[int] = ..., residual: _Optional[float] = ..., refine_ms: _Optional[float] = ..., estimate_method: _Optional[_Union[EstimateMethod, str]] = ..., out_of_distribution: _Optional[_Iterable[str]] = ..., rung: _Optional[str] = ..., predicted_ms: _Optional[float] = ..., measured_ms: _Optional[float] = ...) -> None: ...
 
 class SolveResponse(_message.Message):
     __slots__ = ("model", "version", "outputs", "reference_outputs", "reference_relative_l2", "inference_ms", "checks", "grid_validated", "out_of_range_inputs")

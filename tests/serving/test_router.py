@@ -1,0 +1,73 @@
+"""The router's plan: the cheapest path of a ledger whose recorded error meets max_error, escalation,
+methods, bounds and refusals; and the ledger's round trip through a model card."""
+
+import json
+
+import pytest
+
+from pdeserve.operators.card import Ledger, LedgerEntry, ModelCard
+from pdeserve.operators.repository import ModelRepository, read_card
+from pdeserve.serving import router
+
+SURROGATE = LedgerEntry("surrogate", "", {}, 0.03, 0.02, 0.008)
+COARSE = LedgerEntry("rung", "direct LDL^T, grid 17", {"grid": 17}, 0.05, 0.037, 0.0008)
+MIDDLE = LedgerEntry("rung", "direct LDL^T, grid 33", {"grid": 33}, 0.022, 0.016, 0.002)
+FINE = LedgerEntry("rung", "direct LDL^T, grid 64", {"grid": 64}, 1e-12, 1e-12, 0.012)
+REFERENCE = LedgerEntry("reference", "", {}, 0.001, 0.0005, 0.02)
+LEDGER = Ledger(64, 0.9, 30, (SURROGATE, COARSE, MIDDLE, FINE, REFERENCE))
+
+
+def test_auto_takes_the_cheapest_path_that_meets_max_error():
+    assert router.plan(0.06, "auto", LEDGER).entry == COARSE
+    assert router.plan(0.04, "auto", LEDGER).entry == MIDDLE
+    assert router.plan(0.01, "auto", LEDGER).entry == FINE
+
+
+def test_the_surrogate_answers_when_it_is_cheapest_and_escalates_to_the_cheapest_classical_path():
+    ledger = Ledger(64, 0.9, 30, (LedgerEntry("surrogate", "", {}, 0.03, 0.02, 0.0001), MIDDLE, FINE))
+    route = router.plan(0.04, "auto", ledger)
+    assert route.entry.path == "surrogate" and route.escalation == MIDDLE
+    assert router.plan(0.025, "auto", ledger).entry == MIDDLE  # the surrogate's quantile misses it
+
+
+def test_methods_restrict_the_first_path():
+    route = router.plan(0.04, "surrogate", LEDGER)
+    assert route.entry == SURROGATE and route.escalation == MIDDLE
+    assert router.plan(0.06, "classical", LEDGER).entry == COARSE
+
+
+def test_measured_costs_replace_the_ledgers():
+    costs = {router.path_key(COARSE): 1.0}
+    assert router.plan(0.06, "auto", LEDGER, costs).entry == MIDDLE
+
+
+def test_no_classical_work_beyond_the_bounds():
+    route = router.plan(0.06, "auto", LEDGER, classical=False)
+    assert route.entry == SURROGATE and route.escalation is None
+    with pytest.raises(router.NoRoute, match="limits"):
+        router.plan(0.01, "auto", LEDGER, classical=False)
+
+
+def test_an_error_no_path_reaches_is_refused_with_the_best_reachable():
+    with pytest.raises(router.NoRoute, match=r"0\.03 \(surrogate\)"):
+        router.plan(0.01, "surrogate", LEDGER)
+    floor = Ledger(64, 0.9, 30, (SURROGATE, COARSE, LedgerEntry("reference", "", {}, 0.004, 0.002, 0.02)))
+    with pytest.raises(router.NoRoute, match=r"0\.004 \(reference\)"):
+        router.plan(0.001, "auto", floor)
+
+
+def test_costs_are_a_bounded_moving_average():
+    costs = router.Costs()
+    costs.update("m", "1", COARSE, 1.0, 10)
+    costs.update("m", "1", COARSE, 2.0, 10)
+    assert costs.of("m", "1") == {router.path_key(COARSE): pytest.approx(0.8 * 0.1 + 0.2 * 0.2)}
+    for i in range(router.MAX_COSTS + 5):
+        costs.update("m", str(i + 2), COARSE, 1.0, 1)
+    assert costs.of("m", "1") == {} and len(costs._seconds) == router.MAX_COSTS
+
+
+def test_the_ledger_round_trips_through_a_card_and_is_omitted_when_unset(bundled_repo):
+    card = read_card(ModelRepository(bundled_repo).resolve("darcy-fno", None)[1])
+    assert "ledger" not in json.loads(card.to_json())
+    again = ModelCard.from_json(card.replace(ledger=LEDGER).to_json())
+    assert again.ledger == LEDGER
