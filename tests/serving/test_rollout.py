@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 import pytest
 from ray import serve
-from test_serving_features import _poll, _scrape, _total
+from test_serving_features import METRICS_EXPORT_S, _poll, _scrape, _total
 
 from pdeserve.datagen.dataset import load_dataset
 from pdeserve.operators import estimates, load_model
@@ -257,15 +257,16 @@ def test_a_stream_waits_for_a_slow_reader_and_stops_when_its_client_goes_away(
         return _total(_scrape(metrics_port), "ray_pdeserve_answers_total", model=STREAMED) / samples
 
     def settled(after: float) -> float:
-        """Steps computed once more than ``after`` show and two scrapes 12 s apart agree (Ray exports
-        metrics every 10 s, so an export falls between them); a stream that kept computing agrees only at
-        its last step."""
+        """Steps computed once more than ``after`` show and two scrapes ``apart`` seconds apart agree (a
+        replica flushes its counters every second and Ray exports them every ``METRICS_EXPORT_S``, so two
+        exports fall between them); a stream that kept computing agrees only at its last step."""
         _poll(
             metrics_port, lambda s: _total(s, "ray_pdeserve_answers_total", model=STREAMED) > after * samples
         )
+        apart = 1 + 2 * METRICS_EXPORT_S + 2
         previous, deadline = computed(), time.monotonic() + 900
         while time.monotonic() < deadline:
-            time.sleep(12)
+            time.sleep(apart)
             if (now := computed()) == previous:
                 return now
             previous = now
