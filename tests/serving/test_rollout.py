@@ -3,8 +3,6 @@ second application on the session's Ray instance, streamed and compared with in-
 a stream's work is bounded, follows a slow reader and stops when its client goes away."""
 
 import shutil
-import subprocess
-import sys
 import time
 
 import grpc
@@ -13,6 +11,7 @@ import pytest
 from ray import serve
 from test_serving_features import METRICS_EXPORT_S, _poll, _scrape, _total
 
+from pdeserve.cli import main
 from pdeserve.datagen.dataset import load_dataset
 from pdeserve.operators import estimates, load_model
 from pdeserve.operators.validation import publish_validated
@@ -32,8 +31,8 @@ pytestmark = pytest.mark.ray
 
 
 def pdeserve(*args: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "pdeserve.cli", *args], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    """``pdeserve ARGS`` in this process (the fixture's data and models; no interpreter to start)."""
+    assert main(list(args)) == 0
 
 
 @pytest.fixture(scope="module")
