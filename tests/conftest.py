@@ -57,6 +57,10 @@ def grpc_target(bundled_repo: Path, metrics_port: int, node_token: tuple[str, st
     """``HOST:PORT`` of a real Ray Serve application serving the bundled repository over gRPC."""
     from pdeserve.serving import server
 
+    # HAProxy's own listeners on free ports too: its defaults may be held by another server on this
+    # machine (another test session's, a `pdeserve serve`).
+    for variable, _ in server.HAPROXY_PORTS.values():
+        os.environ.setdefault(variable, str(free_port()))
     # Throughput-optimised Serve keeps a deleted application's replicas draining for 30 s; the tests
     # delete theirs only once their requests are done, so 2 s saves half a minute per deletion.
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
