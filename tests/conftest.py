@@ -15,12 +15,33 @@ BUNDLED_MODEL = "darcy-fno"
 # counters from Prometheus wait for an export, so the Ray instances they start export every second (the
 # shortest interval Ray honours). Set before any Ray starts: its processes read it from the environment.
 os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
+# Fixtures whose work several test files share (a session's Ray Serve instance, a trained model): under
+# pytest-xdist, the tests that use one run on one worker, so that it is built once.
+SHARED_GROUPS = {
+    "grpc_target": "ray",
+    "small_darcy": "small-darcy",
+}
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items) -> None:
+    """xdist groups (``--dist loadgroup``): the tests of the session's Ray Serve instance in one group, the
+    users of another shared session fixture in one, every other test file's tests in one of their own
+    (its module-scoped fixtures are built once)."""
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        fixtures = getattr(item, "fixturenames", ())
+        shared = [group for fixture, group in SHARED_GROUPS.items() if fixture in fixtures]
+        if item.get_closest_marker("ray"):
+            shared.insert(0, "ray")
+        item.add_marker(pytest.mark.xdist_group(shared[0] if shared else item.nodeid.split("::")[0]))
 
 
 @pytest.fixture(scope="session")

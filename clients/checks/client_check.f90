@@ -180,7 +180,7 @@ contains
     do k = 1, pdeserve_num_metrics(model)
       call pdeserve_model_metric_at(model, k, name, value, status, message)
       call require('metric')
-      write (*, '(a,a,a,es24.17)') 'metric name=', trim(name), ' value=', value
+      write (*, '(a,a,a,g0)') 'metric name=', trim(name), ' value=', value
     end do
     call pdeserve_model_metric(model, 'no-such-metric', value, status, message)
     call report('missing_metric')
@@ -204,9 +204,11 @@ contains
     call report('bad_tolerance')
     call pdeserve_solve_field(client, 'darcy-fno', 'a', a, 'nope', u, status, message)
     call report('missing_output')
-    call pdeserve_request_init(request, 'darcy-fno', status, message, max_error=0.1d0)
+    call pdeserve_request_init(request, 'darcy-fno', status, message, max_error=0.1d0, &
+                               method=PDESERVE_METHOD_AUTO)
     call report('max_error')
     call pdeserve_request_free(request)
+
     ! a failed call leaves the client usable
     big = 7.5d0
     call pdeserve_solve_field(client, 'darcy-fno', 'a', big, 'u', big, status, message)

@@ -35,6 +35,9 @@ module pdeserve
   ! pdeserve_model_field's kind
   integer, parameter, public :: PDESERVE_INPUTS = 0, PDESERVE_OUTPUTS = 1
   integer, parameter, public :: PDESERVE_MAX_RANK = 32
+  ! SolveRequest.method (with max_error)
+  integer, parameter, public :: PDESERVE_METHOD_AUTO = 0, PDESERVE_METHOD_SURROGATE = 1, &
+    PDESERVE_METHOD_CLASSICAL = 2
 
   integer(c_int), parameter :: FLOAT32 = 1, FLOAT64 = 2, COLUMN_MAJOR = 1
 
@@ -57,6 +60,7 @@ module pdeserve
   ! The check of one sample's answer; has_* are 0 when the server left the value absent.
   type, bind(c), public :: pdeserve_check
     real(c_double) :: estimated_relative_l2 = 0, indicator = 0, coverage = 0, residual = 0, refine_ms = 0
+    real(c_double) :: predicted_ms = 0, measured_ms = 0
     integer(c_int32_t) :: has_estimate = 0, has_indicator = 0, has_residual = 0, path = 0
     integer(c_int32_t) :: refine_iterations = 0, estimate_method = 0, num_out_of_distribution = 0
     integer(c_int32_t) :: reserved = 0
@@ -70,7 +74,7 @@ module pdeserve
   public :: pdeserve_open, pdeserve_close, pdeserve_request_init, pdeserve_request_free, &
     pdeserve_add_input, pdeserve_solve, pdeserve_solve_field, pdeserve_answer_free, &
     pdeserve_get_output, pdeserve_get_output_elements, pdeserve_output_shape, pdeserve_get_reference, &
-    pdeserve_reference_error, pdeserve_num_checks, pdeserve_get_check, pdeserve_answer_info, &
+    pdeserve_reference_error, pdeserve_num_checks, pdeserve_get_check, pdeserve_check_rung, pdeserve_answer_info, &
     pdeserve_rollout_start, pdeserve_rollout_next, pdeserve_rollout_close, pdeserve_get_model, &
     pdeserve_model_free, pdeserve_model_string, pdeserve_model_number, pdeserve_num_fields, &
     pdeserve_model_field, pdeserve_num_metrics, pdeserve_model_metric, pdeserve_model_metric_at, &
@@ -203,6 +207,13 @@ module pdeserve
       type(c_error), intent(inout) :: err
       integer(c_int) :: s
     end function
+    function c_request_set_method(request, method, err) bind(c, name='pdeserve_request_set_method') result(s)
+      import :: c_ptr, c_int, c_error
+      type(c_ptr), value :: request
+      integer(c_int), value :: method
+      type(c_error), intent(inout) :: err
+      integer(c_int) :: s
+    end function
     function c_has_max_error() bind(c, name='pdeserve_has_max_error') result(s)
       import :: c_int
       integer(c_int) :: s
@@ -285,6 +296,12 @@ module pdeserve
       type(pdeserve_check), intent(inout) :: check
       type(c_error), intent(inout) :: err
       integer(c_int) :: s
+    end function
+    function c_answer_check_rung(answer, index) bind(c, name='pdeserve_answer_check_rung') result(p)
+      import :: c_ptr, c_int
+      type(c_ptr), value :: answer
+      integer(c_int), value :: index
+      type(c_ptr) :: p
     end function
     function c_answer_version(answer) bind(c, name='pdeserve_answer_version') result(p)
       import :: c_ptr
@@ -533,9 +550,10 @@ contains
 
   ! A request for `model` (at `version`, default the newest), with Solve's options: reference (also
   ! the classical solution), tolerance (a relative residual every answer must meet), max_error (largest
-  ! estimated error an answer may carry: NOT_SUPPORTED when the library's proto has no such field).
+  ! estimated error an answer may carry) and method (PDESERVE_METHOD_*: which paths may answer with
+  ! max_error); these two are NOT_SUPPORTED when the library's proto has no such fields.
   subroutine pdeserve_request_init(request, model, status, message, version, reference, tolerance, &
-                                   max_error)
+                                   max_error, method)
     type(pdeserve_request), intent(inout) :: request
     character(*), intent(in) :: model
     integer, intent(out) :: status
@@ -543,6 +561,7 @@ contains
     character(*), intent(in), optional :: version
     logical, intent(in), optional :: reference
     real(c_double), intent(in), optional :: tolerance, max_error
+    integer, intent(in), optional :: method
     type(c_error) :: err
     integer(c_int) :: code
     if (c_associated(request%ptr)) call c_request_free(request%ptr)
@@ -554,6 +573,7 @@ contains
     if (code == 0 .and. present(reference)) code = c_request_set_reference(request%ptr, merge(1, 0, reference), err)
     if (code == 0 .and. present(tolerance)) code = c_request_set_tolerance(request%ptr, tolerance, err)
     if (code == 0 .and. present(max_error)) code = c_request_set_max_error(request%ptr, max_error, err)
+    if (code == 0 .and. present(method)) code = c_request_set_method(request%ptr, int(method, c_int), err)
     call finish(code, err, status, message)
   end subroutine
 
@@ -748,6 +768,25 @@ contains
     character(*), intent(out), optional :: message
     type(c_error) :: err
     call finish(c_answer_check(answer%ptr, int(index - 1, c_int), check, err), err, status, message)
+  end subroutine
+
+  ! The classical ladder rung that answered sample `index` (1-based; with max_error), "" for none.
+  subroutine pdeserve_check_rung(answer, index, rung, status, message)
+    type(pdeserve_answer), intent(in) :: answer
+    integer, intent(in) :: index
+    character(*), intent(out) :: rung
+    integer, intent(out) :: status
+    character(*), intent(out), optional :: message
+    type(c_ptr) :: p
+    rung = ''
+    p = c_answer_check_rung(answer%ptr, int(index - 1, c_int))
+    if (.not. c_associated(p)) then
+      call refuse(PDESERVE_NO_SUCH_FIELD, 'pdeserve: no check of that sample', status, message)
+      return
+    end if
+    rung = fstr(p)
+    status = PDESERVE_OK
+    if (present(message)) message = ''
   end subroutine
 
   ! What else the answer says, each optional: the version that answered, the rollout step (0-based; -1

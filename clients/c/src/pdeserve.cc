@@ -537,6 +537,23 @@ int pdeserve_request_set_max_error(pdeserve_request* request, double max_error, 
   });
 }
 
+int pdeserve_request_set_method(pdeserve_request* request, int method, pdeserve_error* err) {
+  return guarded(err, [&] {
+    need(request, "request");
+    if (method < PDESERVE_METHOD_AUTO || method > PDESERVE_METHOD_CLASSICAL) {
+      fail(PDESERVE_BAD_ARGUMENT, "pdeserve: method must be PDESERVE_METHOD_AUTO (0), _SURROGATE (1) or "
+                                  "_CLASSICAL (2), got " + std::to_string(method));
+    }
+#ifdef PDESERVE_PROTO_HAS_MAX_ERROR
+    request->solve.set_method(static_cast<pb::SolveMethod>(method));
+#else
+    fail(PDESERVE_NOT_SUPPORTED,
+         "pdeserve: this library was built from a solver.proto without SolveRequest.method; rebuild it "
+         "from a newer protos/src");
+#endif
+  });
+}
+
 int pdeserve_solve(pdeserve_client* client, const pdeserve_request* request, pdeserve_answer** answer,
                    pdeserve_error* err) {
   if (answer != nullptr) *answer = nullptr;
@@ -667,6 +684,10 @@ int pdeserve_answer_check(const pdeserve_answer* answer, int index, pdeserve_che
     out.has_residual = c.has_residual() ? 1 : 0;
     out.residual = c.has_residual() ? c.residual() : 0.0;
     out.refine_ms = c.refine_ms();
+#ifdef PDESERVE_PROTO_HAS_MAX_ERROR
+    out.predicted_ms = c.predicted_ms();
+    out.measured_ms = c.measured_ms();
+#endif
     out.path = static_cast<int32_t>(c.path());
     out.refine_iterations = c.refine_iterations();
     out.estimate_method = static_cast<int32_t>(c.estimate_method());
@@ -680,6 +701,15 @@ const char* pdeserve_answer_check_out_of_distribution(const pdeserve_answer* ans
   const pb::AnswerCheck& c = answer->checks().Get(index);
   if (reason < 0 || reason >= c.out_of_distribution_size()) return nullptr;
   return c.out_of_distribution(reason).c_str();
+}
+
+const char* pdeserve_answer_check_rung(const pdeserve_answer* answer, int index) {
+  if (answer == nullptr || index < 0 || index >= answer->checks().size()) return nullptr;
+#ifdef PDESERVE_PROTO_HAS_MAX_ERROR
+  return answer->checks().Get(index).rung().c_str();
+#else
+  return "";
+#endif
 }
 
 int pdeserve_rollout_start(pdeserve_client* client, const pdeserve_request* request, int steps,

@@ -163,7 +163,16 @@ PDESERVE_API int pdeserve_request_set_tolerance(pdeserve_request *request, doubl
 /* Solve: largest estimated relative L2 error an answer may carry (SolveRequest.max_error); 0 for no limit.
  * PDESERVE_NOT_SUPPORTED when the solver.proto this library was built from has no such field. */
 PDESERVE_API int pdeserve_request_set_max_error(pdeserve_request *request, double max_error, pdeserve_error *err);
-/* Whether this build's solver.proto has SolveRequest.max_error (1) or not (0). */
+/* Solve, with max_error: which paths may answer (SolveRequest.method): PDESERVE_METHOD_AUTO (the cheapest
+ * path predicted to meet max_error), PDESERVE_METHOD_SURROGATE, PDESERVE_METHOD_CLASSICAL.
+ * PDESERVE_NOT_SUPPORTED when this build's solver.proto has no such field. */
+typedef enum pdeserve_method {
+  PDESERVE_METHOD_AUTO = 0,
+  PDESERVE_METHOD_SURROGATE = 1,
+  PDESERVE_METHOD_CLASSICAL = 2
+} pdeserve_method;
+PDESERVE_API int pdeserve_request_set_method(pdeserve_request *request, int method, pdeserve_error *err);
+/* Whether this build's solver.proto has SolveRequest.max_error and method (1) or not (0). */
 PDESERVE_API int pdeserve_has_max_error(void);
 
 /* ---- Solve ---------------------------------------------------------------------------------------- */
@@ -219,6 +228,8 @@ typedef struct pdeserve_check {
   double coverage;              /* probability that the true error is at most the estimate; 0 without one */
   double residual;              /* relative residual in the classical equations (with a tolerance) */
   double refine_ms;             /* milliseconds spent refining this sample */
+  double predicted_ms;          /* with max_error: milliseconds per sample predicted for the path taken */
+  double measured_ms;           /* with max_error: milliseconds it took (0 otherwise, or without the field) */
   int32_t has_estimate;
   int32_t has_indicator;
   int32_t has_residual;
@@ -236,6 +247,10 @@ PDESERVE_API int pdeserve_answer_check(const pdeserve_answer *answer, int index,
 /* The reason-th out-of-distribution reason of check `index` (owned by the answer; NULL out of range). */
 PDESERVE_API const char *pdeserve_answer_check_out_of_distribution(const pdeserve_answer *answer, int index,
                                                                    int reason);
+
+/* The ladder rung that answered check `index` (path CLASSICAL with max_error: e.g. "direct LDL^T, grid
+ * 33", or "reference"); "" otherwise or when this build's proto has no rung; NULL out of range. */
+PDESERVE_API const char *pdeserve_answer_check_rung(const pdeserve_answer *answer, int index);
 
 /* ---- Rollout -------------------------------------------------------------------------------------- */
 
