@@ -57,8 +57,8 @@ def build(tmp_path_factory) -> Path:
     missing = missing_toolchain()
     if missing:
         reason = f"C/Fortran toolchain for clients/ missing: {', '.join(missing)} (Debian/Ubuntu: {APT})"
-        if os.environ.get("CI"):
-            pytest.fail(reason + "; CI (.ci/run) installs it")
+        if os.environ.get("PDESERVE_REQUIRE_CLIENT_TOOLCHAIN"):  # set by .ci/run, which installs it
+            pytest.fail(reason)
         pytest.skip(reason)
     build_dir = tmp_path_factory.mktemp("clients-build")
     checked(

@@ -1,5 +1,6 @@
-""".ci/run installs the C++ example's toolchain before `make test`, only when it is missing, as root or
-through sudo. Its functions run in bash against stand-in commands that record how they were called."""
+""".ci/run installs the C++ example's and the C/Fortran clients' toolchain before `make test`, only when
+it is missing, as root or through sudo. Its functions run in bash against stand-in commands that record
+how they were called."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CI_RUN = ROOT / ".ci" / "run"
-PACKAGES = (
+CPP_PACKAGES = (
     "build-essential cmake pkg-config libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc"
 )
+PACKAGES = f"{CPP_PACKAGES} gfortran"
 INSTALL = f"env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {PACKAGES}"
-TOOLS = ("c++", "cmake", "protoc", "grpc_cpp_plugin")
+TOOLS = ("c++", "cc", "gfortran", "cmake", "protoc", "grpc_cpp_plugin")
 
 
 def stub(bin_dir: Path, name: str, log: Path, exit_code: int = 0, stdout: str = "") -> None:
@@ -51,8 +53,13 @@ def test_nothing_is_installed_when_the_toolchain_is_there(tmp_path):
 
 @pytest.mark.parametrize(
     "case",
-    [{"missing": ("grpc_cpp_plugin",)}, {"missing": ("c++", "cmake")}, {"dev_files": False}],
-    ids=["no grpc_cpp_plugin", "no compiler", "no grpc++ development files"],
+    [
+        {"missing": ("grpc_cpp_plugin",)},
+        {"missing": ("c++", "cmake")},
+        {"missing": ("gfortran",)},
+        {"dev_files": False},
+    ],
+    ids=["no grpc_cpp_plugin", "no compiler", "no Fortran compiler", "no grpc++ development files"],
 )
 def test_root_installs_with_apt_get(tmp_path, case):
     returncode, calls, _ = run_ci_setup(tmp_path, **case)
@@ -70,7 +77,11 @@ def test_a_user_without_sudo_gets_the_package_list_and_a_failure(tmp_path):
     assert stderr.strip().endswith(f"install: {PACKAGES}")
 
 
-def test_ci_installs_what_the_example_documents():
-    readme = (ROOT / "examples" / "cpp" / "README.md").read_text()
-    (documented,) = re.findall(r"^apt-get install (.+)$", readme, flags=re.MULTILINE)
-    assert documented == PACKAGES
+@pytest.mark.parametrize(
+    ("readme", "packages"),
+    [("examples/cpp/README.md", CPP_PACKAGES), ("clients/README.md", PACKAGES)],
+    ids=["C++ example", "C and Fortran clients"],
+)
+def test_ci_installs_what_the_builds_document(readme, packages):
+    (documented,) = re.findall(r"^apt-get install (.+)$", (ROOT / readme).read_text(), flags=re.MULTILINE)
+    assert documented == packages
