@@ -77,7 +77,8 @@ bundled-ns-model: $(STAMP)
 	$(VENV)/bin/pdeserve models validate ns-fno --repo models
 
 # The bundled Allen-Cahn model (models/allen-cahn-fno) of the example plugin family (examples/allen-cahn,
-# installed by `make install`): u0 -> u(8) on 64 x 64 nodes, data solved on 127 x 127 (~15 min on a quiet 2-core machine).
+# installed by `make install`): u0 -> u(8) on 64 x 64 nodes, data solved on 127 x 127 (~15 min on a quiet
+# 2-core machine).
 bundled-allen-cahn-model: $(STAMP)
 	nice -n 10 $(VENV)/bin/pdeserve datagen allen-cahn --n 256 --resolution 64 --seed 0 --overwrite \
 		--out data/allen-cahn64.h5
