@@ -589,11 +589,7 @@ contains
     real(c_float), intent(in), target, contiguous :: array(..)
     integer, intent(out) :: status
     character(*), intent(out), optional :: message
-    type(c_error) :: err
-    integer(c_int64_t) :: dims(max(1, rank(array)))
-    dims(1:rank(array)) = shape(array, kind=c_int64_t)
-    call finish(c_request_add_input(request%ptr, cstr(name), FLOAT32, COLUMN_MAJOR, c_loc(array), &
-                                    int(rank(array), c_int), dims, err), err, status, message)
+    call add_input(request, name, FLOAT32, c_loc(array), shape(array, kind=c_int64_t), status, message)
   end subroutine
 
   subroutine add_input_r8(request, name, array, status, message)
@@ -602,11 +598,22 @@ contains
     real(c_double), intent(in), target, contiguous :: array(..)
     integer, intent(out) :: status
     character(*), intent(out), optional :: message
+    call add_input(request, name, FLOAT64, c_loc(array), shape(array, kind=c_int64_t), status, message)
+  end subroutine
+
+  subroutine add_input(request, name, dtype, data, dims, status, message)
+    type(pdeserve_request), intent(inout) :: request
+    character(*), intent(in) :: name
+    integer(c_int), intent(in) :: dtype
+    type(c_ptr), intent(in) :: data
+    integer(c_int64_t), intent(in) :: dims(:)
+    integer, intent(out) :: status
+    character(*), intent(out), optional :: message
     type(c_error) :: err
-    integer(c_int64_t) :: dims(max(1, rank(array)))
-    dims(1:rank(array)) = shape(array, kind=c_int64_t)
-    call finish(c_request_add_input(request%ptr, cstr(name), FLOAT64, COLUMN_MAJOR, c_loc(array), &
-                                    int(rank(array), c_int), dims, err), err, status, message)
+    integer(c_int64_t) :: padded(max(1, size(dims)))
+    padded(1:size(dims)) = dims
+    call finish(c_request_add_input(request%ptr, cstr(name), dtype, COLUMN_MAJOR, data, int(size(dims), c_int), &
+                                    padded, err), err, status, message)
   end subroutine
 
   ! ---- Solve --------------------------------------------------------------------------------------
@@ -659,11 +666,8 @@ contains
     real(c_float), intent(inout), target, contiguous :: array(..)
     integer, intent(out) :: status
     character(*), intent(out), optional :: message
-    type(c_error) :: err
-    integer(c_int64_t) :: dims(max(1, rank(array)))
-    dims(1:rank(array)) = shape(array, kind=c_int64_t)
-    call finish(c_answer_output_shaped(answer%ptr, cstr(name), FLOAT32, COLUMN_MAJOR, c_loc(array), &
-                                       int(rank(array), c_int), dims, err), err, status, message)
+    call copy_output(0, answer, name, FLOAT32, c_loc(array), shape(array, kind=c_int64_t), &
+                     status, message)
   end subroutine
 
   subroutine get_output_r8(answer, name, array, status, message)
@@ -672,11 +676,32 @@ contains
     real(c_double), intent(inout), target, contiguous :: array(..)
     integer, intent(out) :: status
     character(*), intent(out), optional :: message
+    call copy_output(0, answer, name, FLOAT64, c_loc(array), shape(array, kind=c_int64_t), &
+                     status, message)
+  end subroutine
+
+  ! An output (which 0) or reference output (which 1) into the array at `data` of shape `dims`.
+  subroutine copy_output(which, answer, name, dtype, data, dims, status, message)
+    integer, intent(in) :: which
+    type(pdeserve_answer), intent(in) :: answer
+    character(*), intent(in) :: name
+    integer(c_int), intent(in) :: dtype
+    type(c_ptr), intent(in) :: data
+    integer(c_int64_t), intent(in) :: dims(:)
+    integer, intent(out) :: status
+    character(*), intent(out), optional :: message
     type(c_error) :: err
-    integer(c_int64_t) :: dims(max(1, rank(array)))
-    dims(1:rank(array)) = shape(array, kind=c_int64_t)
-    call finish(c_answer_output_shaped(answer%ptr, cstr(name), FLOAT64, COLUMN_MAJOR, c_loc(array), &
-                                       int(rank(array), c_int), dims, err), err, status, message)
+    integer(c_int64_t) :: padded(max(1, size(dims)))
+    integer(c_int) :: code
+    padded(1:size(dims)) = dims
+    if (which == 0) then
+      code = c_answer_output_shaped(answer%ptr, cstr(name), dtype, COLUMN_MAJOR, data, int(size(dims), c_int), &
+                                    padded, err)
+    else
+      code = c_answer_reference_output(answer%ptr, cstr(name), dtype, COLUMN_MAJOR, data, int(size(dims), c_int), &
+                                       padded, err)
+    end if
+    call finish(code, err, status, message)
   end subroutine
 
   subroutine get_elements_r4(answer, name, buffer, status, message, count)
@@ -722,11 +747,8 @@ contains
     real(c_float), intent(inout), target, contiguous :: array(..)
     integer, intent(out) :: status
     character(*), intent(out), optional :: message
-    type(c_error) :: err
-    integer(c_int64_t) :: dims(max(1, rank(array)))
-    dims(1:rank(array)) = shape(array, kind=c_int64_t)
-    call finish(c_answer_reference_output(answer%ptr, cstr(name), FLOAT32, COLUMN_MAJOR, c_loc(array), &
-                                          int(rank(array), c_int), dims, err), err, status, message)
+    call copy_output(1, answer, name, FLOAT32, c_loc(array), shape(array, kind=c_int64_t), &
+                     status, message)
   end subroutine
 
   subroutine get_reference_r8(answer, name, array, status, message)
@@ -735,11 +757,8 @@ contains
     real(c_double), intent(inout), target, contiguous :: array(..)
     integer, intent(out) :: status
     character(*), intent(out), optional :: message
-    type(c_error) :: err
-    integer(c_int64_t) :: dims(max(1, rank(array)))
-    dims(1:rank(array)) = shape(array, kind=c_int64_t)
-    call finish(c_answer_reference_output(answer%ptr, cstr(name), FLOAT64, COLUMN_MAJOR, c_loc(array), &
-                                          int(rank(array), c_int), dims, err), err, status, message)
+    call copy_output(1, answer, name, FLOAT64, c_loc(array), shape(array, kind=c_int64_t), &
+                     status, message)
   end subroutine
 
   ! Relative L2 error of output `name` against the classical solution (requests with reference).
