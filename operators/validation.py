@@ -534,12 +534,18 @@ def _entry(path: str, rung: str, settings, answer, x: np.ndarray, y: np.ndarray,
 
 
 def measure_ledger(
-    surrogate: Surrogate, n_samples: int = LEDGER_SAMPLES, seed: int = 0, coverage: float = 0.9
+    surrogate: Surrogate,
+    n_samples: int = LEDGER_SAMPLES,
+    seed: int = 0,
+    coverage: float = 0.9,
+    finest: int | None = None,
+    reference_samples: int = LEDGER_REFERENCE_SAMPLES,
 ) -> Ledger:
     """Error (the ``coverage`` quantile and the mean) and seconds per sample of the surrogate with its
     estimate, of every rung of :func:`ladder_of` and of the family's reference solve, on ``n_samples``
     fresh samples at the training side against the family's reference (the reference itself on at most
-    :data:`LEDGER_REFERENCE_SAMPLES`, one at a time as a server solves them)."""
+    ``reference_samples``, one at a time as a server solves them); ``finest``: the finest solve grid of
+    a rung measured (default: the training side)."""
     from pdeserve.operators.pairs import reference_outputs
 
     card = surrogate.card
@@ -562,11 +568,11 @@ def measure_ledger(
         solved = [reference_outputs(card, _sample_fields(card.input_names, sample)) for sample in x]
         return np.stack([[s[name] for name in card.output_names] for s in solved])
 
-    family, params, rungs = ladder_of(card, side)
+    family, params, rungs = ladder_of(card, side, finest)
     entries = [_entry(SURROGATE_PATH, "", {}, surrogate_answers, x, y, coverage)]
     for rung in rungs:
         answer = lambda x, rung=rung: rung_answers(card, family, params, rung, x)  # noqa: E731
         entries.append(_entry(RUNG_PATH, rung.label, rung.settings, answer, x, y, coverage))
-    few = min(len(x), LEDGER_REFERENCE_SAMPLES)
+    few = max(1, min(len(x), reference_samples))
     entries.append(_entry(REFERENCE_PATH, "", {}, reference_answers, x[:few], y[:few], coverage))
     return Ledger(side, coverage, n_samples, tuple(e for e in entries if e is not None))
