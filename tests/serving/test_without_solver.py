@@ -16,12 +16,9 @@ from pdeserve.datagen.darcy import DarcyParameters
 from pdeserve.datagen.dataset import GenerationRequest, load_dataset, write_dataset
 from pdeserve.datagen.families import get_family
 from pdeserve.operators.card import (
-    DatasetRecord,
     ErrorCalibration,
     FamilySource,
     FieldSpec,
-    Lineage,
-    ValueRange,
 )
 from pdeserve.operators.repository import ModelRepository, read_card, write_card
 from pdeserve.serving.client import SolverClient, SolverError
@@ -30,7 +27,9 @@ from pdeserve.serving.server import APP_NAME
 BUNDLED = "darcy-fno"
 MISSING, IMPORTED = "plugin-missing", "imported-darcy"
 APP = "without-solver"
-SIDE, N_TRAIN, N_HELD, N_FRESH = 32, 200, 180, 100
+SIDE, N_TRAIN, N_HELD, N_FRESH = 32, 200, 800, 400
+# PDEBench's Darcy variables keep their names: the coefficient `nu` and the solution `tensor`.
+COEFFICIENT, SOLUTION = "nu", "tensor"
 pytestmark = pytest.mark.ray
 
 
@@ -68,27 +67,30 @@ def served(serve_apps, bundled_repo, tmp_path_factory):
             calibration=ErrorCalibration("not-installed-indicator", 0.9, 1.5, 40),
         ),
     )
-    # Imported data: a pdeserve dataset whose root attributes say where it came from.
-    data_path = _darcy(root / "data" / "pdebench-darcy.h5", N_TRAIN + N_HELD, seed=21)
-    with h5py.File(data_path, "r+") as handle:
-        handle.attrs["source_format"] = "pdebench"
-    record = DatasetRecord(
-        "../data/pdebench-darcy.h5", load_dataset(data_path).fingerprint(), N_TRAIN, 0, N_HELD
-    )
-    _publish(
-        repo,
-        IMPORTED,
-        source,
-        bundled.replace(
-            pde="pdebench-darcy",
-            family=FamilySource(None, None, "pdebench"),
-            training_resolution=(SIDE, SIDE),
-            calibration=None,
-            validation=None,
-            input_ranges=(ValueRange("a", 3.0, 12.0),),
-            lineage=Lineage(mode="train", datasets=(record,)),
-        ),
-    )
+    # Imported data: Darcy solutions written in PDEBench's layout (coefficient `nu`, solution `tensor`
+    # (N, 1, X, Y), coordinates, attribute `beta`), imported and trained on as a user would.
+    solved = load_dataset(_darcy(root / "solved.h5", N_TRAIN + N_HELD, seed=21))
+    source = root / "2D_DarcyFlow_beta1.0_Train.hdf5"
+    with h5py.File(source, "w") as handle:
+        handle["nu"] = solved.inputs["a"]
+        handle["tensor"] = solved.outputs["u"][:, None]
+        handle["x-coordinate"] = handle["y-coordinate"] = np.linspace(0, 1, SIDE, dtype=np.float32)
+        handle.attrs["beta"] = 1.0
+    imported = root / "data" / "pdebench-darcy.h5"
+    imports = [
+        "datagen",
+        "import",
+        "pdebench",
+        str(source),
+        "--out",
+        str(imported),
+        "--name",
+        "pdebench-darcy",
+    ]
+    assert main([*imports, "--quiet"]) == 0
+    train = ["train", "--data", str(imported), "--model", "fno", "--repo", str(repo.root), "--name", IMPORTED]
+    small = ["--arg", "n_modes=[8,8]", "--arg", "hidden_channels=16", "--epochs", "15", "--lr", "5e-3"]
+    assert main([*train, *small, "--test-fraction", str(N_HELD / (N_TRAIN + N_HELD)), "--quiet"]) == 0
     assert main(["models", "validate", IMPORTED, "--repo", str(repo.root)]) == 0
     yield serve_apps.deploy(APP, repo.root), repo
     serve_apps.delete(APP)
@@ -106,12 +108,12 @@ def fresh(tmp_path_factory):
     return load_dataset(_darcy(tmp_path_factory.mktemp("fresh") / "fresh.h5", N_FRESH, seed=99))
 
 
-def _solver_refusals(client: SolverClient, name: str, a: np.ndarray) -> list[str]:
+def _solver_refusals(client: SolverClient, name: str, a: np.ndarray, field: str = "a") -> list[str]:
     """The messages of a reference and of a tolerance asked of ``name``, each FAILED_PRECONDITION."""
     messages = []
     for request in (
-        lambda: client.solve_response(name, {"a": a}, reference=True),
-        lambda: client.solve_checked(name, {"a": a}, tolerance=1e-3),
+        lambda: client.solve_response(name, {field: a}, reference=True),
+        lambda: client.solve_checked(name, {field: a}, tolerance=1e-3),
     ):
         with pytest.raises(SolverError) as caught:
             request()
@@ -147,7 +149,7 @@ def test_a_model_trained_on_imported_data_has_no_solver(client, fresh):
     info = client.get_model(IMPORTED)
     assert not info.has_solver and "imported data (pdebench)" in info.solver_unavailable_reason
     a = fresh.inputs["a"][:1]
-    for message in _solver_refusals(client, IMPORTED, a):
+    for message in _solver_refusals(client, IMPORTED, a, COEFFICIENT):
         assert "imported data (pdebench) and has no classical solver" in message
 
 
@@ -163,8 +165,8 @@ def test_the_solver_free_estimate_covers_fresh_samples_at_its_stated_rate(client
     )
     assert info.test_samples == free.n_test and info.calibration_samples == free.n_samples
 
-    answer = client.solve_checked(IMPORTED, {"a": fresh.inputs["a"]})
-    u, truth = answer.outputs["u"], fresh.outputs["u"]
+    answer = client.solve_checked(IMPORTED, {COEFFICIENT: fresh.inputs["a"]})
+    u, truth = answer.outputs[SOLUTION], fresh.outputs["u"]
     errors = np.linalg.norm((u - truth).reshape(N_FRESH, -1), axis=1) / np.linalg.norm(
         truth.reshape(N_FRESH, -1), axis=1
     )
@@ -180,13 +182,13 @@ def test_the_solver_free_estimate_covers_fresh_samples_at_its_stated_rate(client
 def test_inputs_outside_the_training_data_are_flagged(client, fresh):
     a = fresh.inputs["a"][0]
     noise = np.where(np.random.default_rng(0).standard_normal(a.shape) >= 0, 12.0, 3.0)
-    answer = client.solve_checked(IMPORTED, {"a": np.stack([a, 10.0 * a, noise]).astype(np.float32)})
+    answer = client.solve_checked(IMPORTED, {COEFFICIENT: np.stack([a, 10.0 * a, noise]).astype(np.float32)})
     inside, scaled, white = (c.out_of_distribution for c in answer.checks)
     assert inside == ()
-    assert any(r.startswith("a: values outside its training range [3, 12]") for r in scaled)
+    assert any(r.startswith(f"{COEFFICIENT}: values outside its training range [3, 12]") for r in scaled)
     assert any("of its energy at wavenumbers" in r for r in white)
     assert any("from the training inputs" in r for r in white + scaled)
-    assert answer.out_of_range_inputs == ["a"]
+    assert answer.out_of_range_inputs == [COEFFICIENT]
     # Far from the training inputs, the estimate grows.
     assert answer.checks[1].estimated_relative_l2 > 10 * answer.checks[0].estimated_relative_l2
 
