@@ -232,8 +232,14 @@ class PdeFamily:
         """Add one ``--option`` per parameter field, defaulting to the dataclass default."""
         for field in dataclasses.fields(self.parameters):
             kind = next(
-                t for name, t in (("str", str), ("int", int), ("float", float)) if name in str(field.type)
+                (t for name, t in (("str", str), ("int", int), ("float", float)) if name in str(field.type)),
+                None,
             )
+            if kind is None:
+                raise TypeError(
+                    f"parameter {field.name!r} of {self.name} is a {field.type}; command-line options "
+                    "are str, int or float"
+                )
             parser.add_argument(
                 "--" + field.name.replace("_", "-"),
                 type=kind,
@@ -299,22 +305,60 @@ class Registry:
     broken: tuple[BrokenFamily, ...]
 
 
+# Options of `datagen NAME` and `retrain` themselves: a family parameter may not take one of these names.
+COMMAND_OPTIONS = [
+    "n",
+    "resolution",
+    "out",
+    "seed",
+    "workers",
+    "ray_address",
+    "chunk_size",
+    "dtype",
+    "overwrite",
+    "quiet",
+    "repo",
+    "model",
+    "epochs",
+    "validation_samples",
+    "lr",
+    "from_scratch",
+    "max_regression",
+    "data",
+    "device",
+    "help",
+]
+
+
 def _load(entry: importlib.metadata.EntryPoint, origin: FamilyOrigin) -> PdeFamily:
     family = entry.load()
     if not isinstance(family, PdeFamily):
         raise TypeError(f"{entry.value} is a {type(family).__name__}, not a PdeFamily")
     if family.name != entry.name:
         raise ValueError(f"the entry point {entry.name!r} names a family called {family.name!r}")
+    # Its options must build beside the commands' own, or every command line would fail to build.
+    parser = argparse.ArgumentParser(add_help=False)
+    for name in COMMAND_OPTIONS:
+        parser.add_argument("--" + name.replace("_", "-"))
+    try:
+        family.add_options(parser)
+    except argparse.ArgumentError as exc:
+        raise ValueError(f"its options clash with datagen's own: {exc}") from None
     return dataclasses.replace(family, origin=origin)
+
+
+# The distribution of pdeserve's own families: a plugin cannot take one of their names over.
+BUILT_IN = "pdeserve"
 
 
 @functools.cache
 def registry() -> Registry:
     """Every family registered in the ``pdeserve.families`` entry-point group (read once per process).
 
-    A plugin that fails to import, or names something that is not a ``PdeFamily``, is reported in
-    ``broken`` instead of breaking every other family; two distributions registering one name are
-    both refused (which one a model meant cannot be told)."""
+    A plugin that fails to import, names something that is not a ``PdeFamily`` or has options that
+    clash with the commands' own is reported in ``broken`` instead of breaking every other family. A
+    name that pdeserve's own family has stays pdeserve's (the plugin's entry is refused); a name two
+    plugins register is refused for both (which one a model meant cannot be told)."""
     families: dict[str, PdeFamily] = {}
     broken: list[BrokenFamily] = []
     claimed: dict[str, list[FamilyOrigin]] = {}
@@ -322,17 +366,18 @@ def registry() -> Registry:
         dist = entry.dist
         origin = FamilyOrigin(dist.name, dist.version) if dist is not None else FamilyOrigin("?", "?")
         claimed.setdefault(entry.name, []).append(origin)
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = entry.dist
+        origin = FamilyOrigin(dist.name, dist.version) if dist is not None else FamilyOrigin("?", "?")
+        owners = {o.distribution for o in claimed[entry.name]}
+        if len(owners) > 1 and origin.distribution != BUILT_IN:
+            reason = f"registered by more than one distribution: {', '.join(sorted(owners))}"
+            broken.append(BrokenFamily(entry.name, origin, reason))
+            continue
         try:
             families[entry.name] = _load(entry, origin)
         except Exception as exc:  # a plugin's import error must not take the other families down
             broken.append(BrokenFamily(entry.name, origin, f"{type(exc).__name__}: {exc}"))
-    for name, origins in claimed.items():
-        if len({o.distribution for o in origins}) > 1:
-            families.pop(name, None)
-            owners = ", ".join(sorted(o.distribution for o in origins))
-            broken.append(
-                BrokenFamily(name, origins[0], f"registered by more than one distribution: {owners}")
-            )
     return Registry(dict(sorted(families.items())), tuple(broken))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pdeserve.datagen.families import PdeFamily, UnknownFamilyError, get_family
+from pdeserve.datagen.families import PdeFamily, UnknownFamilyError, get_family, registry
 from pdeserve.operators.card import ModelCard
 from pdeserve.operators.errors import FamilyUnavailableError
 
@@ -19,14 +19,26 @@ def family_of(card: ModelCard) -> PdeFamily:
             "classical solver"
         )
     try:
-        return get_family(card.pde)
+        family = get_family(card.pde)
     except UnknownFamilyError:
+        broken = [b for b in registry().broken if b.name == card.pde]
+        if broken:  # the reason stays in `datagen list`: an import error names the plugin's files
+            raise FamilyUnavailableError(
+                f"the PDE family {card.pde!r} from {broken[0].origin.distribution} "
+                f"{broken[0].origin.version} is installed here but failed to load"
+            ) from None
         if source is None:
             raise FamilyUnavailableError(f"the PDE family {card.pde!r} is not installed here") from None
         raise FamilyUnavailableError(
             f"the PDE family {card.pde!r} comes from the Python distribution {source.distribution!r} "
             f"(version {source.version}), which is not installed here"
         ) from None
+    if source is not None and family.origin is not None and source.distribution != family.origin.distribution:
+        raise FamilyUnavailableError(
+            f"the PDE family {card.pde!r} of this model comes from {source.distribution!r}, but "
+            f"{family.origin.distribution!r} registers it here: its solver is not the model's"
+        )
+    return family
 
 
 def family_and_parameters(card: ModelCard) -> tuple[PdeFamily, Any]:
