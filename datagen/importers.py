@@ -483,13 +483,11 @@ def read_xarray(path: Path, options: ImportOptions, stack: contextlib.ExitStack)
 
     if not (options.inputs and options.outputs):
         raise ValueError("the xarray format needs --inputs and --outputs (variable names, comma-separated)")
-    if path.is_dir():
-        try:
-            import zarr  # noqa: F401
-        except ModuleNotFoundError:
-            raise ValueError(
-                f"{path} is a folder (a Zarr store?): reading Zarr needs the zarr package"
-            ) from None
+    if path.is_dir():  # its content has no one sha256 to record
+        raise ValueError(
+            f"{path.name} is a folder (a Zarr store?): import a file; xarray writes one with "
+            "`xr.open_zarr(store).to_netcdf('data.nc')`"
+        )
     try:
         ds = stack.enter_context(xr.open_dataset(path, cache=False))
     except (ValueError, OSError) as exc:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import keyword
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -250,13 +251,15 @@ class Source:
 
 
 def _scalars(values: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON scalars of ``values`` whose names are identifiers (the family's parameters)."""
+    """The JSON scalars of ``values`` whose names can be dataclass fields (the family's parameters)."""
     out = {}
     for key, value in values.items():
         value = value.item() if isinstance(value, np.generic) else value
         if isinstance(value, bytes):
             value = value.decode(errors="replace")
-        if key.isidentifier() and isinstance(value, (bool, int, float, str)):
+        # Keys become a dataclass's fields: identifiers, neither keywords nor dunder names.
+        usable = key.isidentifier() and not keyword.iskeyword(key) and not key.startswith("__")
+        if usable and isinstance(value, (bool, int, float, str)):
             out[key] = value
     return out
 

@@ -120,6 +120,26 @@ def test_pdebench_darcy_records_beta_and_drops_the_singleton_axis(tmp_path):
     assert_pairs(data, 1, 1)
 
 
+def test_source_attributes_that_cannot_be_parameters_are_left_out(tmp_path):
+    source = tmp_path / "darcy.hdf5"
+    pdebench_darcy(source, beta=2.0)
+    with h5py.File(source, "r+") as f:  # names no dataclass field may take
+        f.attrs["lambda"], f.attrs["__class__"], f.attrs["not a name"] = 1.0, 2.0, 3.0
+    data, _ = imported("pdebench", source, tmp_path)
+    assert data.parameters.as_dict() == {"beta": 2.0}
+
+
+def test_a_folder_is_refused_in_one_line(tmp_path, capsys):
+    store = tmp_path / "run.zarr"
+    store.mkdir()
+    code = main(
+        ["datagen", "import", "xarray", str(store), "--inputs", "a", "--outputs", "u", "--out", "x.h5"]
+    )
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "run.zarr is a folder" in lines[0]
+    assert str(tmp_path) not in lines[0]
+
+
 def test_pdebench_burgers_and_cfd_become_windows_of_their_states(tmp_path):
     source = tmp_path / "1D_Burgers_Sols_Nu0.001.hdf5"
     tensor = pdebench_burgers(source)["tensor"]
