@@ -486,7 +486,12 @@ class SolverService:
         the time since the request entered the replica until the forward pass's outputs were ready
         (validation, queueing for the batch and the forward pass)."""
         tolerance = requested_tolerance(request.tolerance, "SolveRequest.tolerance")
-        method = METHODS[request.method] if request.method < len(METHODS) else str(request.method)
+        if not 0 <= request.method < len(METHODS):  # proto3 enums are open: any number arrives
+            raise InvalidInputError(
+                f"SolveRequest.method is {request.method}; use 0 ({METHODS[0]}), 1 ({METHODS[1]}) or 2 "
+                f"({METHODS[2]})"
+            )
+        method = METHODS[request.method]
         wanted = requested_route(request.max_error, method, tolerance, "SolveRequest.max_error")
         if request.reference:  # refused before any work
             points = max((math.prod(t.shape) for t in request.inputs.values()), default=0)

@@ -24,7 +24,6 @@ import numpy as np
 
 from pdeserve.operators import estimates
 from pdeserve.operators.card import REFERENCE_PATH, SURROGATE_PATH, LedgerEntry, ModelCard
-from pdeserve.operators.errors import FamilyUnavailableError
 from pdeserve.serving import router
 from pdeserve.serving.checks import (
     LEDGER,
@@ -44,6 +43,7 @@ from pdeserve.serving.errors import (
     OutOfRange,
     ResourceExhausted,
 )
+from pdeserve.serving.family import solver_unavailable_reason
 
 if TYPE_CHECKING:
     from pdeserve.operators.surrogate import Surrogate
@@ -105,17 +105,6 @@ def classical_answers(
     return out.astype(np.float32)
 
 
-def has_solver(card: ModelCard) -> bool:
-    """Whether this server has ``card``'s classical solver."""
-    from pdeserve.operators.family import family_of
-
-    try:
-        family = family_of(card)
-    except FamilyUnavailableError:
-        return False
-    return family.reference is not None
-
-
 def within_bounds(stacked: np.ndarray) -> bool:
     """Whether a validated request's classical work lies within the refinement limits."""
     try:
@@ -164,7 +153,10 @@ class DataPlane:
                 f"model {surrogate.name} version {surrogate.version} has no ledger to route max_error by; "
                 "leave max_error 0, or validate the model (pdeserve models validate)"
             )
-        classical = has_solver(card) and within_bounds(stacked)
+        missing = solver_unavailable_reason(card)
+        if missing:  # no classical path to verify the surrogate against or escalate to
+            raise FailedPrecondition(f"max_error needs the model's classical solver: {missing}")
+        classical = within_bounds(stacked)
         try:
             return router.plan(
                 wanted.max_error,

@@ -35,6 +35,7 @@ METHODS = (AUTO, SURROGATE, CLASSICAL)
 # Weight of a new measurement in a path's moving average cost, and most (model, version, path) costs a
 # replica keeps.
 COST_WEIGHT = 0.2
+MAX_STEP = 4.0
 MAX_COSTS = 1024
 
 
@@ -114,7 +115,14 @@ def plan(
     escalation = None
     if chosen.path == SURROGATE_PATH:
         verified = [e for e in fallback if e.error_quantile <= max_error]
-        escalation = min(verified, key=cost) if verified else None
+        if not verified:  # an answer whose estimate misses could not be replaced: no promise to keep
+            limits = "" if classical else " within this server's limits for this request"
+            raise NoRoute(
+                f"the surrogate's answers are replaced by a classical path when their estimate misses "
+                f"max_error {max_error:g}, and no classical path of this model reaches it{limits}; send "
+                "fewer samples per request, a coarser grid or a larger max_error"
+            )
+        escalation = min(verified, key=cost)
     return Route(chosen, escalation, cost(chosen))
 
 
@@ -156,8 +164,10 @@ class Costs:
         if samples < 1 or not math.isfinite(seconds) or seconds < 0:
             return
         key = (model, version, path_key(entry))
-        measured = seconds / samples
-        old = self._seconds.pop(key, None)
-        self._seconds[key] = measured if old is None else (1 - COST_WEIGHT) * old + COST_WEIGHT * measured
+        # Starts from the ledger's cost, and one answer moves it by at most a factor of MAX_STEP: a cold
+        # first pass or a wait in a queue must not pin the router to another path.
+        old = self._seconds.pop(key, entry.seconds)
+        measured = min(max(seconds / samples, old / MAX_STEP), old * MAX_STEP)
+        self._seconds[key] = (1 - COST_WEIGHT) * old + COST_WEIGHT * measured
         while len(self._seconds) > MAX_COSTS:
             self._seconds.popitem(last=False)

@@ -42,10 +42,10 @@ def test_measured_costs_replace_the_ledgers():
 
 
 def test_no_classical_work_beyond_the_bounds():
-    route = router.plan(0.06, "auto", LEDGER, classical=False)
-    assert route.entry == SURROGATE and route.escalation is None
-    with pytest.raises(router.NoRoute, match="limits"):
-        router.plan(0.01, "auto", LEDGER, classical=False)
+    # Not even the surrogate: an answer whose estimate misses could not be replaced.
+    for max_error in (0.06, 0.01):
+        with pytest.raises(router.NoRoute, match="limits"):
+            router.plan(max_error, "auto", LEDGER, classical=False)
 
 
 def test_an_error_no_path_reaches_is_refused_with_the_best_reachable():
@@ -58,9 +58,13 @@ def test_an_error_no_path_reaches_is_refused_with_the_best_reachable():
 
 def test_costs_are_a_bounded_moving_average():
     costs = router.Costs()
-    costs.update("m", "1", COARSE, 1.0, 10)
-    costs.update("m", "1", COARSE, 2.0, 10)
-    assert costs.of("m", "1") == {router.path_key(COARSE): pytest.approx(0.8 * 0.1 + 0.2 * 0.2)}
+    ledger = COARSE.seconds  # the average starts from the ledger's cost
+    costs.update("m", "1", COARSE, 1.5 * ledger * 10, 10)
+    first = 0.8 * ledger + 0.2 * 1.5 * ledger
+    assert costs.of("m", "1") == {router.path_key(COARSE): pytest.approx(first)}
+    costs.update("m", "1", COARSE, 1000.0, 10)  # one slow answer moves it by at most MAX_STEP
+    second = 0.8 * first + 0.2 * router.MAX_STEP * first
+    assert costs.of("m", "1") == {router.path_key(COARSE): pytest.approx(second)}
     for i in range(router.MAX_COSTS + 5):
         costs.update("m", str(i + 2), COARSE, 1.0, 1)
     assert costs.of("m", "1") == {} and len(costs._seconds) == router.MAX_COSTS

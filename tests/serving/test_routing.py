@@ -134,3 +134,18 @@ def _request(x):
     for name, array in x.items():
         request.inputs[name].CopyFrom(to_tensor(array))
     return request
+
+
+def test_a_method_outside_the_enum_is_invalid_argument_and_the_server_keeps_serving(routed):
+    from pdeserve.protos.v1 import solver_pb2 as pb
+    from pdeserve.serving.tensors import to_tensor
+
+    client, _ = routed
+    for method in (3, -1):  # proto3 enums are open: any number reaches the server
+        request = pb.SolveRequest(model="darcy-fno", max_error=0.1, method=method)
+        request.inputs["a"].CopyFrom(to_tensor(np.full((64, 64), 3.0, np.float32)))
+        with pytest.raises(SolverError) as refused:
+            client._call(client.stub.Solve, request)
+        assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"SolveRequest.method is {method}; use 0 (auto)" in str(refused.value)
+    assert client.solve("darcy-fno", {"a": np.full((64, 64), 3.0, np.float32)})["u"].shape == (64, 64)
