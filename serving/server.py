@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import multiprocessing
@@ -49,8 +50,9 @@ HAPROXY_PORTS = {
     "HAProxy metrics": ("RAY_SERVE_HAPROXY_METRICS_PORT", 9101),
     "HAProxy stats": ("RAY_SERVE_HAPROXY_STATS_PORT", 8404),
 }
-# Between two health checks of the running application.
+# Between two health checks of the running application, and how many SERVING in a row end a failure.
 WATCH_INTERVAL_S = 2.0
+RECOVERED_AFTER = 3
 # A stop signal ends everything `pdeserve serve` started within Docker's 10 s grace: the driver gets
 # this long to stop Ray cleanly, then it is killed, and what is left gets STOP_SWEEP_GRACE_S more.
 STOP_GRACE_S = 4.0
@@ -201,11 +203,16 @@ def serve_forever(
     driver = multiprocessing.get_context("fork").Process(target=run, name="pdeserve-serve")
     stop_signals: list[int] = []
 
+    def signal_driver(signum: int) -> None:
+        """``signum`` to the driver while it runs (it may have ended, and been collected, meanwhile)."""
+        if driver.pid is not None and driver.exitcode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(driver.pid, signum)
+
     def pass_on(signum: int, _frame: object) -> None:
         stop_signals.append(signum)
-        if driver.pid is not None:
-            # A second signal to this process (Ctrl-C twice) stops the driver at once; the sweep follows.
-            os.kill(driver.pid, signum if len(stop_signals) == 1 else signal.SIGKILL)
+        # A second signal to this process (Ctrl-C twice) stops the driver at once; the sweep follows.
+        signal_driver(signum if len(stop_signals) == 1 else signal.SIGKILL)
 
     # Blocked across the fork: the driver inherits the mask and unblocks once its handlers are set, so a
     # signal to the group in between waits for them instead of meeting this process's handler there.
@@ -218,15 +225,17 @@ def serve_forever(
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a pending signal is handled here
     stopping_since: float | None = None
-    while driver.exitcode is None:
-        driver.join(0.25)
-        reap_adopted(keep=driver.pid)
-        if stop_signals and stopping_since is None:
-            stopping_since = time.monotonic()
-        if stopping_since is not None and time.monotonic() - stopping_since > STOP_GRACE_S:
-            os.kill(driver.pid, signal.SIGKILL)
-            driver.join()
-    end_descendants(grace_s=STOP_SWEEP_GRACE_S, bound_s=2 * STOP_SWEEP_GRACE_S)
+    try:
+        while driver.exitcode is None:
+            driver.join(0.25)
+            reap_adopted(keep=driver.pid)
+            if stop_signals and stopping_since is None:
+                stopping_since = time.monotonic()
+            if stopping_since is not None and time.monotonic() - stopping_since > STOP_GRACE_S:
+                signal_driver(signal.SIGKILL)
+                driver.join()
+    finally:
+        end_descendants(grace_s=STOP_SWEEP_GRACE_S, bound_s=2 * STOP_SWEEP_GRACE_S)
     if driver.exitcode == EXIT_UNHEALTHY and not stop_signals:
         raise SystemExit(EXIT_UNHEALTHY)  # the driver said why, in one line
     if driver.exitcode != 0 and not stop_signals:
@@ -247,9 +256,10 @@ def _serve_until_stopped(repo: str | os.PathLike, address: str, unhealthy_exit_s
     # Ray's own SIGTERM handler (set by ray.init) exits through the same finally during the start-up.
     signal.signal(signal.SIGTERM, _stop_requested)
     signal.signal(signal.SIGINT, _stop_requested)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the supervisor across the fork
     unhealthy = False
     try:
+        # Blocked by the supervisor across the fork: a signal pending since then interrupts from here.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         started = time.perf_counter()
         start(repo, address=address, **kwargs)
         signal.signal(signal.SIGTERM, _stop_requested)  # again: ray.init set Ray's own
@@ -267,7 +277,7 @@ def _serve_until_stopped(repo: str | os.PathLike, address: str, unhealthy_exit_s
             f"--input a.npy --out u.npy   (Ctrl-C stops)",
             flush=True,
         )
-        unhealthy = not watch(f"{shown}:{port}", unhealthy_exit_s)
+        unhealthy = not watch(f"[{shown}]:{port}" if ":" in shown else f"{shown}:{port}", unhealthy_exit_s)
     except KeyboardInterrupt:
         pass
     finally:
@@ -277,13 +287,15 @@ def _serve_until_stopped(repo: str | os.PathLike, address: str, unhealthy_exit_s
 
 
 def watch(target: str, unhealthy_exit_s: float, interval_s: float = WATCH_INTERVAL_S) -> bool:
-    """Check the application's gRPC health at ``target`` every ``interval_s`` until it has not been
-    SERVING for ``unhealthy_exit_s`` in a row; then say so in one line and return False. (Returns only
-    then: a stop signal interrupts it.)"""
+    """Check the application's gRPC health at ``target`` every ``interval_s`` until it has not served
+    for ``unhealthy_exit_s``; then say so in one line and return False. (Returns only then: a stop
+    signal interrupts it.) It has recovered only after ``RECOVERED_AFTER`` SERVING checks in a row, so
+    a server that answers between restarts of a part that keeps failing does not count as serving."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     failing_since: float | None = None
+    in_a_row = 0
     with grpc.insecure_channel(target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         while True:
@@ -294,14 +306,16 @@ def watch(target: str, unhealthy_exit_s: float, interval_s: float = WATCH_INTERV
             except grpc.RpcError as exc:
                 serving, problem = False, exc.code().name
             now = time.monotonic()
-            if serving:
+            in_a_row = in_a_row + 1 if serving else 0
+            if in_a_row >= RECOVERED_AFTER:
                 failing_since = None
-            elif failing_since is None:
+            elif not serving and failing_since is None:
                 failing_since = now
-            elif now - failing_since >= unhealthy_exit_s:
+            elif failing_since is not None and now - failing_since >= unhealthy_exit_s:
                 print(
                     f"pdeserve: error: the application has not served for {now - failing_since:.0f} s "
-                    f"(health check: {problem}); exiting so that a supervisor restarts it",
+                    f"(health check: {problem or 'SERVING only intermittently'}); exiting so that a "
+                    "supervisor restarts it",
                     file=sys.stderr,
                     flush=True,
                 )
