@@ -23,8 +23,11 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(VENV)/bin/pdeserve serve --repo models --grpc-port $(GRPC_PORT)
 
+# PYTEST_ARGS='-n 2 --dist loadgroup' runs two pytest-xdist workers (tests/conftest.py groups the tests that
+# share a Ray instance or a fixture); the default runs one: with two, a server a test starts as a process
+# beside another worker's Ray instance has been seen answering that instance's requests.
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

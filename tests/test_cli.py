@@ -1,5 +1,6 @@
 """The command line: help with examples, and one-line errors with a non-zero exit."""
 
+import re
 import subprocess
 import sys
 from importlib.metadata import version
@@ -96,8 +97,12 @@ def test_datagen_script_equals_pdeserve_datagen():
     ours = subprocess.run([script, "--help"], capture_output=True, text=True)
     theirs = pdeserve("datagen", "--help")
     assert ours.returncode == theirs.returncode == 0
-    choices = "{list,inspect,import,burgers,darcy,helmholtz,navier-stokes,retrain}"
-    assert choices in " ".join(ours.stdout.split()) and choices in " ".join(theirs.stdout.split())
+    # datagen's own commands, then one per installed family (plugins included), then retrain.
+    ours_choices = re.findall(r"\{list,inspect,import,[^}]*\}", " ".join(ours.stdout.split()))[0]
+    assert ours_choices in " ".join(theirs.stdout.split())
+    families = ours_choices.strip("{}").split(",")[3:-1]
+    assert families == sorted(families) and families[-1] != "retrain" and ours_choices.endswith(",retrain}")
+    assert {"burgers", "darcy", "helmholtz", "navier-stokes"} <= set(families)
     refused = subprocess.run(
         [script, "darcy", "--n", "-1", "--resolution", "64", "--out", "x.h5"], capture_output=True, text=True
     )

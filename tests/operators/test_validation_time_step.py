@@ -53,6 +53,7 @@ def test_navier_stokes_references_are_solved_on_sides_finer_than_the_training_si
         pde_parameters=dataclasses.asdict(card_params),
         training_resolution=(16, 16),
         time_map=TimeMap(1, 2),
+        family=None,
     )
     pairs = validation.validation_samples(SimpleNamespace(card=card), side, n_samples=2, seed=0)
     assert pairs.x.shape == (2, 1, side, side) and pairs.y.shape == (2, 2, side, side)
