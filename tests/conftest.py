@@ -11,10 +11,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_REPO = ROOT / "models"
 BUNDLED_MODEL = "darcy-fno"
-# Ray exports the metrics its processes record every 10 s by default; the tests that read pdeserve's
-# counters from Prometheus wait for an export, so the Ray instances they start export every second (the
-# shortest interval Ray honours). Set before any Ray starts: its processes read it from the environment.
-os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
 # Fixtures whose work several test files share (a session's Ray Serve instance, a trained model): under
 # pytest-xdist, the tests that use one run on one worker, so that it is built once.
 SHARED_GROUPS = {

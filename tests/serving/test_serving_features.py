@@ -106,7 +106,12 @@ def test_concurrent_clients_are_batched_answered_correctly_and_counted(
             delta(after, "ray_pdeserve_forward_passes_total"),
         )
 
-    after = _poll(metrics_port, lambda after: counts(after)[:3] == (80, 1, counts(after)[3]))
+    def loaded(after):  # the load time is a gauge, exported on its own schedule
+        return _total(after, "ray_pdeserve_model_load_seconds", model=name) > 0
+
+    after = _poll(
+        metrics_port, lambda after: counts(after)[:3] == (80, 1, counts(after)[3]) and loaded(after)
+    )
     passes = counts(after)[3]
     assert counts(after) == (80, 1, passes, passes)
     # Requests arriving during a forward pass join the next one together (BatchGate); @serve.batch
@@ -119,14 +124,17 @@ def test_concurrent_clients_are_batched_answered_correctly_and_counted(
 @pytest.fixture(scope="module")
 def damaged(serve_apps, bundled_repo, bundled_versions, tmp_path_factory):
     """An application whose repository holds, beside the bundled model, a copy whose weights file is
-    gone and a copy whose card names a PDE pdeserve does not know (it loads and solves, but its
-    classical reference cannot be computed)."""
+    gone, a copy whose card names a PDE no installed distribution registers (it loads and solves; its
+    classical reference is FAILED_PRECONDITION), and a copy whose card holds a PDE parameter the solver
+    cannot use (its reference fails unexpectedly)."""
     repo = tmp_path_factory.mktemp("damaged")
-    for name in (MODEL, "darcy-unloadable", "darcy-unknown-pde"):  # the newest version, as version 1
+    for name in (MODEL, "darcy-unloadable", "darcy-unknown-pde", "darcy-bad-forcing"):  # newest, as 1
         shutil.copytree(bundled_repo / MODEL / bundled_versions[-1], repo / name / "1")
     (repo / "darcy-unloadable" / "1" / "model.safetensors").unlink()
     card = repo / "darcy-unknown-pde" / "1" / "config.json"
     card.write_text(card.read_text().replace('"pde": "darcy"', '"pde": "no-such-pde"'))
+    card = repo / "darcy-bad-forcing" / "1" / "config.json"
+    card.write_text(card.read_text().replace('"forcing": 1.0', '"forcing": "one"'))
     yield serve_apps.deploy("damaged", repo)
     serve_apps.delete("damaged")
 
@@ -134,7 +142,7 @@ def damaged(serve_apps, bundled_repo, bundled_versions, tmp_path_factory):
 def test_models_are_described_from_their_cards_without_loading_weights(damaged, field):
     with SolverClient(damaged, application="damaged") as c:
         models = {m.name: m for m in c.list_models()}
-        assert sorted(models) == [MODEL, "darcy-unknown-pde", "darcy-unloadable"]
+        assert sorted(models) == ["darcy-bad-forcing", MODEL, "darcy-unknown-pde", "darcy-unloadable"]
         unloadable = c.get_model("darcy-unloadable")
         assert unloadable == models["darcy-unloadable"]
         assert (unloadable.architecture, unloadable.version, list(unloadable.versions)) == ("fno", "1", ["1"])
@@ -148,19 +156,25 @@ def test_models_are_described_from_their_cards_without_loading_weights(damaged, 
 
 
 def test_an_unexpected_failure_is_internal_names_no_path_and_is_counted(damaged, metrics_port, field):
-    name = "darcy-unknown-pde"
     with SolverClient(damaged, application="damaged") as c:
-        with pytest.raises(SolverError) as err:
-            c.solve_response(name, {"a": field}, reference=True)
+        with pytest.raises(SolverError) as err:  # its checks use a forcing the solver cannot take
+            c.solve_response("darcy-bad-forcing", {"a": field}, reference=True)
         assert err.value.code == grpc.StatusCode.INTERNAL
-        assert "KeyError" in str(err.value) and "/" not in str(err.value)
-        assert c.solve(name, {"a": field})["u"].shape == (64, 64)  # and the replica keeps serving
+        assert "internal error (" in str(err.value) and "/" not in str(err.value)
+        with pytest.raises(SolverError) as unknown:  # a family nobody registers: it says what is missing
+            c.solve_response("darcy-unknown-pde", {"a": field}, reference=True)
+        assert unknown.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "'no-such-pde' is not installed here" in str(unknown.value)
+        assert c.solve("darcy-unknown-pde", {"a": field})["u"].shape == (64, 64)  # the replica serves on
 
-    def count(samples, code):
+    def count(samples, name, code):
         return _total(samples, "ray_pdeserve_requests_total", model=name, method="Solve", code=code)
 
-    after = _poll(metrics_port, lambda samples: count(samples, "INTERNAL") and count(samples, "OK"))
-    assert (count(after, "INTERNAL"), count(after, "OK")) == (1, 1)
+    def counted(samples):
+        return (count(samples, "darcy-bad-forcing", "INTERNAL"), count(samples, "darcy-unknown-pde", "OK"))
+
+    after = _poll(metrics_port, lambda samples: all(counted(samples)))
+    assert counted(after) == (1, 1)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """`pdeserve serve` runs unattended: a stop signal at any moment of start-up ends everything within
 Docker's 10 s grace, a lost replica is replaced while the others answer, and a Serve controller and
-HAProxy that stay lost make the server exit non-zero within its bound, leaving no process behind (a
-single loss, Serve recovers from by itself)."""
+HAProxy killed on every restart either come back between the kills or make the server exit non-zero
+within its bound, leaving no process behind; the watch itself gives up on a target that does not serve."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from test_lifecycle import serve_command, session_processes, wait_serving
 
 from pdeserve.serving.client import SolverClient, SolverError
 from pdeserve.serving.lifecycle import port_is_free
-from pdeserve.serving.server import EXIT_UNHEALTHY, HAPROXY_PORTS, WATCH_INTERVAL_S
+from pdeserve.serving.server import EXIT_UNHEALTHY, HAPROXY_PORTS, WATCH_INTERVAL_S, watch
 
 pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
 
@@ -169,7 +169,7 @@ def _until(condition, bound_s: float, server: Server) -> float:
     return time.monotonic() - started
 
 
-def test_a_lost_replica_is_replaced_and_a_lost_controller_and_haproxy_end_the_server_within_its_bound(
+def test_a_lost_replica_is_replaced_and_a_lost_controller_and_haproxy_recover_or_end_the_server(
     bundled_repo, tmp_path
 ):
     server = Server(
@@ -201,9 +201,26 @@ def test_a_lost_replica_is_replaced_and_a_lost_controller_and_haproxy_end_the_se
                 killed += 1
             time.sleep(0.2)
         took = time.monotonic() - started
-        assert killed >= 2 and server.process.poll() == EXIT_UNHEALTHY, server.log.read_text()[-3000:]
-        assert took <= UNHEALTHY_EXIT_S + 2 * WATCH_INTERVAL_S + GRACE_S, f"exited after {took:.1f} s"
-        assert "exiting so that a supervisor restarts it" in server.log.read_text()
+        assert killed >= 2
+        if server.process.poll() is not None:  # it could not serve: it said so and ended, non-zero
+            assert server.process.returncode == EXIT_UNHEALTHY, server.log.read_text()[-3000:]
+            assert took <= UNHEALTHY_EXIT_S + 2 * WATCH_INTERVAL_S + GRACE_S, f"exited after {took:.1f} s"
+            assert "exiting so that a supervisor restarts it" in server.log.read_text()
+        else:  # Serve brought the parts back between the kills: it serves, and stops cleanly
+            _until(lambda: _solve(server.target), UNHEALTHY_EXIT_S, server)
+            os.killpg(server.process.pid, signal.SIGTERM)
+            assert server.process.wait(timeout=3 * GRACE_S) == 0
         assert server.left() == {}
     finally:
         server.kill_all()
+
+
+def test_the_watch_gives_up_on_a_target_that_does_not_serve_within_its_bound(capsys):
+    port = free_ports(1)[0]  # nothing listens there
+    started = time.monotonic()
+    assert watch(f"127.0.0.1:{port}", unhealthy_exit_s=2.0, interval_s=0.25) is False
+    assert 2.0 <= time.monotonic() - started < 10
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(
+        "pdeserve: error: the application has not served for 2 s (health check: UNAVAILABLE)"
+    )
