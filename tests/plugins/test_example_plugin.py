@@ -31,9 +31,14 @@ DATAGEN = ["--n", "6", "--resolution", "17", "--final-time", "1", "--seed", "3",
 
 
 def free_ports(n: int) -> list[int]:
-    """``n`` distinct free ports (all held while picked)."""
-    held = [socket.create_server(("127.0.0.1", 0)) for _ in range(n)]
-    ports = [s.getsockname()[1] for s in held]
+    """``n`` distinct free ports (all held while picked) outside the ports Ray Serve gives replicas
+    (30000-31000, 40000-41000), where the session's instance could take one before this server binds it."""
+    held, ports = [], []
+    while len(ports) < n:
+        held.append(socket.create_server(("127.0.0.1", 0)))
+        port = held[-1].getsockname()[1]
+        if not (30000 <= port <= 31000 or 40000 <= port <= 41000):
+            ports.append(port)
     for s in held:
         s.close()
     return ports
