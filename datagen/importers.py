@@ -1,7 +1,7 @@
 """``pdeserve datagen import``: readers of the file formats the field uses, one function per format.
 
-Each reader opens its file lazily (h5py, xarray, a memory-mapped ``torch.load``; only MATLAB v5 files are
-read whole, as ``scipy.io.loadmat`` does) and describes it as an :class:`~pdeserve.datagen.importing.Source`
+Each reader opens its file lazily (h5py, xarray, a memory-mapped zip; only MATLAB v5 files are read
+whole, as ``scipy.io.loadmat`` does) and describes it as an :class:`~pdeserve.datagen.importing.Source`
 that :func:`~pdeserve.datagen.importing.write_import` streams into a pdeserve dataset:
 
 ``the-well``
@@ -19,8 +19,9 @@ that :func:`~pdeserve.datagen.importing.write_import` streams into a pdeserve da
     (Navier-Stokes, ``u`` ``(N, X, Y, T)``: windows over the states ``a, u[..., 0], u[..., 1], ...``).
     MATLAB v5 through ``scipy.io.loadmat``; v7.3 (HDF5) through h5py, whose axes are MATLAB's reversed.
 ``neuraloperator-pt``
-    neuraloperator's ``.pt`` dicts of tensors (``x`` -> ``y``), loaded with ``torch.load(weights_only=True,
-    mmap=True)``: never arbitrary unpickling.
+    neuraloperator's ``.pt`` dicts of tensors (``x`` -> ``y``), as ``torch.save`` writes them: the zip is
+    read directly, its storages memory-mapped, and its pickle's opcodes parsed against an allowlist of
+    what a dict of tensors needs; nothing is unpickled and torch is not imported.
 ``xarray``
     Any file xarray opens (netCDF, HDF5 through h5netcdf), with ``--inputs``/``--outputs`` variable names
     and a ``--sample-dim``.
@@ -30,7 +31,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
+import pickletools
+import struct
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -386,35 +389,196 @@ def read_fno_mat(path: Path, options: ImportOptions, stack: contextlib.ExitStack
 
 # ----------------------------------------------------------------------------------- neuraloperator .pt
 
+# The storage classes torch.save names in a tensor's persistent id, as numpy dtypes; those numpy cannot
+# hold as real numbers are kept by name, for the error.
+_STORAGES: dict[str, np.dtype | str] = {
+    f"torch.{kind}Storage": np.dtype(code)
+    for kind, code in [
+        ("Float", "f4"), ("Double", "f8"), ("Half", "f2"), ("Long", "i8"), ("Int", "i4"),
+        ("Short", "i2"), ("Char", "i1"), ("Byte", "u1"), ("Bool", "?"),
+    ]
+} | {"torch.BFloat16Storage": "bfloat16", "torch.ComplexFloatStorage": "complex64",
+     "torch.ComplexDoubleStorage": "complex128"}  # fmt: skip
+_ORDERED_DICT, _REBUILD = "collections.OrderedDict", "torch._utils._rebuild_tensor_v2"
+_PUSH = {"NEWTRUE": True, "NEWFALSE": False, "NONE": None}
+_LITERALS = {"BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "BININT", "BININT1", "BININT2", "LONG1"}
 
-def _tensors(path: Path) -> dict[str, np.ndarray]:
-    """The tensors of a ``.pt`` dict, memory-mapped, as numpy arrays; ``ValueError`` for anything that
-    ``torch.load(weights_only=True)`` refuses (an arbitrary pickle) or that is not a dict of tensors."""
-    import pickle
 
-    import torch
+# What the parsed pickle holds in place of torch's objects: an allowlisted global, a storage named by
+# a persistent id (not yet mapped), a tensor's view into one.
+@dataclass(frozen=True)
+class _Global:
+    name: str
+
+
+@dataclass(frozen=True)
+class _Storage:
+    dtype: np.dtype | str
+    key: str
+    numel: int
+
+
+@dataclass(frozen=True)
+class _Tensor:
+    storage: _Storage
+    offset: int
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
+
+
+def _parse_pickle(path: Path, data: bytes) -> object:
+    """What the pickle ``data`` of a ``torch.save`` file describes, found by interpreting its opcodes
+    against an allowlist (dicts, tuples, strings, numbers, torch's tensor rebuild): nothing is imported
+    or called. ``ValueError`` names the first global or opcode outside the allowlist."""
+
+    def refuse(what: str) -> ValueError:
+        return ValueError(f"{path.name} holds objects other than tensors ({what}); refused")
+
+    def pop(count: int) -> list[Any]:
+        if not 0 <= count <= len(stack):
+            raise IndexError("stack underflow")
+        items = stack[len(stack) - count :]
+        del stack[len(stack) - count :]
+        return items
 
     try:
-        contents = torch.load(path, weights_only=True, mmap=True, map_location="cpu")
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", str(exc))
-        what = f" ({found.group(1)})" if found else ""
-        raise ValueError(
-            f"{path.name} holds objects other than tensors{what}; refused (loaded with weights_only=True)"
-        ) from None
-    except RuntimeError as exc:
-        raise ValueError(f"{path.name} is not a torch.save zip file: {str(exc).splitlines()[0]}") from None
+        ops = list(pickletools.genops(data))
+    except ValueError as exc:
+        raise ValueError(f"{path.name}: its data.pkl is no pickle ({exc})") from None
+    stack: list[Any] = []
+    marks: list[int] = []
+    memo: dict[int, Any] = {}
+    try:
+        for op, arg, _ in ops:
+            name = op.name
+            if name in _LITERALS:
+                stack.append(arg)
+            elif name in _PUSH:
+                stack.append(_PUSH[name])
+            elif name in ("EMPTY_DICT", "EMPTY_TUPLE"):
+                stack.append({} if name == "EMPTY_DICT" else ())
+            elif name == "MARK":
+                marks.append(len(stack))
+            elif name.startswith("TUPLE"):
+                stack.append(tuple(pop(int(name[5:]) if name[5:] else len(stack) - marks.pop())))
+            elif name in ("BINPUT", "LONG_BINPUT", "MEMOIZE"):
+                memo[len(memo) if arg is None else arg] = stack[-1]
+            elif name in ("BINGET", "LONG_BINGET"):
+                stack.append(memo[arg])
+            elif name in ("SETITEM", "SETITEMS"):
+                items = pop(2 if name == "SETITEM" else len(stack) - marks.pop())
+                if len(items) % 2 or not isinstance(stack[-1], dict):
+                    raise TypeError("SETITEMS")
+                stack[-1].update(zip(items[::2], items[1::2], strict=True))
+            elif name in ("GLOBAL", "STACK_GLOBAL"):
+                qualname = arg.replace(" ", ".") if name == "GLOBAL" else ".".join(map(str, pop(2)))
+                if qualname not in (_ORDERED_DICT, _REBUILD, *_STORAGES):
+                    raise refuse(qualname)
+                stack.append(_Global(qualname))
+            elif name == "BINPERSID":
+                match stack.pop():
+                    case ("storage", _Global(name=kind), str(key), _location, int(numel)) if (
+                        kind in _STORAGES
+                    ):
+                        stack.append(_Storage(_STORAGES[kind], key, numel))
+                    case _:
+                        raise refuse("a persistent id other than a storage")
+            elif name == "REDUCE":
+                func, args = pop(2)
+                if func == _Global(_ORDERED_DICT) and args == ():
+                    stack.append({})
+                elif func == _Global(_REBUILD):
+                    stack.append(_rebuilt(path, args))
+                else:
+                    raise refuse(func.name if isinstance(func, _Global) else "a call")
+            elif name == "STOP":
+                return stack.pop()
+            elif name not in ("PROTO", "FRAME"):
+                raise refuse(f"pickle opcode {name}")
+    except (IndexError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path.name}: its data.pkl is malformed ({exc})") from None
+    raise ValueError(f"{path.name}: its data.pkl has no STOP")
+
+
+def _rebuilt(path: Path, args: object) -> _Tensor:
+    """``torch._utils._rebuild_tensor_v2``'s arguments (storage, offset, size, stride, requires_grad,
+    backward hooks[, metadata]) checked, as a tensor to memory-map later."""
+    ints = lambda t: isinstance(t, tuple) and all(type(n) is int for n in t)  # noqa: E731
+    if not (isinstance(args, tuple) and len(args) in (6, 7) and isinstance(args[0], _Storage)):
+        raise ValueError(f"{path.name}: a tensor's rebuild arguments are malformed")
+    storage, offset, size, stride, _, _, *metadata = args
+    if type(offset) is not int or not ints(size) or not ints(stride) or len(size) != len(stride):
+        raise ValueError(f"{path.name}: a tensor's offset, size or stride is malformed")
+    if metadata and (not isinstance(metadata[0], dict) or any(metadata[0].values())):
+        # torch's lazy negation and conjugation bits: the values are not the storage's
+        raise ValueError(f"{path.name} holds a tensor with metadata {metadata[0]}; refused")
+    return _Tensor(storage, offset, size, stride)
+
+
+def _tensors(path: Path) -> dict[str, np.ndarray]:
+    """The tensors of a ``torch.save`` dict as read-only numpy arrays memory-mapped from the file: the
+    zip is read directly and its ``data.pkl`` parsed against an allowlist, never unpickled. ``ValueError``
+    for anything but a dict of tensors (and ignored plain values), and for a corrupt file."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = {info.filename: info for info in archive.infolist()}
+            pkl = next((n for n in infos if n.count("/") == 1 and n.endswith("/data.pkl")), None)
+            if pkl is None:
+                raise zipfile.BadZipFile("no data.pkl")
+            prefix = pkl[: -len("data.pkl")]
+            contents = _parse_pickle(path, archive.read(pkl))
+            big = prefix + "byteorder" in infos and archive.read(prefix + "byteorder").strip() == b"big"
+    except zipfile.BadZipFile as exc:
+        raise ValueError(f"{path.name} is not a torch.save zip file: {exc}") from None
     if not isinstance(contents, dict):
-        raise ValueError(f"{path.name} holds a {type(contents).__name__}; expected a dict of tensors")
+        kind = "Tensor" if isinstance(contents, _Tensor) else type(contents).__name__
+        raise ValueError(f"{path.name} holds a {kind}; expected a dict of tensors")
+    storages: dict[_Storage, np.ndarray] = {}  # by key, dtype and size: a file may name a key twice
     arrays = {}
-    for key, value in contents.items():
-        if isinstance(value, torch.Tensor):
-            if value.dtype in (torch.bfloat16, torch.complex64, torch.complex128) or value.is_complex():
-                raise ValueError(
-                    f"variable {key!r} has dtype {value.dtype}; only real numbers can be imported"
-                )
-            arrays[str(key)] = value.numpy()  # shares the memory-mapped storage: nothing is read yet
+    for key, tensor in contents.items():
+        if not isinstance(tensor, _Tensor):
+            continue
+        storage = tensor.storage
+        if isinstance(storage.dtype, str):
+            raise ValueError(f"variable {key!r} has dtype {storage.dtype}; only real numbers can be imported")
+        if storage not in storages:
+            info = infos.get(f"{prefix}data/{storage.key}")
+            dtype = storage.dtype.newbyteorder(">" if big else "<")
+            storages[storage] = _mapped(path, info, storage.key, dtype, storage.numel)
+        base, offset, size, stride = storages[storage], tensor.offset, tensor.size, tensor.stride
+        # a corrupt file must not make a view reach past its storage
+        last = (
+            offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True)) if all(size) else offset - 1
+        )
+        if min((offset, *size, *stride)) < 0 or last >= base.size:
+            raise ValueError(
+                f"{path.name}: variable {key!r} (offset {offset}, size {size}, stride {stride}) reaches "
+                f"past its storage of {base.size} elements"
+            )
+        arrays[str(key)] = np.lib.stride_tricks.as_strided(
+            base[offset:], shape=size, strides=tuple(s * base.itemsize for s in stride), writeable=False
+        )
     return arrays
+
+
+def _mapped(path: Path, info: zipfile.ZipInfo | None, key: str, dtype: np.dtype, numel: int) -> np.ndarray:
+    """The zip member of storage ``key``, memory-mapped in place (torch.save stores it uncompressed)."""
+    if info is None or info.file_size != numel * dtype.itemsize:
+        raise ValueError(f"{path.name}: storage {key!r} is missing or does not hold {numel} {dtype}")
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise ValueError(f"{path.name}: storage {key!r} is compressed; it cannot be memory-mapped")
+    if numel == 0:
+        return np.empty(0, dtype)
+    with path.open("rb") as f:  # the local header's name and extra lengths, not the central directory's
+        f.seek(info.header_offset)
+        header = f.read(30)
+    if len(header) < 30 or header[:4] != b"PK\x03\x04":
+        raise ValueError(f"{path.name}: storage {key!r} has no local zip header")
+    name_length, extra_length = struct.unpack("<HH", header[26:30])
+    offset = info.header_offset + 30 + name_length + extra_length
+    if offset + info.file_size > path.stat().st_size:
+        raise ValueError(f"{path.name}: storage {key!r} runs past the end of the file")
+    return np.memmap(path, dtype, mode="r", offset=offset, shape=(numel,))
 
 
 def _channels(target: str, view: View, grid: tuple[int, ...]) -> list[tuple[str, View]]:

@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import io
 import json
 import os
+import pickle
+import zipfile
 
 import h5py
 import numpy as np
@@ -24,7 +28,7 @@ from import_sources import (
 
 from pdeserve.cli import main
 from pdeserve.datagen.dataset import load_dataset
-from pdeserve.datagen.importers import ImportOptions, import_file
+from pdeserve.datagen.importers import ImportOptions, _tensors, import_file
 from pdeserve.operators.pairs import operator_pairs
 
 
@@ -219,6 +223,89 @@ def test_a_pt_file_with_an_arbitrary_object_is_refused_in_one_line(tmp_path, cap
     assert code == 1 and len(err.strip().splitlines()) == 1, err
     assert "evil.pt holds objects other than tensors (posix.system)" in err
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "o.h5").exists()
+
+
+def test_pt_views_sharing_a_storage_in_an_ordered_dict_read_back_bit_equal(tmp_path):
+    base = torch.randn(5, 3, dtype=torch.float64)
+    saved = collections.OrderedDict(
+        turned=torch.randn(4, 6, 8).transpose(1, 2),  # saved as-is: not contiguous
+        tail=base[2:],  # shares base's storage, from an offset
+        base=base,
+        column=base[:, 1],
+        scalar=torch.tensor(2.5),
+        flags=torch.tensor([True, False]),
+        step=3,
+        note="plain values are ignored",
+    )
+    torch.save(saved, tmp_path / "views.pt")
+    arrays = _tensors(tmp_path / "views.pt")
+    assert list(arrays) == ["turned", "tail", "base", "column", "scalar", "flags"]
+    for key, array in arrays.items():
+        expected = saved[key].numpy()
+        assert (array.dtype, array.shape) == (expected.dtype, expected.shape), key
+        assert array.tobytes() == expected.tobytes() and not array.flags.writeable, key
+    assert not arrays["turned"].flags.c_contiguous and np.shares_memory(arrays["tail"], arrays["base"])
+
+
+class _StorageRef:
+    """Stands for storage "0" (16 floats) of a torch.save zip in a hand-made data.pkl."""
+
+
+class _View:
+    """Pickles as torch.save pickles a tensor, with any offset, size and stride into storage "0"."""
+
+    def __init__(self, offset, size, stride):
+        self.args = (offset, size, stride)
+
+    def __reduce__(self):
+        return torch._utils._rebuild_tensor_v2, (_StorageRef(), *self.args, False, collections.OrderedDict())
+
+
+class _TorchPickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        return ("storage", torch.FloatStorage, "0", "cpu", 16) if isinstance(obj, _StorageRef) else None
+
+
+def _repack(path, data_pkl=None, storages=zipfile.ZIP_STORED):
+    """Write the torch.save zip at ``path`` again, with another data.pkl or its storages compressed."""
+    with zipfile.ZipFile(path) as archive:
+        members = [(info.filename, archive.read(info)) for info in archive.infolist()]
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members:
+            if name.endswith("/data.pkl") and data_pkl is not None:
+                data = data_pkl
+            archive.writestr(name, data, storages if "/data/" in name else zipfile.ZIP_STORED)
+
+
+def _crafted(path, view):
+    torch.save({"x": torch.arange(16.0)}, path)
+    out = io.BytesIO()
+    _TorchPickler(out, protocol=2).dump({"x": view})
+    _repack(path, data_pkl=out.getvalue())
+
+
+def test_a_pt_tensor_reaching_past_its_storage_is_refused_in_one_line(tmp_path):
+    _crafted(
+        tmp_path / "fits.pt", _View(10, (3,), (2,))
+    )  # the last element read is the storage's last but one
+    np.testing.assert_array_equal(_tensors(tmp_path / "fits.pt")["x"], [10.0, 12.0, 14.0])
+    for offset, size, stride in [(10, (4,), (2,)), (0, (2, 2), (100, 1)), (17, (0,), (1,))]:
+        _crafted(tmp_path / "corrupt.pt", _View(offset, size, stride))
+        with pytest.raises(ValueError) as caught:
+            _tensors(tmp_path / "corrupt.pt")
+        message = str(caught.value)
+        assert (
+            "variable 'x'" in message and "past its storage of 16 elements" in message and "\n" not in message
+        )
+
+
+def test_a_pt_file_with_a_compressed_storage_is_refused_in_one_line(tmp_path):
+    torch.save({"x": torch.zeros(2, 4), "y": torch.zeros(2, 4)}, tmp_path / "deflated.pt")
+    _repack(tmp_path / "deflated.pt", storages=zipfile.ZIP_DEFLATED)
+    with pytest.raises(ValueError) as caught:
+        _tensors(tmp_path / "deflated.pt")
+    message = str(caught.value)
+    assert message.startswith("deflated.pt: storage") and "is compressed" in message and "\n" not in message
 
 
 def test_xarray_file_with_named_dims_in_any_order(tmp_path):

@@ -117,12 +117,7 @@ def test_no_module_unpickles_and_layers_import_one_way():
             for node in ast.walk(tree):
                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
                     name = ast.unparse(node.func)
-                    # torch's restricted unpickler, which loads tensors and refuses any other object,
-                    # is how a neuraloperator .pt dataset is imported.
-                    restricted = name == "torch.load" and any(
-                        k.arg == "weights_only" and ast.unparse(k.value) == "True" for k in node.keywords
-                    )
-                    assert restricted or name not in forbidden_calls, f"{path}: {name}"
+                    assert name not in forbidden_calls, f"{path}: {name}"
                 if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pdeserve."):
                     layer = node.module.split(".")[1]
                     assert layer in allowed | {package, "protos"}, f"{path} imports {node.module}"
