@@ -12,16 +12,93 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import os
 import signal
 import socket
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import IO
 
 PROC = Path("/proc")
 PR_SET_CHILD_SUBREAPER = 36  # from <linux/prctl.h>
 TCP_TABLES = ("net/tcp", "net/tcp6")
+
+
+# The ports Ray Serve gives its ingress replicas' own gRPC and HTTP servers on a node (direct ingress), the
+# lowest free one of a range each; these are its defaults, and environment variables move them.
+SERVE_REPLICA_PORTS = {"gRPC": range(40000, 41001), "HTTP": range(30000, 31001)}
+# Two local instances on one machine would share those ranges, and gRPC's wildcard bind succeeds on one IP
+# stack when the other stack's port is taken: a replica of the second instance then starts on a port a
+# replica of the first one holds, and the requests meant for it reach the other server's replica (seen:
+# one server answering NOT_FOUND for the other's model). So each local pdeserve instance claims a block of
+# each range for itself, held by a lock file for the life of the process; block 0, where Serve starts,
+# stays for Ray Serve applications that are not pdeserve's.
+REPLICA_PORT_BLOCK = 100
+CLAIMED_BLOCK_VARIABLE = "PDESERVE_REPLICA_PORT_BLOCK"
+_claimed_block: IO | None = None
+
+
+def replica_port_variables(servers: str) -> tuple[str, str]:
+    """The environment variables of the first and last replica port of ``servers`` (gRPC, HTTP)."""
+    return tuple(f"RAY_SERVE_DIRECT_INGRESS_{end}_{servers.upper()}_PORT" for end in ("MIN", "MAX"))
+
+
+def replica_port_ranges() -> dict[str, range]:
+    """Ray Serve's replica port ranges as this process's environment sets them (its defaults otherwise)."""
+    ranges = {}
+    for servers, default in SERVE_REPLICA_PORTS.items():
+        low, high = replica_port_variables(servers)
+        ranges[servers] = range(
+            int(os.environ.get(low, default.start)), int(os.environ.get(high, default.stop - 1)) + 1
+        )
+    return ranges
+
+
+def ensure_outside_replica_ports(ports: Mapping[str, int]) -> None:
+    """``ValueError`` for a port of ``ports`` (what it serves -> port) that Ray Serve could give a replica
+    of this server or of another one on the machine."""
+    for role, port in ports.items():
+        for servers, span in (SERVE_REPLICA_PORTS | replica_port_ranges()).items():
+            if port in span:
+                raise ValueError(
+                    f"{role} port {port} is among the ports Ray Serve gives its replicas' {servers} servers "
+                    f"({span.start}-{span.stop - 1}); choose a port outside them"
+                )
+
+
+def claim_replica_ports() -> dict[str, str]:
+    """The environment that gives a local Ray instance's replicas a block of ports no other pdeserve
+    server on this machine holds (see ``REPLICA_PORT_BLOCK``): empty when this process holds one already
+    or an operator set the ranges. ``RuntimeError`` when every block is held."""
+    global _claimed_block
+    variables = [v for servers in SERVE_REPLICA_PORTS for v in replica_port_variables(servers)]
+    inherited = CLAIMED_BLOCK_VARIABLE in os.environ  # a block of the process that started this one
+    if _claimed_block is not None or (not inherited and any(v in os.environ for v in variables)):
+        return {}
+    folder = Path(tempfile.gettempdir()) / "pdeserve-replica-ports"
+    folder.mkdir(exist_ok=True)
+    blocks = min(len(span) for span in SERVE_REPLICA_PORTS.values()) // REPLICA_PORT_BLOCK
+    for block in range(1, blocks):
+        lock = open(folder / f"block-{block}.lock", "a")  # noqa: SIM115 (held for the process's life)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        _claimed_block = lock
+        environment = {CLAIMED_BLOCK_VARIABLE: str(block)}
+        for servers, span in SERVE_REPLICA_PORTS.items():
+            low, high = replica_port_variables(servers)
+            first = span.start + block * REPLICA_PORT_BLOCK
+            environment |= {low: str(first), high: str(first + REPLICA_PORT_BLOCK - 1)}
+        return environment
+    raise RuntimeError(
+        f"all {blocks - 1} blocks of Ray Serve's replica ports on this machine are held by other pdeserve "
+        "servers; stop one of them"
+    )
 
 
 class PortInUseError(OSError):

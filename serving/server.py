@@ -13,7 +13,14 @@ import time
 from pathlib import Path
 
 from pdeserve.operators.repository import ModelRepository
-from pdeserve.serving.lifecycle import adopt_orphans, end_descendants, ensure_ports_free, reap_adopted
+from pdeserve.serving.lifecycle import (
+    adopt_orphans,
+    claim_replica_ports,
+    end_descendants,
+    ensure_outside_replica_ports,
+    ensure_ports_free,
+    reap_adopted,
+)
 from pdeserve.serving.options import (
     DEFAULT_GRPC_PORT,
     DEFAULT_HTTP_PORT,
@@ -102,6 +109,8 @@ def start(
     ------
     PortInUseError
         Before Ray starts, when a local instance's port is taken (naming the port and its holder).
+    ValueError
+        Before Ray starts, when a local instance's port is one Ray Serve gives its replicas.
     """
     import ray
     from ray import serve
@@ -117,6 +126,8 @@ def start(
     # proxy 5 s to report ready, then kills it and starts over; on a small, busy machine its imports
     # alone can take longer.
     local = LOCAL_ENVIRONMENT if address == "local" else {}
+    if address == "local" and not ray.is_initialized():
+        os.environ.update(claim_replica_ports())
     for name, value in (SERVE_ENVIRONMENT | local).items():
         os.environ.setdefault(name, value)
     if not ray.is_initialized():
@@ -134,8 +145,8 @@ def start(
 def preflight(
     repo: str | os.PathLike, grpc_port: int, http_port: int, metrics_port: int | None, host: str
 ) -> None:
-    """What must hold before a local Ray starts: models to serve in ``repo`` and free ports (else
-    FileNotFoundError, PortInUseError naming the port and its holder)."""
+    """What must hold before a local Ray starts: models to serve in ``repo`` and free ports outside the
+    replicas' (else FileNotFoundError, PortInUseError naming the port and its holder, ValueError)."""
     if not ModelRepository(repo).names():
         raise FileNotFoundError(
             f"no published models in {Path(repo).resolve()}; train one with `pdeserve train`"
@@ -145,6 +156,7 @@ def preflight(
         ports |= {
             role: int(os.environ.get(variable, port)) for role, (variable, port) in HAPROXY_PORTS.items()
         }
+    ensure_outside_replica_ports(ports)
     ensure_ports_free(ports, host)
 
 

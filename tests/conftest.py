@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_REPO = ROOT / "models"
@@ -17,12 +17,6 @@ SHARED_GROUPS = {
     "grpc_target": "ray",
     "small_darcy": "small-darcy",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups

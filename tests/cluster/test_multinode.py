@@ -21,7 +21,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from ports import free_ports
 
 from pdeserve.datagen.darcy import DarcyParameters, darcy_sample
 from pdeserve.serving.client import SolverClient, SolverError
@@ -91,15 +91,6 @@ def _descendants(pid: int) -> list[int]:
         found.extend(grandchildren := children.get(todo.pop(), []))
         todo.extend(grandchildren)
     return found
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free ports (all bound at once, so no two are the same)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
 
 
 def _node_ports() -> list[str]:

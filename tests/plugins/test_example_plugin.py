@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import site
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from ports import free_ports
 
 from pdeserve.operators.card import FamilySource
 from pdeserve.operators.repository import ModelRepository
@@ -28,20 +28,6 @@ PLUGIN = ROOT / "examples" / "allen-cahn"
 DISTRIBUTION, VERSION = "pdeserve-allen-cahn", "0.1.0"
 # Tiny, so the whole path runs in about a minute: 6 samples on 17 x 17 nodes, u0 -> u(1).
 DATAGEN = ["--n", "6", "--resolution", "17", "--final-time", "1", "--seed", "3", "--chunk-size", "6"]
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free ports (all held while picked) outside the ports Ray Serve gives replicas
-    (30000-31000, 40000-41000), where the session's instance could take one before this server binds it."""
-    held, ports = [], []
-    while len(ports) < n:
-        held.append(socket.create_server(("127.0.0.1", 0)))
-        port = held[-1].getsockname()[1]
-        if not (30000 <= port <= 31000 or 40000 <= port <= 41000):
-            ports.append(port)
-    for s in held:
-        s.close()
-    return ports
 
 
 @pytest.fixture(scope="module")
@@ -83,12 +69,6 @@ def test_the_install_is_the_venvs_own_and_datagen_list_names_its_distribution(ve
     assert "--epsilon" in listing and "--refinement" in listing
 
 
-@pytest.mark.skipif(
-    os.environ.get("PDESERVE_SERVER_PROCESS_TESTS") != "1",
-    reason="beside the session's Ray instance, two local Ray Serve instances can answer each other's "
-    "requests "
-    "(replica ports reused); run alone with PDESERVE_SERVER_PROCESS_TESTS=1",
-)
 def test_datagen_train_serve_and_the_reference_through_grpc(venv, tmp_path):
     data, repo = tmp_path / "ac.h5", tmp_path / "models"
     run(venv, "-m", "pdeserve.cli", "datagen", "allen-cahn", *DATAGEN, "--out", str(data), "--quiet")

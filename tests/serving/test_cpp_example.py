@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from ports import free_port
 
 from pdeserve.datagen.darcy import solve_darcy
 from pdeserve.datagen.grids import UnitSquareGrid
@@ -155,12 +155,6 @@ def test_bad_request_prints_invalid_argument_and_the_next_call_succeeds(solve_lo
     assert "status=INVALID_ARGUMENT (3):" in lines[bad]
     assert "must have rank 2 (x, y) or 3 (batch, x, y), got shape (4096,)" in lines[bad]
     assert [line.split()[0] for line in lines[bad + 1 :]] == ["step=1", "step=2", "steps=2"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ process group, as systemd and `docker stop` do, and a start refused when a port 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -12,23 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
+from ports import free_ports
 
 from pdeserve.serving.client import SolverClient, SolverError
 from pdeserve.serving.lifecycle import descendants, ensure_ports_free, port_holders, port_is_free
 from pdeserve.serving.server import HAPROXY_PORTS
 
 STOP_BOUND_S = 90  # Ray's own shutdown plus the sweep of what it leaves; generous for a busy 2-core machine
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free ports (held together while picked, so none is picked twice)."""
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def serve_command(repo: Path, grpc_port: int, http_port: int, metrics_port: int) -> list[str]:
@@ -136,6 +127,57 @@ def test_a_taken_port_fails_the_start_at_once_with_one_line_naming_it(bundled_re
     assert len(lines) == 1, result.stderr
     assert f"HTTP port {port} is already in use by pid {os.getpid()} (" in lines[0]
     assert "ray" not in (result.stdout + result.stderr).lower()  # refused before Ray started
+
+
+@pytest.mark.parametrize("port", [40000, 41000, 30500])
+def test_a_port_ray_serve_gives_its_replicas_fails_the_start_at_once_with_one_line(bundled_repo, port):
+    """A replica of this server (or of another on the machine) could be given it."""
+    result = subprocess.run(
+        serve_command(bundled_repo, port, *free_ports(2)), capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"gRPC port {port} is among the ports Ray Serve gives its replicas' " in lines[0]
+    assert "ray::" not in result.stderr and "Started a local Ray instance" not in result.stderr
+
+
+CLAIM = (
+    "import json, sys; from pdeserve.serving.lifecycle import claim_replica_ports; "
+    "print(json.dumps(claim_replica_ports()), flush=True); sys.stdin.read()"
+)
+
+
+def test_each_local_instance_claims_a_block_of_replica_ports_that_no_other_holds(tmp_path):
+    """Held while its process lives; a process started by a claiming one claims its own; an operator's
+    ranges win."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_SERVE_DIRECT", "PDESERVE_REPLICA"))}
+    base["TMPDIR"] = str(tmp_path)  # the lock files of this test only
+
+    def claim(environment):
+        process = subprocess.Popen(
+            [sys.executable, "-c", CLAIM],
+            env=environment,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        return process, json.loads(process.stdout.readline())
+
+    first, claimed = claim(base)
+    assert claimed["RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT"] == "40100"
+    assert claimed["RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT"] == "40199"
+    assert claimed["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] == "30100"
+    second, other = claim(base | claimed)  # as a server started from a claiming process inherits them
+    assert other["PDESERVE_REPLICA_PORT_BLOCK"] == "2"
+    assert other["RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT"] == "40200"
+    third, operator = claim(base | {"RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": "45000"})
+    assert operator == {}
+    first.communicate("")
+    fourth, again = claim(base)
+    assert again == claimed  # the first one's block, free again once it ended
+    for process in (second, third, fourth):
+        process.communicate("")
 
 
 def test_the_holder_of_a_port_is_named_from_proc():

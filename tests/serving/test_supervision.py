@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from ports import free_ports
 from test_lifecycle import serve_command, session_processes, wait_serving
 
 from pdeserve.serving.client import SolverClient, SolverError
@@ -35,24 +35,6 @@ def _command_line(pid: int) -> str:
 
 # Ports Ray Serve gives replicas' own HTTP and gRPC servers (its defaults): a test server's ports stay out
 # of them, or another test's replica could take one between the pick and the start.
-RAY_DIRECT_INGRESS = (range(30000, 31001), range(40000, 41001))
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free ports outside Ray Serve's replica port ranges (held together while picked)."""
-    sockets, ports = [], []
-    try:
-        while len(ports) < n:
-            probe = socket.socket()
-            probe.bind(("127.0.0.1", 0))
-            sockets.append(probe)
-            port = probe.getsockname()[1]
-            if not any(port in taken for taken in RAY_DIRECT_INGRESS):
-                ports.append(port)
-    finally:
-        for probe in sockets:
-            probe.close()
-    return ports
 
 
 def _zombie_children(parent: int) -> list[int]:
@@ -169,12 +151,6 @@ def _until(condition, bound_s: float, server: Server) -> float:
     return time.monotonic() - started
 
 
-@pytest.mark.skipif(
-    os.environ.get("PDESERVE_SERVER_PROCESS_TESTS") != "1",
-    reason="beside the session's Ray instance, two local Ray Serve instances can answer each other's "
-    "requests "
-    "(replica ports reused); run alone with PDESERVE_SERVER_PROCESS_TESTS=1",
-)
 def test_a_lost_replica_is_replaced_and_a_lost_controller_and_haproxy_recover_or_end_the_server(
     bundled_repo, tmp_path
 ):
