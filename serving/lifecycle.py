@@ -61,7 +61,8 @@ def ensure_outside_replica_ports(ports: Mapping[str, int]) -> None:
     """``ValueError`` for a port of ``ports`` (what it serves -> port) that Ray Serve could give a replica
     of this server or of another one on the machine."""
     for role, port in ports.items():
-        for servers, span in (SERVE_REPLICA_PORTS | replica_port_ranges()).items():
+        spans = [*SERVE_REPLICA_PORTS.items(), *replica_port_ranges().items()]  # Serve's, and this server's
+        for servers, span in spans:
             if port in span:
                 raise ValueError(
                     f"{role} port {port} is among the ports Ray Serve gives its replicas' {servers} servers "
