@@ -390,12 +390,14 @@ class LedgerEntry:
     settings : mapping
         The rung's settings, as JSON values (empty for the other paths).
     error_quantile : float
-        The ledger's ``coverage`` quantile of the relative L2 error against the family's reference (the
-        conformal one: the ``ceil((n + 1) coverage)``-th smallest of ``n``).
+        The ledger's ``coverage`` quantile of the relative L2 error against the family's reference solved
+        twice as finely where its parameters allow (the conformal quantile: the ``ceil((n + 1)
+        coverage)``-th smallest of ``n``).
     mean_error : float
         Mean relative L2 error.
     seconds : float
-        Wall time per sample, one call on all samples (the surrogate's includes its estimate).
+        Wall time of a one-sample call, the median over the samples (the surrogate's includes its
+        estimate).
     """
 
     path: str

@@ -132,8 +132,28 @@ def fresh_samples(family, params, side: int, n_samples: int, seed: int) -> Loade
     return LoadedDataset(attrs, {k: fields[k] for k in inputs}, {k: fields[k] for k in outputs})
 
 
-def validation_samples(surrogate: Surrogate, side: int, n_samples: int, seed: int) -> OperatorPairs:
-    """Fresh operator pairs for ``surrogate`` at ``side`` (its family's sampler and classical solver)."""
+def finer_reference(params, side: int, boundary: str):
+    """``params`` (at ``side``) with the reference solved twice as finely, in space and in time, where
+    its parameters say how: a ``solve_resolution`` (None: the data grid) or a grid ``refinement``, and a
+    ``time_step``. None when they say neither: the family's own reference is the finest known."""
+    changes: dict[str, Any] = {}
+    if hasattr(params, "solve_resolution"):
+        solve = params.solve_resolution or side
+        changes["solve_resolution"] = 2 * solve if boundary == "periodic" else 2 * (solve - 1) + 1
+    elif isinstance(getattr(params, "refinement", None), int):
+        changes["refinement"] = 2 * params.refinement
+    if getattr(params, "time_step", None) is not None:
+        changes["time_step"] = params.time_step / 2
+    if not changes:
+        return None
+    return dataclasses.replace(params, **changes).for_resolution(side)
+
+
+def validation_samples(
+    surrogate: Surrogate, side: int, n_samples: int, seed: int, finer: bool = False
+) -> OperatorPairs:
+    """Fresh operator pairs for ``surrogate`` at ``side`` (its family's sampler and classical solver;
+    ``finer``: the reference solved twice as finely, :func:`finer_reference`, where the family allows)."""
     from pdeserve.operators.family import family_of
 
     card = surrogate.card
@@ -141,6 +161,8 @@ def validation_samples(surrogate: Surrogate, side: int, n_samples: int, seed: in
     params = _parameters_at(
         family, family.parameters_from(card.pde_parameters), card.training_resolution[-1], side
     )
+    if finer:
+        params = finer_reference(params, side, family.boundary) or params
     return operator_pairs(fresh_samples(family, params, side, n_samples, seed), card.time_map)
 
 
@@ -516,20 +538,29 @@ def _quantile(errors: Sequence[float], coverage: float) -> float:
 
 
 def _entry(path: str, rung: str, settings, answer, x: np.ndarray, y: np.ndarray, coverage: float):
-    """The ``LedgerEntry`` of ``answer`` (``x -> y``'s answers) after one untimed warm-up call; None
-    when it refuses the samples or answers something not finite (it cannot answer them)."""
+    """The ``LedgerEntry`` of ``answer`` (``x -> y``'s answers, one sample per call, as a request of one
+    sample is answered: the median call is its cost) after one untimed warm-up call; None when it refuses
+    the samples or answers something not finite (it cannot answer them)."""
     try:
         answer(x[:1])
-        started = time.perf_counter()
-        predicted = answer(x)
-        seconds = (time.perf_counter() - started) / len(x)
+        answers, seconds = [], []
+        for i in range(len(x)):
+            started = time.perf_counter()
+            answers.append(answer(x[i : i + 1]))
+            seconds.append(time.perf_counter() - started)
+        predicted = np.concatenate(answers)
     except ValueError:  # a refusal: this path cannot take these samples
         return None
     if not np.all(np.isfinite(predicted)):
         return None
     errors = [relative_l2(predicted[i : i + 1], y[i : i + 1]) for i in range(len(y))]
     return LedgerEntry(
-        path, rung, dict(settings), _quantile(errors, coverage), float(np.mean(errors)), seconds
+        path,
+        rung,
+        dict(settings),
+        _quantile(errors, coverage),
+        float(np.mean(errors)),
+        float(np.median(seconds)),
     )
 
 
@@ -541,16 +572,18 @@ def measure_ledger(
     finest: int | None = None,
     reference_samples: int = LEDGER_REFERENCE_SAMPLES,
 ) -> Ledger:
-    """Error (the ``coverage`` quantile and the mean) and seconds per sample of the surrogate with its
-    estimate, of every rung of :func:`ladder_of` and of the family's reference solve, on ``n_samples``
-    fresh samples at the training side against the family's reference (the reference itself on at most
-    ``reference_samples``, one at a time as a server solves them); ``finest``: the finest solve grid of
-    a rung measured (default: the training side)."""
+    """Error (the ``coverage`` quantile and the mean) and seconds per one-sample call of the surrogate
+    with its estimate, of every rung of :func:`ladder_of` and of the family's reference solve, on
+    ``n_samples`` fresh samples at the training side (the reference itself on at most
+    ``reference_samples``), against the family's reference solved twice as finely
+    (:func:`finer_reference`): so the reference path's own error is measured too, and no path promises
+    an error below what the PDE's solution allows. ``finest``: the finest solve grid of a rung measured
+    (default: the training side)."""
     from pdeserve.operators.pairs import reference_outputs
 
     card = surrogate.card
     side = card.training_resolution[-1]
-    pairs = validation_samples(surrogate, side, n_samples, seed)
+    pairs = validation_samples(surrogate, side, n_samples, seed, finer=True)
     x, y = pairs.x, pairs.y
 
     def surrogate_answers(x: np.ndarray) -> np.ndarray:

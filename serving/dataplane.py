@@ -12,6 +12,7 @@ bounded as a refinement's; its check carries the ledger's recorded error for tha
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import math
 import threading
@@ -50,6 +51,14 @@ if TYPE_CHECKING:
 
 # The label of the reference solve in AnswerCheck.rung.
 REFERENCE_RUNG = "reference"
+# Ladders a process keeps built, by (card, grid side): building one can cost more than a coarse rung's
+# solve (Navier-Stokes checks the stability of every grid and step: about 0.15 s), and its solvers keep
+# their set-up across requests (Darcy's symbolic factorisation).
+LADDERS_KEPT = 32
+_ladders: collections.OrderedDict[tuple[int, int], tuple[ModelCard, Any, Any, list]] = (
+    collections.OrderedDict()
+)
+_ladders_lock = threading.Lock()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,13 +88,32 @@ def ledger_estimate(entry: LedgerEntry, coverage: float) -> estimates.Estimate:
     return estimates.Estimate(math.nan, entry.error_quantile, coverage)
 
 
+def ladder(card: ModelCard, side: int) -> tuple[Any, Any, list]:
+    """``operators.validation.ladder_of(card, side)`` (rungs up to the finer of ``side`` and the training
+    side), built once per card and side for the :data:`LADDERS_KEPT` most recently used."""
+    from pdeserve.operators.validation import ladder_of
+
+    key = (id(card), side)
+    with _ladders_lock:
+        kept = _ladders.get(key)
+        if kept is not None and kept[0] is card:  # the same card object, not one at a reused address
+            _ladders.move_to_end(key)
+            return kept[1:]
+    built = ladder_of(card, side, finest=max(side, card.training_resolution[-1]))
+    with _ladders_lock:
+        _ladders[key] = (card, *built)
+        while len(_ladders) > LADDERS_KEPT:
+            _ladders.popitem(last=False)
+    return built
+
+
 def classical_answers(
     card: ModelCard, entry: LedgerEntry, x: np.ndarray, stop: threading.Event
 ) -> np.ndarray:
     """``entry``'s classical path (a rung, or the reference) on a validated ``(batch, inputs, *grid)``
     request: ``(batch, outputs, *grid)`` float32; stops between samples of the reference once ``stop``
     is set."""
-    from pdeserve.operators.validation import ladder_of, rung_answers
+    from pdeserve.operators.validation import rung_answers
 
     if entry.path == REFERENCE_PATH:
         solved = []
@@ -95,8 +123,7 @@ def classical_answers(
             fields = {name: sample[c] for c, name in enumerate(card.input_names)}
             solved.append([classical_reference(card, fields)[name] for name in card.output_names])
         return np.asarray(solved, dtype=np.float32)
-    side = x.shape[-1]
-    family, params, rungs = ladder_of(card, side, finest=max(side, card.training_resolution[-1]))
+    family, params, rungs = ladder(card, x.shape[-1])
     (rung,) = [r for r in rungs if r.label == entry.rung] or [None]
     if rung is None:  # not on this grid's ladder: the reference answers instead
         return classical_answers(card, dataclasses.replace(entry, path=REFERENCE_PATH), x, stop)

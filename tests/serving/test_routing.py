@@ -56,12 +56,13 @@ def routed(serve_apps, bundled_repo, tmp_path_factory):
 
 
 def inputs(card, name: str, n: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Fresh inputs of ``card``'s distribution (float32) and their classical solutions."""
+    """Fresh inputs of ``card``'s distribution (float32) and their classical solutions on twice as fine a
+    grid (what the ledger measures against)."""
     from pdeserve.operators.surrogate import Surrogate
 
     holder = Surrogate.__new__(Surrogate)
     holder.card = card
-    pairs = validation_samples(holder, card.training_resolution[-1], n, seed=99)
+    pairs = validation_samples(holder, card.training_resolution[-1], n, seed=99, finer=True)
     return {k: pairs.x[:, c].astype(np.float32) for c, k in enumerate(card.input_names)}, pairs.y
 
 
@@ -77,18 +78,19 @@ def test_darcy_answers_within_max_error_by_the_path_the_ledger_predicts(routed, 
     client, cards = routed
     card = cards["darcy-fno"]
     x, truth = inputs(card, "darcy-fno", 3)
-    response = client.solve_response("darcy-fno", x, max_error=0.05, method=method, reference=True)
+    level = 0.08  # above the surrogate's recorded error on the ledger's ten samples
+    response = client.solve_response("darcy-fno", x, max_error=level, method=method, reference=True)
     for check in response.checks:
         assert check.measured_ms > 0 and check.predicted_ms > 0
         if method == "surrogate":
             assert check.path in (1, 3)  # the surrogate, or a classical answer where its estimate missed
         else:  # the coarse direct solves are cheaper than the surrogate at this error
             assert check.path == 3 and check.rung.startswith("direct LDL^T, grid")
-            assert check.estimated_relative_l2 <= 0.05 and check.estimate_method == 3
+            assert check.estimated_relative_l2 <= level and check.estimate_method == 3
         if check.path == 1:
-            assert check.estimated_relative_l2 <= 0.05
-    assert max(true_errors(response, card, truth)) <= 0.05
-    assert response.reference_relative_l2["u"] <= 0.05
+            assert check.estimated_relative_l2 <= level
+    assert max(true_errors(response, card, truth)) <= level
+    assert response.reference_relative_l2["u"] <= level
 
 
 def test_navier_stokes_answers_by_a_coarse_rung_within_max_error(routed):

@@ -1,0 +1,49 @@
+"""The ledger's errors are measured against the family's reference solved twice as finely, so the
+reference path's own error is recorded and no path promises an error the PDE's solution does not allow;
+its costs are those of one-sample calls."""
+
+import dataclasses
+
+import pytest
+
+from pdeserve.datagen.darcy import DarcyParameters
+from pdeserve.datagen.navier_stokes import NavierStokesParameters
+from pdeserve.operators.card import REFERENCE_PATH, RUNG_PATH, SURROGATE_PATH
+from pdeserve.operators.validation import finer_reference, measure_ledger
+
+
+def test_the_finer_reference_halves_the_grid_spacing_and_the_time_step():
+    darcy = finer_reference(DarcyParameters().for_resolution(33), 33, "nodes")
+    assert darcy.solve_resolution == 65  # node grids nest by n - 1
+    assert (
+        finer_reference(DarcyParameters(solve_resolution=65).for_resolution(33), 33, "nodes").solve_resolution
+        == 129
+    )
+    ns = NavierStokesParameters(time_step=0.001)
+    finer = finer_reference(ns.for_resolution(32), 32, "periodic")
+    assert (finer.solve_resolution, finer.time_step) == (64, 0.0005)  # periodic grids nest by n
+
+
+def test_a_family_whose_parameters_name_no_grid_or_step_has_no_finer_reference():
+    @dataclasses.dataclass(frozen=True)
+    class Plain:
+        viscosity: float = 0.1
+
+        def for_resolution(self, side):
+            return self
+
+    assert finer_reference(Plain(), 32, "periodic") is None
+
+
+def test_the_reference_paths_own_error_is_measured_and_costs_are_one_sample_calls(trained_small):
+    surrogate, _ = trained_small
+    ledger = measure_ledger(surrogate, 6, seed=5, reference_samples=2)
+    by_path = {e.path: e for e in ledger.entries if e.path != RUNG_PATH}
+    reference = by_path[REFERENCE_PATH]
+    # The direct solve on the data's 33-node grid, against the same solve on 65 nodes: a discretisation
+    # error of a few tenths of a percent, not the zero a comparison with itself gives.
+    assert 1e-4 < reference.error_quantile < 0.05, reference
+    rungs = [e for e in ledger.entries if e.path == RUNG_PATH]
+    assert rungs and min(e.error_quantile for e in rungs) >= 0.5 * reference.error_quantile
+    assert all(e.seconds > 0 for e in ledger.entries)
+    assert by_path[SURROGATE_PATH].error_quantile > reference.error_quantile
