@@ -4,8 +4,6 @@ its costs are those of one-sample calls."""
 
 import dataclasses
 
-import pytest
-
 from pdeserve.datagen.darcy import DarcyParameters
 from pdeserve.datagen.navier_stokes import NavierStokesParameters
 from pdeserve.operators.card import REFERENCE_PATH, RUNG_PATH, SURROGATE_PATH
