@@ -10,6 +10,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -40,6 +41,9 @@ Calls pdeserve.v1.Solver/Solve once per step with a Darcy coefficient field and 
   --steps N            number of steps (default 5)
   --resolution N       grid side: the field is N x N (default 64)
   --deadline-ms MS     deadline of every call in milliseconds (default 10000)
+  --max-error E        the relative L2 error each answer may have: the server answers by the cheapest path
+                       predicted to meet it (surrogate, a classical rung, the reference) and prints which
+  --method M           with --max-error: auto (default), surrogate or classical
   --token TOKEN        sent as "authorization: Bearer TOKEN" (servers started with a token need it)
   --bad-request        first send a wrong-shaped tensor and show the INVALID_ARGUMENT status
   --dump-dir DIR       write each step's u to DIR/u_step<k>.f32 (raw little-endian float32, N x N)
@@ -57,6 +61,8 @@ struct Options {
   int steps = 5;
   int resolution = 64;
   int deadline_ms = 10000;
+  double max_error = 0.0;  // 0: no routing, the surrogate answers as without it
+  pb::SolveMethod method = pb::SOLVE_METHOD_AUTO;
   bool bad_request = false;
 };
 
@@ -72,6 +78,25 @@ int parse_int(const std::string& flag, const std::string& text, int lowest) {
     usage_error(flag + " needs an integer >= " + std::to_string(lowest) + ", got '" + text + "'");
   }
   return static_cast<int>(value);
+}
+
+double parse_positive(const std::string& flag, const std::string& text) {
+  char* end = nullptr;
+  const double value = std::strtod(text.c_str(), &end);
+  if (text.empty() || *end != '\0' || !(value > 0.0) || !std::isfinite(value)) {
+    usage_error(flag + " needs a positive number, got '" + text + "'");
+  }
+  return value;
+}
+
+pb::SolveMethod parse_method(const std::string& text) {
+  pb::SolveMethod method;
+  std::string name = "SOLVE_METHOD_" + text;
+  std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::toupper(c); });
+  if (!pb::SolveMethod_Parse(name, &method)) {
+    usage_error("--method needs auto, surrogate or classical, got '" + text + "'");
+  }
+  return method;
 }
 
 Options parse_options(int argc, char** argv) {
@@ -113,9 +138,16 @@ Options parse_options(int argc, char** argv) {
       options.resolution = parse_int(flag, value, 1);
     } else if (flag == "--deadline-ms") {
       options.deadline_ms = parse_int(flag, value, 1);
+    } else if (flag == "--max-error") {
+      options.max_error = parse_positive(flag, value);
+    } else if (flag == "--method") {
+      options.method = parse_method(value);
     } else {
       usage_error("unknown option " + flag);
     }
+  }
+  if (options.method != pb::SOLVE_METHOD_AUTO && options.max_error == 0.0) {
+    usage_error("--method needs --max-error");
   }
   return options;
 }
@@ -314,6 +346,8 @@ int main(int argc, char** argv) {
     request.set_model(options.model);
     request.set_version(options.version);
     (*request.mutable_inputs())[kInputField] = make_tensor({n, n}, a);
+    request.set_max_error(options.max_error);
+    request.set_method(options.method);
     pb::SolveResponse response;
     const auto started = std::chrono::steady_clock::now();
     const grpc::Status status = stub->Solve(new_context(options).get(), request, &response);
@@ -352,14 +386,18 @@ int main(int argc, char** argv) {
       std::snprintf(estimate, sizeof estimate, "%.3e", check.estimated_relative_l2());
     }
     const std::string path = pb::AnswerPath_Name(check.path()).substr(std::strlen("ANSWER_PATH_"));
+    // With --max-error: the ladder rung that answered ("" for the surrogate), with spaces as underscores
+    // so that the line stays key=value.
+    std::string rung = check.rung().empty() ? "-" : check.rung();
+    std::replace(rung.begin(), rung.end(), ' ', '_');
 
     // 5. use it (here: report it)
     const Stats s = statistics(u, n);
     std::printf(
         "step=%d version=%s u_min=%.6e u_max=%.6e u_mean=%.6e u_center=%.6e latency_ms=%.2f server_ms=%.2f "
-        "estimate=%s coverage=%.2f path=%s grid_validated=%d\n",
+        "estimate=%s coverage=%.2f path=%s rung=%s grid_validated=%d\n",
         step, response.version().c_str(), s.min, s.max, s.mean, s.center, ms, response.inference_ms(), estimate,
-        check.coverage(), path.c_str(), response.grid_validated() ? 1 : 0);
+        check.coverage(), path.c_str(), rung.c_str(), response.grid_validated() ? 1 : 0);
     std::fflush(stdout);
     if (!options.dump_dir.empty()) {
       const std::string path = options.dump_dir + "/u_step" + std::to_string(step) + ".f32";

@@ -147,6 +147,31 @@ def test_loop_returns_physical_solutions_equal_to_the_python_clients(
     assert len({line["u_center"] for line in lines}) > 1
 
 
+def test_loop_states_the_error_it_accepts_and_prints_the_path_that_answered(solve_loop, grpc_target, client):
+    """``--max-error``: the bundled model's ledger routes each step to the cheapest path predicted to meet
+    it, and the example prints that path, its rung and its estimate."""
+    level = 0.1
+    done = run(
+        solve_loop, "--target", grpc_target, "--model", MODEL, "--steps", "2", "--max-error", str(level)
+    )
+    assert done.returncode == 0, done.stderr
+    lines = records(done.stdout, "step")
+    assert len(lines) == 2
+    for line in lines:
+        assert line["path"] in ("SURROGATE", "CLASSICAL")
+        assert float(line["estimate"]) <= level
+        assert (line["rung"] == "-") == (line["path"] == "SURROGATE")
+    refused = run(
+        solve_loop, "--target", grpc_target, "--model", MODEL, "--steps", "1", "--max-error", "1e-9"
+    )
+    assert refused.returncode == 1
+    assert (
+        "step 1: Solve failed: OUT_OF_RANGE (11): max_error 1e-09 is below the best error" in refused.stderr
+    )
+    usage = run(solve_loop, "--target", grpc_target, "--method", "classical")
+    assert usage.returncode == 2 and "--method needs --max-error" in usage.stderr
+
+
 def test_bad_request_prints_invalid_argument_and_the_next_call_succeeds(solve_loop, grpc_target):
     done = run(solve_loop, "--target", grpc_target, "--model", MODEL, "--steps", "2", "--bad-request")
     assert done.returncode == 0, done.stderr
