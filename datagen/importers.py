@@ -30,6 +30,7 @@ that :func:`~pdeserve.datagen.importing.write_import` streams into a pdeserve da
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import pickletools
 import struct
@@ -400,6 +401,9 @@ _STORAGES: dict[str, np.dtype | str] = {
 } | {"torch.BFloat16Storage": "bfloat16", "torch.ComplexFloatStorage": "complex64",
      "torch.ComplexDoubleStorage": "complex128"}  # fmt: skip
 _ORDERED_DICT, _REBUILD = "collections.OrderedDict", "torch._utils._rebuild_tensor_v2"
+# Most bytes of a .pt file's pickle, and most elements of one of its tensors (a view may repeat its
+# storage's elements, stride 0, as torch's expand() does): the work a file can ask for is bounded.
+MAX_PICKLE_BYTES, MAX_TENSOR_ELEMENTS = 1 << 20, 1 << 40
 _PUSH = {"NEWTRUE": True, "NEWFALSE": False, "NONE": None}
 _LITERALS = {"BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "BININT", "BININT1", "BININT2", "LONG1"}
 
@@ -467,11 +471,17 @@ def _parse_pickle(path: Path, data: bytes) -> object:
                 stack.append(memo[arg])
             elif name in ("SETITEM", "SETITEMS"):
                 items = pop(2 if name == "SETITEM" else len(stack) - marks.pop())
-                if len(items) % 2 or not isinstance(stack[-1], dict):
+                # Keys are names or numbers: a key of nested tuples, shared through the memo, would cost
+                # time exponential in its depth to hash.
+                keys_ok = all(type(k) in (str, int) for k in items[::2])
+                if len(items) % 2 or not keys_ok or not isinstance(stack[-1], dict):
                     raise TypeError("SETITEMS")
                 stack[-1].update(zip(items[::2], items[1::2], strict=True))
             elif name in ("GLOBAL", "STACK_GLOBAL"):
-                qualname = arg.replace(" ", ".") if name == "GLOBAL" else ".".join(map(str, pop(2)))
+                parts = arg.split(" ") if name == "GLOBAL" else pop(2)
+                if not all(type(part) is str for part in parts):
+                    raise TypeError("STACK_GLOBAL")
+                qualname = ".".join(parts)
                 if qualname not in (_ORDERED_DICT, _REBUILD, *_STORAGES):
                     raise refuse(qualname)
                 stack.append(_Global(qualname))
@@ -511,7 +521,7 @@ def _rebuilt(path: Path, args: object) -> _Tensor:
         raise ValueError(f"{path.name}: a tensor's offset, size or stride is malformed")
     if metadata and (not isinstance(metadata[0], dict) or any(metadata[0].values())):
         # torch's lazy negation and conjugation bits: the values are not the storage's
-        raise ValueError(f"{path.name} holds a tensor with metadata {metadata[0]}; refused")
+        raise ValueError(f"{path.name} holds a tensor with lazy negation or conjugation; refused")
     return _Tensor(storage, offset, size, stride)
 
 
@@ -526,6 +536,10 @@ def _tensors(path: Path) -> dict[str, np.ndarray]:
             if pkl is None:
                 raise zipfile.BadZipFile("no data.pkl")
             prefix = pkl[: -len("data.pkl")]
+            info = infos[pkl]
+            # torch.save stores it uncompressed, and a dict of tensors' pickle is small: bounded work
+            if info.compress_type != zipfile.ZIP_STORED or info.file_size > MAX_PICKLE_BYTES:
+                raise ValueError(f"{path.name}: its data.pkl is compressed or above {MAX_PICKLE_BYTES} bytes")
             contents = _parse_pickle(path, archive.read(pkl))
             big = prefix + "byteorder" in infos and archive.read(prefix + "byteorder").strip() == b"big"
     except zipfile.BadZipFile as exc:
@@ -555,9 +569,14 @@ def _tensors(path: Path) -> dict[str, np.ndarray]:
                 f"{path.name}: variable {key!r} (offset {offset}, size {size}, stride {stride}) reaches "
                 f"past its storage of {base.size} elements"
             )
-        arrays[str(key)] = np.lib.stride_tricks.as_strided(
-            base[offset:], shape=size, strides=tuple(s * base.itemsize for s in stride), writeable=False
-        )
+        if math.prod(size) > MAX_TENSOR_ELEMENTS:
+            raise ValueError(f"{path.name}: variable {key!r} has {math.prod(size)} elements; too many")
+        try:
+            arrays[str(key)] = np.lib.stride_tricks.as_strided(
+                base[offset:], shape=size, strides=tuple(s * base.itemsize for s in stride), writeable=False
+            )
+        except OverflowError:  # a stride no address space holds
+            raise ValueError(f"{path.name}: variable {key!r} has a stride out of range: {stride}") from None
     return arrays
 
 

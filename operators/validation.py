@@ -135,18 +135,22 @@ def fresh_samples(family, params, side: int, n_samples: int, seed: int) -> Loade
 def finer_reference(params, side: int, boundary: str):
     """``params`` (at ``side``) with the reference solved twice as finely, in space and in time, where
     its parameters say how: a ``solve_resolution`` (None: the data grid) or a grid ``refinement``, and a
-    ``time_step``. None when they say neither: the family's own reference is the finest known."""
+    ``time_step``. None when they say neither, or when the family refuses the finer settings (a grid
+    above its limit): the family's own reference is then the finest known."""
     changes: dict[str, Any] = {}
     if hasattr(params, "solve_resolution"):
         solve = params.solve_resolution or side
         changes["solve_resolution"] = 2 * solve if boundary == "periodic" else 2 * (solve - 1) + 1
-    elif isinstance(getattr(params, "refinement", None), int):
-        changes["refinement"] = 2 * params.refinement
+    elif isinstance(getattr(params, "refinement", None), int | float):
+        changes["refinement"] = type(params.refinement)(2 * params.refinement)
     if getattr(params, "time_step", None) is not None:
         changes["time_step"] = params.time_step / 2
     if not changes:
         return None
-    return dataclasses.replace(params, **changes).for_resolution(side)
+    try:
+        return dataclasses.replace(params, **changes).for_resolution(side)
+    except ValueError:  # SolverRefusal included
+        return None
 
 
 def validation_samples(

@@ -39,6 +39,7 @@ SERVE_REPLICA_PORTS = {"gRPC": range(40000, 41001), "HTTP": range(30000, 31001)}
 REPLICA_PORT_BLOCK = 100
 CLAIMED_BLOCK_VARIABLE = "PDESERVE_REPLICA_PORT_BLOCK"
 _claimed_block: IO | None = None
+_claimed_environment: dict[str, str] = {}
 
 
 def replica_port_variables(servers: str) -> tuple[str, str]:
@@ -72,31 +73,42 @@ def ensure_outside_replica_ports(ports: Mapping[str, int]) -> None:
 
 def claim_replica_ports() -> dict[str, str]:
     """The environment that gives a local Ray instance's replicas a block of ports no other pdeserve
-    server on this machine holds (see ``REPLICA_PORT_BLOCK``): empty when this process holds one already
-    or an operator set the ranges. ``RuntimeError`` when every block is held."""
-    global _claimed_block
+    server on this machine holds (see ``REPLICA_PORT_BLOCK``): this process's block once it holds one,
+    empty when an operator set the ranges. ``PortInUseError`` when every block is held."""
+    global _claimed_block, _claimed_environment
     variables = [v for servers in SERVE_REPLICA_PORTS for v in replica_port_variables(servers)]
     inherited = CLAIMED_BLOCK_VARIABLE in os.environ  # a block of the process that started this one
-    if _claimed_block is not None or (not inherited and any(v in os.environ for v in variables)):
+    if _claimed_block is not None:
+        return dict(_claimed_environment)
+    if not inherited and any(v in os.environ for v in variables):
         return {}
     folder = Path(tempfile.gettempdir()) / "pdeserve-replica-ports"
     folder.mkdir(exist_ok=True)
+    with contextlib.suppress(OSError):  # every user's servers share the blocks, as they share the ports
+        folder.chmod(0o1777)
     blocks = min(len(span) for span in SERVE_REPLICA_PORTS.values()) // REPLICA_PORT_BLOCK
     for block in range(1, blocks):
-        lock = open(folder / f"block-{block}.lock", "a")  # noqa: SIM115 (held for the process's life)
+        try:
+            descriptor = os.open(folder / f"block-{block}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:  # another user's lock file this user may not open: count the block as held
+            continue
+        with contextlib.suppress(OSError):
+            os.fchmod(descriptor, 0o666)
+        lock = os.fdopen(descriptor, "r+")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.close()
             continue
-        _claimed_block = lock
+        _claimed_block = lock  # held for the life of this process (and of the processes it forks)
         environment = {CLAIMED_BLOCK_VARIABLE: str(block)}
         for servers, span in SERVE_REPLICA_PORTS.items():
             low, high = replica_port_variables(servers)
             first = span.start + block * REPLICA_PORT_BLOCK
             environment |= {low: str(first), high: str(first + REPLICA_PORT_BLOCK - 1)}
-        return environment
-    raise RuntimeError(
+        _claimed_environment = environment
+        return dict(environment)
+    raise PortInUseError(
         f"all {blocks - 1} blocks of Ray Serve's replica ports on this machine are held by other pdeserve "
         "servers; stop one of them"
     )

@@ -126,8 +126,6 @@ def start(
     # proxy 5 s to report ready, then kills it and starts over; on a small, busy machine its imports
     # alone can take longer.
     local = LOCAL_ENVIRONMENT if address == "local" else {}
-    if address == "local" and not ray.is_initialized():
-        os.environ.update(claim_replica_ports())
     for name, value in (SERVE_ENVIRONMENT | local).items():
         os.environ.setdefault(name, value)
     if not ray.is_initialized():
@@ -145,8 +143,9 @@ def start(
 def preflight(
     repo: str | os.PathLike, grpc_port: int, http_port: int, metrics_port: int | None, host: str
 ) -> None:
-    """What must hold before a local Ray starts: models to serve in ``repo`` and free ports outside the
-    replicas' (else FileNotFoundError, PortInUseError naming the port and its holder, ValueError)."""
+    """What must hold before a local Ray starts: models to serve in ``repo``, free ports outside the
+    replicas' (else FileNotFoundError, PortInUseError naming the port and its holder, ValueError), and a
+    block of replica ports of its own (claimed into this process's environment)."""
     if not ModelRepository(repo).names():
         raise FileNotFoundError(
             f"no published models in {Path(repo).resolve()}; train one with `pdeserve train`"
@@ -158,6 +157,9 @@ def preflight(
         }
     ensure_outside_replica_ports(ports)
     ensure_ports_free(ports, host)
+    # Claimed here, so that `pdeserve serve` holds the block from before its driver starts until the sweep
+    # of what Ray left behind has ended (the driver inherits it).
+    os.environ.update(claim_replica_ports())
 
 
 def stop(address: str = "local") -> None:

@@ -30,10 +30,14 @@ TEST_PORTS = range(20000, min(SERVE_REPLICA_PORTS["HTTP"].start, _ephemeral_star
 def free_ports(n: int) -> list[int]:
     """``n`` distinct free ports of ``TEST_PORTS``, chosen at random (held together while picked, so none
     is picked twice)."""
+    if len(TEST_PORTS) < 100:
+        raise RuntimeError(f"no room for test ports below the ephemeral range ({TEST_PORTS}); widen it")
     pick = random.SystemRandom()
     ports: list[int] = []
     with contextlib.ExitStack() as held:
-        while len(ports) < n:
+        for _ in range(100 * n):
+            if len(ports) == n:
+                break
             port = pick.choice(TEST_PORTS)
             probe = held.enter_context(socket.socket())
             try:
@@ -41,6 +45,8 @@ def free_ports(n: int) -> list[int]:
             except OSError:
                 continue
             ports.append(port)
+    if len(ports) < n:
+        raise RuntimeError(f"fewer than {n} free ports in {TEST_PORTS}")
     return ports
 
 

@@ -299,6 +299,25 @@ def test_a_pt_tensor_reaching_past_its_storage_is_refused_in_one_line(tmp_path):
         )
 
 
+def test_pt_files_asking_for_unbounded_work_are_refused_at_once(tmp_path):
+    """A dict key of nested tuples shared through the memo (hashing it would take 2^60 steps), a view of
+    2^70 elements (stride 0 repeats one element), and a stride no address space holds."""
+    deep = bytearray(b"\x80\x02}N")  # PROTO 2, EMPTY_DICT, NONE
+    for level in range(60):
+        deep += b"q" + bytes([level]) + b"h" + bytes([level]) + b"\x86"  # BINPUT, BINGET, TUPLE2
+    torch.save({"x": torch.zeros(2)}, tmp_path / "deep.pt")
+    _repack(tmp_path / "deep.pt", data_pkl=bytes(deep + b"K\x01s."))  # the tuple as a key, 1, SETITEM, STOP
+    with pytest.raises(ValueError, match=r"its data\.pkl is malformed"):
+        _tensors(tmp_path / "deep.pt")  # refused before any key is hashed
+    for view, message in [
+        (_View(0, (2**70,), (0,)), "elements; too many"),
+        (_View(0, (1, 2), (2**70, 1)), "has a stride out of range"),
+    ]:
+        _crafted(tmp_path / "huge.pt", view)
+        with pytest.raises(ValueError, match=message):
+            _tensors(tmp_path / "huge.pt")
+
+
 def test_a_pt_file_with_a_compressed_storage_is_refused_in_one_line(tmp_path):
     torch.save({"x": torch.zeros(2, 4), "y": torch.zeros(2, 4)}, tmp_path / "deflated.pt")
     _repack(tmp_path / "deflated.pt", storages=zipfile.ZIP_DEFLATED)
