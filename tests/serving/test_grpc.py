@@ -139,7 +139,11 @@ def test_bad_request_gets_its_status_and_the_next_good_request_succeeds(
 
 def test_list_and_get_model_describe_the_bundled_model(client, local, bundled_versions):
     models = client.list_models()
-    assert [m.name for m in models] == [BUNDLED_MODEL, "ns-fno"]  # every model under models/
+    assert [m.name for m in models] == [
+        "allen-cahn-fno",
+        BUNDLED_MODEL,
+        "ns-fno",
+    ]  # every model under models/
     info = client.get_model(BUNDLED_MODEL)
     assert info.version == bundled_versions[-1] and list(info.versions) == bundled_versions
     assert info.architecture == "fno" and info.pde == "darcy"
