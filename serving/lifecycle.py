@@ -38,6 +38,19 @@ SERVE_REPLICA_PORTS = {"gRPC": range(40000, 41001), "HTTP": range(30000, 31001)}
 # stays for Ray Serve applications that are not pdeserve's.
 REPLICA_PORT_BLOCK = 100
 CLAIMED_BLOCK_VARIABLE = "PDESERVE_REPLICA_PORT_BLOCK"
+# Serve's HAProxy keeps its config, admin socket and state at fixed paths (/tmp/haproxy-serve/...). A second
+# local instance's HAProxy then overwrites the first one's config and, reloading, takes over the listeners
+# behind the first one's admin socket (`-x`): its gRPC port answered with the other server's models. So the
+# block comes with a folder of its own for them (variable -> file name; "" is the folder itself), under a
+# short root as Serve's own: it adds the node's 56-character id, and a Unix socket's path has 107 bytes.
+HAPROXY_ROOT = Path("/tmp")
+HAPROXY_FILE_VARIABLES = {
+    "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "haproxy.cfg",
+    "RAY_SERVE_HAPROXY_SOCKET_PATH": "admin.sock",
+    "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": "",
+    "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": "server-state",
+    "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": "metrics.sock",
+}
 _claimed_block: IO | None = None
 _claimed_environment: dict[str, str] = {}
 
@@ -71,10 +84,12 @@ def ensure_outside_replica_ports(ports: Mapping[str, int]) -> None:
                 )
 
 
-def claim_replica_ports() -> dict[str, str]:
-    """The environment that gives a local Ray instance's replicas a block of ports no other pdeserve
-    server on this machine holds (see ``REPLICA_PORT_BLOCK``): this process's block once it holds one,
-    empty when an operator set the ranges. ``PortInUseError`` when every block is held."""
+def claim_instance_block() -> dict[str, str]:
+    """The environment that gives a local Ray instance's replicas a block of ports, and its HAProxy a
+    folder, that no other pdeserve server on this machine holds (see ``REPLICA_PORT_BLOCK`` and
+    ``HAPROXY_FILE_VARIABLES``): this process's block once it holds one, empty when an operator set the
+    port ranges (HAProxy paths an operator set are kept too). ``PortInUseError`` when every block is
+    held."""
     global _claimed_block, _claimed_environment
     variables = [v for servers in SERVE_REPLICA_PORTS for v in replica_port_variables(servers)]
     inherited = CLAIMED_BLOCK_VARIABLE in os.environ  # a block of the process that started this one
@@ -106,6 +121,11 @@ def claim_replica_ports() -> dict[str, str]:
             low, high = replica_port_variables(servers)
             first = span.start + block * REPLICA_PORT_BLOCK
             environment |= {low: str(first), high: str(first + REPLICA_PORT_BLOCK - 1)}
+        haproxy = HAPROXY_ROOT / f"pdeserve-haproxy-{os.getuid()}-{block}"  # sockets only this user reaches
+        haproxy.mkdir(mode=0o700, exist_ok=True)
+        for variable, name in HAPROXY_FILE_VARIABLES.items():
+            if inherited or variable not in os.environ:
+                environment[variable] = str(haproxy / name) if name else str(haproxy)
         _claimed_environment = environment
         return dict(environment)
     raise PortInUseError(

@@ -15,7 +15,7 @@ from pathlib import Path
 from pdeserve.operators.repository import ModelRepository
 from pdeserve.serving.lifecycle import (
     adopt_orphans,
-    claim_replica_ports,
+    claim_instance_block,
     end_descendants,
     ensure_outside_replica_ports,
     ensure_ports_free,
@@ -159,7 +159,7 @@ def preflight(
     ensure_ports_free(ports, host)
     # Claimed here, so that `pdeserve serve` holds the block from before its driver starts until the sweep
     # of what Ray left behind has ended (the driver inherits it).
-    os.environ.update(claim_replica_ports())
+    os.environ.update(claim_instance_block())
 
 
 def stop(address: str = "local") -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,7 +17,13 @@ import pytest
 from ports import free_ports
 
 from pdeserve.serving.client import SolverClient, SolverError
-from pdeserve.serving.lifecycle import descendants, ensure_ports_free, port_holders, port_is_free
+from pdeserve.serving.lifecycle import (
+    HAPROXY_ROOT,
+    descendants,
+    ensure_ports_free,
+    port_holders,
+    port_is_free,
+)
 from pdeserve.serving.server import HAPROXY_PORTS
 
 STOP_BOUND_S = 90  # Ray's own shutdown plus the sweep of what it leaves; generous for a busy 2-core machine
@@ -77,7 +84,13 @@ def wait_serving(
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
-def test_sigterm_to_the_process_group_frees_the_ports_and_leaves_no_process(bundled_repo, tmp_path):
+def test_sigterm_to_the_process_group_frees_the_ports_and_leaves_no_process(
+    bundled_repo, grpc_target, tmp_path
+):
+    """Beside the test session's server (another local instance, serving other models): each answers
+    for its own models only."""
+    repo = tmp_path / "models"
+    shutil.copytree(bundled_repo / "darcy-fno", repo / "darcy-fno")
     ports = dict(zip(("gRPC", "HTTP", "metrics"), free_ports(3), strict=True))
     # HAProxy's own ports moved too: the test session's server holds the defaults.
     haproxy = dict(zip(HAPROXY_PORTS, free_ports(2), strict=True))
@@ -85,7 +98,7 @@ def test_sigterm_to_the_process_group_frees_the_ports_and_leaves_no_process(bund
     log = tmp_path / "serve.log"
     with log.open("w") as output:
         server = subprocess.Popen(
-            serve_command(bundled_repo, *ports.values()),
+            serve_command(repo, *ports.values()),
             start_new_session=True,  # its own process group and session, as under systemd or make
             stdout=subprocess.DEVNULL,
             stderr=output,
@@ -93,6 +106,10 @@ def test_sigterm_to_the_process_group_frees_the_ports_and_leaves_no_process(bund
         )
     try:
         wait_serving(f"127.0.0.1:{ports['gRPC']}", server, log=log)
+        with SolverClient(f"127.0.0.1:{ports['gRPC']}") as client:
+            assert [m.name for m in client.list_models()] == ["darcy-fno"]
+        with SolverClient(grpc_target) as client:
+            assert "darcy-fno" in [m.name for m in client.list_models()] != ["darcy-fno"]
         ports |= haproxy
         held = {role: port for role, port in ports.items() if not port_is_free(port)}
         assert held == ports  # the check below means something: all were in use while serving
@@ -143,16 +160,20 @@ def test_a_port_ray_serve_gives_its_replicas_fails_the_start_at_once_with_one_li
 
 
 CLAIM = (
-    "import json, sys; from pdeserve.serving.lifecycle import claim_replica_ports; "
-    "print(json.dumps(claim_replica_ports()), flush=True); sys.stdin.read()"
+    "import json, sys; from pdeserve.serving.lifecycle import claim_instance_block; "
+    "print(json.dumps(claim_instance_block()), flush=True); sys.stdin.read()"
 )
 
 
 def test_each_local_instance_claims_a_block_of_replica_ports_that_no_other_holds(tmp_path):
-    """Held while its process lives; a process started by a claiming one claims its own; an operator's
-    ranges win."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_SERVE_DIRECT", "PDESERVE_REPLICA"))}
+    """Held while its process lives, with a folder for its HAProxy's files; a process started by a
+    claiming one claims its own; an operator's ranges and HAProxy paths win."""
+    claimed_here = ("RAY_SERVE_DIRECT", "RAY_SERVE_HAPROXY", "PDESERVE_REPLICA")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(claimed_here)}
     base["TMPDIR"] = str(tmp_path)  # the lock files of this test only
+
+    def haproxy(block: int) -> Path:
+        return HAPROXY_ROOT / f"pdeserve-haproxy-{os.getuid()}-{block}"
 
     def claim(environment):
         process = subprocess.Popen(
@@ -165,18 +186,24 @@ def test_each_local_instance_claims_a_block_of_replica_ports_that_no_other_holds
         return process, json.loads(process.stdout.readline())
 
     first, claimed = claim(base)
+    assert claimed["RAY_SERVE_HAPROXY_SOCKET_PATH"] == str(haproxy(1) / "admin.sock")
+    assert haproxy(1).is_dir() and haproxy(1).stat().st_mode & 0o777 == 0o700
     assert claimed["RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT"] == "40100"
     assert claimed["RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT"] == "40199"
     assert claimed["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] == "30100"
     second, other = claim(base | claimed)  # as a server started from a claiming process inherits them
     assert other["PDESERVE_REPLICA_PORT_BLOCK"] == "2"
     assert other["RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT"] == "40200"
+    assert other["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"] == str(haproxy(2) / "haproxy.cfg")
     third, operator = claim(base | {"RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": "45000"})
     assert operator == {}
+    own_socket = base | {"RAY_SERVE_HAPROXY_SOCKET_PATH": str(tmp_path / "admin.sock")}
+    fifth, kept = claim(own_socket)
+    assert "RAY_SERVE_HAPROXY_SOCKET_PATH" not in kept and kept["PDESERVE_REPLICA_PORT_BLOCK"] == "3"
     first.communicate("")
     fourth, again = claim(base)
     assert again == claimed  # the first one's block, free again once it ended
-    for process in (second, third, fourth):
+    for process in (second, third, fourth, fifth):
         process.communicate("")
 
 
