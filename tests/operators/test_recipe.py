@@ -148,8 +148,8 @@ def test_the_bundled_ns_model_records_the_recipe_of_make_bundled_ns_model():
 
 
 # Models whose data take minutes to generate on a 2-core CPU (ns-fno: 192 trajectories of 3000 solver
-# steps); PDESERVE_SLOW_TESTS=1 regenerates them too.
-SLOW_TO_REGENERATE = {"ns-fno"}
+# steps; allen-cahn-fno: 1024 reaction-diffusion solves, 4.5 min); PDESERVE_SLOW_TESTS=1 regenerates them.
+SLOW_TO_REGENERATE = {"ns-fno", "allen-cahn-fno"}
 SLOW = pytest.mark.skipif(
     os.environ.get("PDESERVE_SLOW_TESTS") != "1", reason="minutes of data generation: PDESERVE_SLOW_TESTS=1"
 )
