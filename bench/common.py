@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from pdeserve.serving.lifecycle import SERVE_REPLICA_PORTS
+
 
 def resolve_device(choice: str) -> tuple[str, str]:
     """``("cuda"|"cpu", human-readable device name)`` for ``--device auto|cpu|cuda``."""
@@ -26,11 +28,28 @@ def write_results(path: str | Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, indent=2) + "\n")
 
 
-def free_port() -> int:
-    """A free TCP port on the loopback interface."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(taken: set[int] | None = None) -> int:
+    """A free TCP port on the loopback interface, outside Ray Serve's replica ranges (Serve could give it
+    to a replica between the pick and the start) and ``taken`` (which gets it)."""
+    taken = set() if taken is None else taken
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port not in taken and not any(port in span for span in SERVE_REPLICA_PORTS.values()):
+            taken.add(port)
+            return port
+
+
+def save_figure(figure: Any, path: str | Path) -> None:
+    """Lay out, write (110 dpi, creating the folder) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def summary(ms: np.ndarray) -> dict[str, float]:

@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import write_results
+from common import save_figure, write_results
 
 from pdeserve.datagen import burgers, darcy, helmholtz, navier_stokes
 from pdeserve.datagen.dataset import GenerationRequest, LoadedDataset, load_dataset, write_dataset
@@ -780,10 +780,7 @@ def plot(family: str, rows: list[dict], path: Path) -> None:
     axes.set_title(f"{family}: cost at equal accuracy")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=7)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def describe(value: float | str) -> str:

@@ -2,45 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
-import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from bench_scripts import load, run_quick
 
 ROOT = Path(__file__).resolve().parents[2]
 FAMILIES = {"darcy", "burgers", "navier-stokes", "helmholtz"}
 
 
-def load_payoff():
-    """bench/payoff.py as a module (the benchmarks are scripts that import their sibling ``common``)."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        spec = importlib.util.spec_from_file_location("payoff", ROOT / "bench" / "payoff.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["payoff"] = module  # dataclasses resolve their annotations through it
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-    return module
-
-
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory) -> tuple[dict, Path]:
-    folder = tmp_path_factory.mktemp("payoff")
-    out = folder / "payoff.json"
-    subprocess.run(
-        [sys.executable, "bench/payoff.py", "--quick", "--out", str(out), "--img-dir", str(folder / "img")],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
-    return json.loads(out.read_text()), folder / "img"
+    return run_quick("payoff", tmp_path_factory.mktemp("payoff"))
 
 
 def test_quick_mode_reports_every_family(quick) -> None:
@@ -99,7 +74,7 @@ def point(payoff, seconds: float, error: float):
 
 
 def test_front_keeps_only_points_no_cheaper_point_beats() -> None:
-    payoff = load_payoff()
+    payoff = load("payoff")
     points = [
         point(payoff, 1.0, 0.1),
         point(payoff, 2.0, 0.2),
@@ -111,7 +86,7 @@ def test_front_keeps_only_points_no_cheaper_point_beats() -> None:
 
 
 def test_equal_accuracy_interpolates_in_log_log_and_counts_break_even() -> None:
-    payoff = load_payoff()
+    payoff = load("payoff")
     curve = [point(payoff, 1e-3, 1e-1), point(payoff, 1e-1, 1e-3)]
     # error 1e-2 is half-way in log error: time 1e-2 (half-way in log time)
     verdict = payoff.equal_accuracy(curve, lambda p: p.seconds, 1e-2, 2e-3, overhead=80.0)
@@ -122,7 +97,7 @@ def test_equal_accuracy_interpolates_in_log_log_and_counts_break_even() -> None:
 
 
 def test_equal_accuracy_bounds_outside_the_front_and_never() -> None:
-    payoff = load_payoff()
+    payoff = load("payoff")
     curve = [point(payoff, 1e-3, 1e-1), point(payoff, 1e-1, 1e-3)]
     worse = payoff.equal_accuracy(curve, lambda p: p.seconds, 0.5, 2e-3, overhead=10.0)
     assert (worse.bound, worse.classical_seconds, worse.break_even) == ("upper", 1e-3, "never")
@@ -133,7 +108,7 @@ def test_equal_accuracy_bounds_outside_the_front_and_never() -> None:
 
 
 def test_no_skill_and_answers_worse_than_zero() -> None:
-    payoff = load_payoff()
+    payoff = load("payoff")
     points = [point(payoff, 1e-3, 1.5), point(payoff, 1e-2, 0.5), point(payoff, 1e-1, 0.05)]
     # the cheapest answer is worse than answering zero: not on the front
     assert [p.error for p in payoff.front(points, lambda p: p.seconds)] == [0.5, 0.05]
@@ -147,7 +122,7 @@ def test_no_skill_and_answers_worse_than_zero() -> None:
 
 
 def test_answers_no_better_than_the_mean_field_have_no_skill() -> None:
-    payoff = load_payoff()
+    payoff = load("payoff")
     points = [point(payoff, 1e-3, 0.5), point(payoff, 1e-2, 0.2)]
     assert [p.error for p in payoff.front(points, lambda p: p.seconds, trivial=0.4)] == [0.2]
     verdict = payoff.equal_accuracy(points, lambda p: p.seconds, 0.45, 1e-4, overhead=1.0, trivial=0.4)
