@@ -38,18 +38,14 @@ SERVE_REPLICA_PORTS = {"gRPC": range(40000, 41001), "HTTP": range(30000, 31001)}
 # stays for Ray Serve applications that are not pdeserve's.
 REPLICA_PORT_BLOCK = 100
 CLAIMED_BLOCK_VARIABLE = "PDESERVE_REPLICA_PORT_BLOCK"
-# Serve's HAProxy keeps its config, admin socket and state at fixed paths (/tmp/haproxy-serve/...). A second
-# local instance's HAProxy then overwrites the first one's config and, reloading, takes over the listeners
-# behind the first one's admin socket (`-x`): its gRPC port answered with the other server's models. So the
-# block comes with a folder of its own for them (variable -> file name; "" is the folder itself), under a
-# short root as Serve's own: it adds the node's 56-character id, and a Unix socket's path has 107 bytes.
-HAPROXY_ROOT = Path("/tmp")
-HAPROXY_FILE_VARIABLES = {
-    "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "haproxy.cfg",
-    "RAY_SERVE_HAPROXY_SOCKET_PATH": "admin.sock",
-    "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": "",
-    "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": "server-state",
-    "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": "metrics.sock",
+# Behind HAProxy, Serve also runs a fallback proxy on the head node (what HAProxy answers with until the
+# replicas are registered, e.g. right after the start) on fixed ports, 9500 (gRPC) and 8500 (HTTP): a second
+# local instance's fallback proxy "binds" them on the other IP stack, and its requests reach the first
+# instance's proxy (seen: a server answering NOT_FOUND for its own model, listing the other's). So the last
+# port of each block is the instance's fallback proxy's, the others its replicas'.
+FALLBACK_PROXY_VARIABLES = {
+    "gRPC": "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",
+    "HTTP": "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
 }
 _claimed_block: IO | None = None
 _claimed_environment: dict[str, str] = {}
@@ -85,11 +81,11 @@ def ensure_outside_replica_ports(ports: Mapping[str, int]) -> None:
 
 
 def claim_instance_block() -> dict[str, str]:
-    """The environment that gives a local Ray instance's replicas a block of ports, and its HAProxy a
-    folder, that no other pdeserve server on this machine holds (see ``REPLICA_PORT_BLOCK`` and
-    ``HAPROXY_FILE_VARIABLES``): this process's block once it holds one, empty when an operator set the
-    port ranges (HAProxy paths an operator set are kept too). ``PortInUseError`` when every block is
-    held."""
+    """The environment that gives a local Ray instance's replicas and fallback proxy a block of ports no
+    other pdeserve server on this machine holds (see ``REPLICA_PORT_BLOCK`` and
+    ``FALLBACK_PROXY_VARIABLES``): this process's block once it holds one, empty when an operator set
+    the replicas' ranges (a fallback proxy port an operator set is kept too). ``PortInUseError`` when
+    every block is held."""
     global _claimed_block, _claimed_environment
     variables = [v for servers in SERVE_REPLICA_PORTS for v in replica_port_variables(servers)]
     inherited = CLAIMED_BLOCK_VARIABLE in os.environ  # a block of the process that started this one
@@ -119,13 +115,14 @@ def claim_instance_block() -> dict[str, str]:
         environment = {CLAIMED_BLOCK_VARIABLE: str(block)}
         for servers, span in SERVE_REPLICA_PORTS.items():
             low, high = replica_port_variables(servers)
-            first = span.start + block * REPLICA_PORT_BLOCK
-            environment |= {low: str(first), high: str(first + REPLICA_PORT_BLOCK - 1)}
-        haproxy = HAPROXY_ROOT / f"pdeserve-haproxy-{os.getuid()}-{block}"  # sockets only this user reaches
-        haproxy.mkdir(mode=0o700, exist_ok=True)
-        for variable, name in HAPROXY_FILE_VARIABLES.items():
-            if inherited or variable not in os.environ:
-                environment[variable] = str(haproxy / name) if name else str(haproxy)
+            first, last = (
+                span.start + block * REPLICA_PORT_BLOCK,
+                span.start + (block + 1) * REPLICA_PORT_BLOCK - 1,
+            )
+            environment |= {low: str(first), high: str(last - 1)}
+            fallback = os.environ.get(FALLBACK_PROXY_VARIABLES[servers], "")
+            if not fallback.isdigit() or int(fallback) in span:  # unset, or a block's: not an operator's
+                environment[FALLBACK_PROXY_VARIABLES[servers]] = str(last)
         _claimed_environment = environment
         return dict(environment)
     raise PortInUseError(

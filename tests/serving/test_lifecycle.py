@@ -18,7 +18,6 @@ from ports import free_ports
 
 from pdeserve.serving.client import SolverClient, SolverError
 from pdeserve.serving.lifecycle import (
-    HAPROXY_ROOT,
     descendants,
     ensure_ports_free,
     port_holders,
@@ -106,10 +105,12 @@ def test_sigterm_to_the_process_group_frees_the_ports_and_leaves_no_process(
         )
     try:
         wait_serving(f"127.0.0.1:{ports['gRPC']}", server, log=log)
+        # At once: until its replicas are registered HAProxy answers through Serve's fallback proxy.
         with SolverClient(f"127.0.0.1:{ports['gRPC']}") as client:
             assert [m.name for m in client.list_models()] == ["darcy-fno"]
         with SolverClient(grpc_target) as client:
-            assert "darcy-fno" in [m.name for m in client.list_models()] != ["darcy-fno"]
+            session_models = [m.name for m in client.list_models()]
+        assert "darcy-fno" in session_models and len(session_models) > 1
         ports |= haproxy
         held = {role: port for role, port in ports.items() if not port_is_free(port)}
         assert held == ports  # the check below means something: all were in use while serving
@@ -123,6 +124,8 @@ def test_sigterm_to_the_process_group_frees_the_ports_and_leaves_no_process(
         left = {pid: Path(f"/proc/{pid}/comm").read_text().strip() for pid in session_processes(server.pid)}
         assert left == {}
         assert {role: port for role, port in ports.items() if not port_is_free(port)} == {}
+        with SolverClient(grpc_target) as client:  # the other server serves on, its own models
+            assert [m.name for m in client.list_models()] == session_models
     finally:
         for pid in session_processes(server.pid):  # leave nothing behind when the test fails
             os.kill(pid, signal.SIGKILL)
@@ -166,14 +169,11 @@ CLAIM = (
 
 
 def test_each_local_instance_claims_a_block_of_replica_ports_that_no_other_holds(tmp_path):
-    """Held while its process lives, with a folder for its HAProxy's files; a process started by a
-    claiming one claims its own; an operator's ranges and HAProxy paths win."""
-    claimed_here = ("RAY_SERVE_DIRECT", "RAY_SERVE_HAPROXY", "PDESERVE_REPLICA")
+    """Held while its process lives, its last ports its fallback proxy's; a process started by a
+    claiming one claims its own; an operator's ranges and fallback ports win."""
+    claimed_here = ("RAY_SERVE_DIRECT", "RAY_SERVE_FALLBACK", "PDESERVE_REPLICA")
     base = {k: v for k, v in os.environ.items() if not k.startswith(claimed_here)}
     base["TMPDIR"] = str(tmp_path)  # the lock files of this test only
-
-    def haproxy(block: int) -> Path:
-        return HAPROXY_ROOT / f"pdeserve-haproxy-{os.getuid()}-{block}"
 
     def claim(environment):
         process = subprocess.Popen(
@@ -186,24 +186,26 @@ def test_each_local_instance_claims_a_block_of_replica_ports_that_no_other_holds
         return process, json.loads(process.stdout.readline())
 
     first, claimed = claim(base)
-    assert claimed["RAY_SERVE_HAPROXY_SOCKET_PATH"] == str(haproxy(1) / "admin.sock")
-    assert haproxy(1).is_dir() and haproxy(1).stat().st_mode & 0o777 == 0o700
     assert claimed["RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT"] == "40100"
-    assert claimed["RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT"] == "40199"
+    assert claimed["RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT"] == "40198"
+    assert claimed["RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"] == "40199"
     assert claimed["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] == "30100"
+    assert claimed["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] == "30199"
     second, other = claim(base | claimed)  # as a server started from a claiming process inherits them
     assert other["PDESERVE_REPLICA_PORT_BLOCK"] == "2"
     assert other["RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT"] == "40200"
-    assert other["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"] == str(haproxy(2) / "haproxy.cfg")
+    assert other["RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"] == "40299"
     third, operator = claim(base | {"RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": "45000"})
     assert operator == {}
-    own_socket = base | {"RAY_SERVE_HAPROXY_SOCKET_PATH": str(tmp_path / "admin.sock")}
-    fifth, kept = claim(own_socket)
-    assert "RAY_SERVE_HAPROXY_SOCKET_PATH" not in kept and kept["PDESERVE_REPLICA_PORT_BLOCK"] == "3"
+    fourth, kept = claim(base | {"RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": "9600"})
+    assert "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT" not in kept and kept["PDESERVE_REPLICA_PORT_BLOCK"] == "3"
+    fifth, inherited = claim(base | kept | {"RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": "9600"})
+    assert "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT" not in inherited  # the operator's, kept by the parent too
+    assert inherited["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] == "30499"
     first.communicate("")
-    fourth, again = claim(base)
+    sixth, again = claim(base)
     assert again == claimed  # the first one's block, free again once it ended
-    for process in (second, third, fourth, fifth):
+    for process in (second, third, fourth, fifth, sixth):
         process.communicate("")
 
 
