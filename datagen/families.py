@@ -203,6 +203,10 @@ class PdeFamily:
     ladder : callable, optional
         ``ladder(parameters, resolution) -> [Rung, ...]``: cheaper (and finer) classical settings for
         answers at ``resolution``, coarsest solve grid first (the built-ins': ``ladders.py``).
+    reference_refinement : int
+        How many times as finely, in space and in time, a model's ledger solves the reference it measures
+        every path against (``operators.validation.finer_reference``): 2 where the reference converges
+        fast; more where it converges slowly, or the ledger promises errors the answers do not keep.
     origin : FamilyOrigin, optional
         The distribution that registered it (set by the registry).
     """
@@ -226,6 +230,7 @@ class PdeFamily:
     refine: Callable[[Parameters, Fields, Fields, float, int], Refined] | None = None
     stepper: TimeStepper | None = None
     ladder: Callable[[Parameters, int], Sequence[Rung]] | None = None
+    reference_refinement: int = 2
     origin: FamilyOrigin | None = None
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:

@@ -391,8 +391,8 @@ class LedgerEntry:
         The rung's settings, as JSON values (empty for the other paths).
     error_quantile : float
         The ledger's ``coverage`` quantile of the relative L2 error against the family's reference solved
-        twice as finely where its parameters allow (the conformal quantile: the ``ceil((n + 1)
-        coverage)``-th smallest of ``n``).
+        its ``reference_refinement`` times as finely where its parameters allow (the conformal quantile:
+        the ``ceil((n + 1) coverage)``-th smallest of ``n``).
     mean_error : float
         Mean relative L2 error.
     seconds : float

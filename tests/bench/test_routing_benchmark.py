@@ -159,6 +159,10 @@ def test_oracle_takes_the_cheapest_path_within_the_level_on_nine_samples_in_ten(
     assert routing.oracle(paths, 0.01, share=1.0).key == "finer"
     assert routing.oracle(paths, 0.0015, share=1.0).key == "fine"  # finer's last sample misses
     assert routing.oracle(paths, 1e-4) is None
+    # The true-error column is the oracle's rule: a path meets a level exactly where it is at most it.
+    for path in paths:
+        for level in (0.0015, 0.01, 0.05):
+            assert (routing.quantile(path.errors) <= level) == (routing.oracle([path], level) is not None)
 
 
 def test_summary_counts_answers_silently_worse_only_where_their_estimate_claimed_the_level() -> None:

@@ -11,7 +11,7 @@ from pdeserve.operators.validation import coverage
 def test_bundled_darcy_fno_is_below_five_percent_on_unseen_samples(bundled_repo):
     model = load_model(bundled_repo, "darcy-fno")
     metrics = model.card.metrics
-    assert model.version == "5" and model.card.training_resolution == (64, 64)
+    assert model.version == "6" and model.card.training_resolution == (64, 64)
     assert metrics["test_relative_l2"] < 0.05
     assert metrics["test_relative_l2"] < 0.2 * metrics["baseline_mean_relative_l2"]
     rng = np.random.default_rng(20261122)  # a seed the training data never used
@@ -23,7 +23,7 @@ def test_bundled_darcy_fno_is_below_five_percent_on_unseen_samples(bundled_repo)
 
 
 def test_bundled_checkpoint_stays_small(bundled_repo):
-    size = sum(p.stat().st_size for p in (bundled_repo / "darcy-fno" / "5").iterdir())
+    size = sum(p.stat().st_size for p in (bundled_repo / "darcy-fno" / "6").iterdir())
     assert size < 3 * 2**20, size
 
 
@@ -31,7 +31,7 @@ def test_bundled_error_estimate_covers_fresh_samples_at_its_stated_rate(bundled_
     model = load_model(bundled_repo, "darcy-fno")
     calibration = model.card.calibration
     assert calibration.coverage == 0.9 and calibration.n_samples == 200
-    assert model.card.lineage.mode == "validate" and model.card.lineage.parent == "4"
+    assert model.card.lineage.mode == "validate" and model.card.lineage.parent == "5"
     rng = np.random.default_rng(20261203)  # never used by training, calibration or the sweep
     samples = [darcy_sample(DarcyParameters(), 64, rng) for _ in range(200)]
     x = np.stack([s["a"] for s in samples])[:, None].astype(np.float32)
