@@ -162,7 +162,7 @@ def test_models_validate_republishes_the_same_weights_with_a_checked_card(tmp_pa
     root = Path(__file__).resolve().parents[1]
     shutil.copytree(root / "models" / "darcy-fno" / "1", tmp_path / "darcy-fno" / "1")
     args = ("models", "validate", "darcy-fno", "--repo", str(tmp_path), "--samples", "12")
-    done = pdeserve(*args, "--sweep-samples", "1", "--seed", "3")
+    done = pdeserve(*args, "--sweep-samples", "1", "--ledger-samples", "6", "--seed", "3")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("published darcy-fno version 2: version 1's weights")
     version, card = ModelRepository(tmp_path).card("darcy-fno")
@@ -171,6 +171,7 @@ def test_models_validate_republishes_the_same_weights_with_a_checked_card(tmp_pa
     assert weights[0] == weights[1]
     assert (card.lineage.mode, card.lineage.parent) == ("validate", "1")
     assert card.calibration.n_samples == 12 and 0.2 < card.calibration.scale < 5.0
+    assert card.ledger.n_samples == 6 and card.ledger.side == 64
     assert [s.side for s in card.validation.sides][::6] == [32, 96, 256]
     assert all(s.relative_l2 < 0.1 for s in card.validation.sides)
     assert (card.input_ranges[0].low, card.input_ranges[0].high) == (3.0, 12.0)
