@@ -16,7 +16,10 @@ classical work beyond the server's bounds) is refused before any work (:class:`N
 with the best error reachable.
 
 Costs start from the ledger's seconds per sample; a replica replaces them by what it measures on the
-answers it serves (:class:`Costs`, a moving average per model version and path, bounded in size).
+answers it serves (:class:`Costs`, a moving average per model version and path, bounded in size), and
+scales the ledger's cost of a path it has not run yet down where the paths it ran cost less than
+recorded (a ledger measured on a busier machine would otherwise keep every path it never ran looking
+dearer than the ones it ran).
 ``plan`` has no side effects: it reads its arguments only.
 """
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import math
+import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -86,7 +90,8 @@ def plan(
     ledger : Ledger
         The model's ledger.
     costs : mapping of str to float, optional
-        Seconds per sample by :func:`path_key`, in place of the ledger's.
+        Measured seconds per sample by :func:`path_key`, in place of the ledger's; the other paths' are
+        the ledger's times the median ratio of measured to ledger cost over these, where it is below 1.
     classical : bool
         Whether the request's classical work lies within the server's bounds (False: only the surrogate
         may answer, and nothing escalates).
@@ -94,9 +99,15 @@ def plan(
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
     costs = costs or {}
+    ratios = [
+        costs[path_key(e)] / e.seconds for e in ledger.entries if path_key(e) in costs and e.seconds > 0
+    ]
+    # Optimistic for what it has not tried: faster than the ledger on the paths run, the others are expected
+    # faster too; slower, they keep the ledger's cost and so get tried.
+    speed = min(1.0, statistics.median(ratios)) if ratios else 1.0
 
     def cost(entry: LedgerEntry) -> float:
-        return costs.get(path_key(entry), entry.seconds)
+        return costs.get(path_key(entry), entry.seconds * speed)
 
     allowed = [
         e

@@ -41,6 +41,18 @@ def test_measured_costs_replace_the_ledgers():
     assert router.plan(0.06, "auto", LEDGER, costs).entry == MIDDLE
 
 
+def test_a_path_not_run_yet_is_costed_as_the_paths_that_ran_compare_with_the_ledger():
+    # A ledger measured on a busy machine: grid 8 recorded 7.8 ms, grid 16 8.1 ms; grid 16 answered at
+    # 4.4 ms here, so grid 8, never run, is expected at about half its recorded cost and is tried.
+    grid8 = LedgerEntry("rung", "grid 8", {"grid": 8}, 0.05, 0.03, 0.0078)
+    grid16 = LedgerEntry("rung", "grid 16", {"grid": 16}, 0.0064, 0.004, 0.0081)
+    ledger = Ledger(64, 0.9, 30, (grid8, grid16))
+    route = router.plan(0.1, "auto", ledger, {router.path_key(grid16): 0.0044})
+    assert route.entry == grid8 and route.predicted_seconds == pytest.approx(0.0078 * 0.0044 / 0.0081)
+    assert router.plan(0.1, "auto", ledger).entry == grid8
+    assert router.plan(0.1, "auto", ledger, {router.path_key(grid8): 0.009}).entry == grid16
+
+
 def test_no_classical_work_beyond_the_bounds():
     # Not even the surrogate: an answer whose estimate misses could not be replaced.
     for max_error in (0.06, 0.01):
