@@ -118,7 +118,10 @@ def test_an_error_no_path_reaches_is_out_of_range_before_any_work(routed):
     assert bad.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_calls_without_max_error_answer_exactly_as_before(routed):
+def test_calls_without_max_error_answer_exactly_as_before(routed, bundled_repo):
+    from pdeserve.operators import load_model
+    from pdeserve.serving.tensors import from_tensor
+
     client, cards = routed
     x, _ = inputs(cards["darcy-fno"], "darcy-fno", 2)
     old = client._call(client.stub.Solve, _request(x))
@@ -126,6 +129,9 @@ def test_calls_without_max_error_answer_exactly_as_before(routed):
     assert old.outputs["u"].data == new.outputs["u"].data
     assert list(old.checks) == list(new.checks)
     assert all(c.rung == "" and c.predicted_ms == 0 for c in new.checks)
+    # The surrogate's forward pass, as in process (the same weights), not a classical path.
+    expected = load_model(bundled_repo, "darcy-fno").predict(x)["u"]
+    np.testing.assert_allclose(from_tensor(new.outputs["u"], "u"), expected, rtol=1e-4, atol=1e-6)
 
 
 def _request(x):
