@@ -17,9 +17,9 @@ with the best error reachable.
 
 Costs start from the ledger's seconds per sample; a replica replaces them by what it measures on the
 answers it serves (:class:`Costs`, a moving average per model version and path, bounded in size), and
-scales the ledger's cost of a path it has not run yet down where the paths it ran cost less than
-recorded (a ledger measured on a busier machine would otherwise keep every path it never ran looking
-dearer than the ones it ran).
+scales the ledger's cost of a classical path it has not run yet down where the classical paths it ran
+cost less than recorded (a ledger measured on a busier machine would otherwise keep every path it
+never ran looking dearer than the ones it ran).
 ``plan`` has no side effects: it reads its arguments only.
 """
 
@@ -90,8 +90,9 @@ def plan(
     ledger : Ledger
         The model's ledger.
     costs : mapping of str to float, optional
-        Measured seconds per sample by :func:`path_key`, in place of the ledger's; the other paths' are
-        the ledger's times the median ratio of measured to ledger cost over these, where it is below 1.
+        Measured seconds per sample by :func:`path_key`, in place of the ledger's; the classical paths
+        not in it cost the ledger's times the median ratio of measured to ledger cost over the classical
+        paths in it, where that is below 1.
     classical : bool
         Whether the request's classical work lies within the server's bounds (False: only the surrogate
         may answer, and nothing escalates).
@@ -99,15 +100,19 @@ def plan(
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
     costs = costs or {}
+    # Optimistic for the classical paths not run yet: where those run cost less than the ledger says, the
+    # others are expected to as well; where they cost more, the others keep the ledger's cost and get
+    # tried. Not from the surrogate's cost, which falls with the batch (a classical solve's does not).
     ratios = [
-        costs[path_key(e)] / e.seconds for e in ledger.entries if path_key(e) in costs and e.seconds > 0
+        costs[path_key(e)] / e.seconds
+        for e in ledger.entries
+        if e.path != SURROGATE_PATH and path_key(e) in costs and e.seconds > 0
     ]
-    # Optimistic for what it has not tried: faster than the ledger on the paths run, the others are expected
-    # faster too; slower, they keep the ledger's cost and so get tried.
     speed = min(1.0, statistics.median(ratios)) if ratios else 1.0
 
     def cost(entry: LedgerEntry) -> float:
-        return costs.get(path_key(entry), entry.seconds * speed)
+        unmeasured = entry.seconds if entry.path == SURROGATE_PATH else entry.seconds * speed
+        return costs.get(path_key(entry), unmeasured)
 
     allowed = [
         e

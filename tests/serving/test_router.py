@@ -51,6 +51,10 @@ def test_a_path_not_run_yet_is_costed_as_the_paths_that_ran_compare_with_the_led
     assert route.entry == grid8 and route.predicted_seconds == pytest.approx(0.0078 * 0.0044 / 0.0081)
     assert router.plan(0.1, "auto", ledger).entry == grid8
     assert router.plan(0.1, "auto", ledger, {router.path_key(grid8): 0.009}).entry == grid16
+    # The surrogate's cost per sample falls with the batch; a classical solve's does not follow it.
+    surrogate = LedgerEntry("surrogate", "", {}, 0.03, 0.02, 0.005)
+    ledger = Ledger(64, 0.9, 30, (surrogate, grid8))
+    assert router.plan(0.06, "auto", ledger, {router.path_key(surrogate): 0.0004}).entry == surrogate
 
 
 def test_no_classical_work_beyond_the_bounds():
