@@ -53,7 +53,8 @@ def test_a_path_not_run_yet_is_costed_as_the_paths_that_ran_compare_with_the_led
     assert router.plan(0.1, "auto", ledger, {router.path_key(grid8): 0.009}).entry == grid16
     # The surrogate's cost per sample falls with the batch; a classical solve's does not follow it.
     surrogate = LedgerEntry("surrogate", "", {}, 0.03, 0.02, 0.005)
-    ledger = Ledger(64, 0.9, 30, (surrogate, grid8))
+    grid17 = LedgerEntry("rung", "grid 17", {"grid": 17}, 0.05, 0.03, 0.004)
+    ledger = Ledger(64, 0.9, 30, (surrogate, grid17))
     assert router.plan(0.06, "auto", ledger, {router.path_key(surrogate): 0.0004}).entry == surrogate
 
 
