@@ -233,6 +233,14 @@ class PdeFamily:
     reference_refinement: int = 2
     origin: FamilyOrigin | None = None
 
+    def __post_init__(self) -> None:
+        refinement = self.reference_refinement
+        if isinstance(refinement, bool) or not isinstance(refinement, int) or refinement < 2:
+            raise ValueError(
+                f"family {self.name!r}: reference_refinement must be an integer of at least 2 (a ledger's "
+                f"reference finer than the family's own), got {refinement!r}"
+            )
+
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         """Add one ``--option`` per parameter field, defaulting to the dataclass default."""
         for field in dataclasses.fields(self.parameters):

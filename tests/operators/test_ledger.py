@@ -10,7 +10,7 @@ from pdeserve.datagen.builtin_families import DARCY
 from pdeserve.datagen.darcy import DarcyParameters
 from pdeserve.datagen.navier_stokes import NavierStokesParameters
 from pdeserve.operators.card import REFERENCE_PATH, RUNG_PATH, SURROGATE_PATH
-from pdeserve.operators.validation import finer_reference, measure_ledger
+from pdeserve.operators.validation import finer_reference, ledger_reference, measure_ledger
 
 
 def test_the_finer_reference_halves_the_grid_spacing_and_the_time_step():
@@ -32,6 +32,20 @@ def test_the_finer_reference_halves_the_grid_spacing_and_the_time_step():
         ).solve_resolution
         == 505
     )
+
+
+def test_a_ledgers_reference_is_refined_by_the_familys_factor_within_a_grid_limit():
+    from pdeserve.datagen.builtin_families import NAVIER_STOKES
+
+    darcy = DarcyParameters()
+    assert ledger_reference(DARCY, darcy.for_resolution(64), 64).solve_resolution == 505  # 8 x
+    assert ledger_reference(DARCY, darcy.for_resolution(128), 128).solve_resolution == 509  # 4 x
+    assert ledger_reference(DARCY, darcy.for_resolution(512), 512).solve_resolution == 1023  # 2 x at least
+    finer = ledger_reference(NAVIER_STOKES, NavierStokesParameters(time_step=0.001).for_resolution(64), 64)
+    assert (finer.solve_resolution, finer.time_step) == (128, 0.0005)
+    for refinement in (1, True, 2.5, 0):
+        with pytest.raises(ValueError, match="reference_refinement must be an integer of at least 2"):
+            dataclasses.replace(DARCY, reference_refinement=refinement)
 
 
 def test_a_family_whose_parameters_name_no_grid_or_step_has_no_finer_reference():

@@ -26,7 +26,7 @@ def routed(serve_apps, bundled_repo, tmp_path_factory):
     bundled = ModelRepository(bundled_repo)
     repo = ModelRepository(tmp_path_factory.mktemp("routed"))
     cards = {}
-    # Navier-Stokes: the rungs on grids up to 16 and one reference solve keep the fixture short.
+    # Navier-Stokes: the rungs on grids up to 16 keep the fixture short.
     for name, samples, finest in (("darcy-fno", 10, None), ("ns-fno", 5, 16)):
         version, source = bundled.resolve(name, None)
         surrogate = load_surrogate(source, name, version)
@@ -56,8 +56,8 @@ def routed(serve_apps, bundled_repo, tmp_path_factory):
 
 
 def inputs(card, name: str, n: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Fresh inputs of ``card``'s distribution (float32) and their classical solutions on twice as fine a
-    grid (what the ledger measures against)."""
+    """Fresh inputs of ``card``'s distribution (float32) and their classical solutions on the finer grid
+    the ledger measures against."""
     from pdeserve.operators.surrogate import Surrogate
 
     holder = Surrogate.__new__(Surrogate)
