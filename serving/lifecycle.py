@@ -42,11 +42,9 @@ CLAIMED_BLOCK_VARIABLE = "PDESERVE_REPLICA_PORT_BLOCK"
 # replicas are registered, e.g. right after the start) on fixed ports, 9500 (gRPC) and 8500 (HTTP): a second
 # local instance's fallback proxy "binds" them on the other IP stack, and its requests reach the first
 # instance's proxy (seen: a server answering NOT_FOUND for its own model, listing the other's). So the last
-# port of each block is the instance's fallback proxy's, the others its replicas'.
-FALLBACK_PROXY_VARIABLES = {
-    "gRPC": "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",
-    "HTTP": "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
-}
+# two ports of each block of the HTTP range (below the kernel's ephemeral ports, unlike the gRPC range) are
+# the instance's fallback proxy's, gRPC then HTTP; a block whose two are taken is passed over.
+FALLBACK_PROXY_VARIABLES = ("RAY_SERVE_FALLBACK_PROXY_GRPC_PORT", "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT")
 _claimed_block: IO | None = None
 _claimed_environment: dict[str, str] = {}
 
@@ -111,18 +109,27 @@ def claim_instance_block() -> dict[str, str]:
         except BlockingIOError:
             lock.close()
             continue
-        _claimed_block = lock  # held for the life of this process (and of the processes it forks)
         environment = {CLAIMED_BLOCK_VARIABLE: str(block)}
+        fallback = len(FALLBACK_PROXY_VARIABLES)
         for servers, span in SERVE_REPLICA_PORTS.items():
             low, high = replica_port_variables(servers)
-            first, last = (
-                span.start + block * REPLICA_PORT_BLOCK,
-                span.start + (block + 1) * REPLICA_PORT_BLOCK - 1,
-            )
-            environment |= {low: str(first), high: str(last - 1)}
-            fallback = os.environ.get(FALLBACK_PROXY_VARIABLES[servers], "")
-            if not fallback.isdigit() or int(fallback) in span:  # unset, or a block's: not an operator's
-                environment[FALLBACK_PROXY_VARIABLES[servers]] = str(last)
+            first = span.start + block * REPLICA_PORT_BLOCK
+            # Serve gives replicas ports from MIN up to MAX, MAX excluded.
+            environment |= {
+                low: str(first),
+                high: str(first + REPLICA_PORT_BLOCK - fallback * (servers == "HTTP")),
+            }
+        http = SERVE_REPLICA_PORTS["HTTP"]
+        after = http.start + (block + 1) * REPLICA_PORT_BLOCK
+        fallback_ports = dict(zip(FALLBACK_PROXY_VARIABLES, range(after - fallback, after), strict=True))
+        if not all(port_is_free(port) for port in fallback_ports.values()):
+            lock.close()
+            continue
+        for variable, port in fallback_ports.items():
+            operator = os.environ.get(variable, "")
+            if not operator.isdigit() or int(operator) in http:  # unset, or a block's: not an operator's
+                environment[variable] = str(port)
+        _claimed_block = lock  # held for the life of this process (and of the processes it forks)
         _claimed_environment = environment
         return dict(environment)
     raise PortInUseError(

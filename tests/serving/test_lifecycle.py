@@ -185,27 +185,42 @@ def test_each_local_instance_claims_a_block_of_replica_ports_that_no_other_holds
         )
         return process, json.loads(process.stdout.readline())
 
+    def block_ports(block: int) -> dict[str, str]:
+        """A claimed block's environment (Serve excludes a range's MAX)."""
+        grpc_first, http_first = 40000 + 100 * block, 30000 + 100 * block
+        return {
+            "PDESERVE_REPLICA_PORT_BLOCK": str(block),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc_first),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc_first + 100),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http_first),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http_first + 98),
+            "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(http_first + 98),
+            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(http_first + 99),
+        }
+
+    # Blocks are numbered from 1; one whose fallback ports a server on this machine holds is passed over.
     first, claimed = claim(base)
-    assert claimed["RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT"] == "40100"
-    assert claimed["RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT"] == "40198"
-    assert claimed["RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"] == "40199"
-    assert claimed["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] == "30100"
-    assert claimed["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] == "30199"
+    held = int(claimed["PDESERVE_REPLICA_PORT_BLOCK"])
+    assert claimed == block_ports(held)
     second, other = claim(base | claimed)  # as a server started from a claiming process inherits them
-    assert other["PDESERVE_REPLICA_PORT_BLOCK"] == "2"
-    assert other["RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT"] == "40200"
-    assert other["RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"] == "40299"
+    assert int(other["PDESERVE_REPLICA_PORT_BLOCK"]) > held
+    assert other == block_ports(int(other["PDESERVE_REPLICA_PORT_BLOCK"]))
     third, operator = claim(base | {"RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": "45000"})
     assert operator == {}
     fourth, kept = claim(base | {"RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": "9600"})
-    assert "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT" not in kept and kept["PDESERVE_REPLICA_PORT_BLOCK"] == "3"
+    assert "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT" not in kept
     fifth, inherited = claim(base | kept | {"RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": "9600"})
     assert "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT" not in inherited  # the operator's, kept by the parent too
-    assert inherited["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] == "30499"
+    assert inherited["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] != kept["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"]
     first.communicate("")
-    sixth, again = claim(base)
+    with socket.socket() as taken:  # the first one's block, free again, but its fallback port taken
+        taken.bind(("127.0.0.1", int(claimed["RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"])))
+        taken.listen()
+        sixth, passed = claim(base)
+        assert passed["PDESERVE_REPLICA_PORT_BLOCK"] != str(held)
+    seventh, again = claim(base)
     assert again == claimed  # the first one's block, free again once it ended
-    for process in (second, third, fourth, fifth, sixth):
+    for process in (second, third, fourth, fifth, sixth, seventh):
         process.communicate("")
 
 
