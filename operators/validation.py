@@ -559,6 +559,19 @@ def _quantile(errors: Sequence[float], coverage: float) -> float:
     return float(ordered[min(len(ordered), math.ceil((len(ordered) + 1) * coverage)) - 1])
 
 
+def _reference_samples(answer, x: np.ndarray, fewest: int) -> int:
+    """How many of ``x`` the reference answers in a ledger: at least ``fewest``, and all that fit in
+    ``LEDGER_REFERENCE_BUDGET_S`` at the cost of one timed solve."""
+    fewest = max(1, min(len(x), fewest))
+    started = time.perf_counter()
+    try:
+        answer(x[:1])
+    except ValueError:  # a refusal: the ledger's entry says so
+        return fewest
+    seconds = max(time.perf_counter() - started, 1e-6)
+    return max(fewest, min(len(x), int(LEDGER_REFERENCE_BUDGET_S / seconds)))
+
+
 def _entry(path: str, rung: str, settings, answer, x: np.ndarray, y: np.ndarray, coverage: float):
     """The ``LedgerEntry`` of ``answer`` (``x -> y``'s answers, one sample per call, as a request of one
     sample is answered: the median call is its cost) after one untimed warm-up call; None when it refuses
@@ -630,11 +643,6 @@ def measure_ledger(
     for rung in rungs:
         answer = lambda x, rung=rung: rung_answers(card, family, params, rung, x)  # noqa: E731
         entries.append(_entry(RUNG_PATH, rung.label, rung.settings, answer, x, y, coverage))
-    few = max(1, min(len(x), reference_samples))
-    reference = _entry(REFERENCE_PATH, "", {}, reference_answers, x[:few], y[:few], coverage)
-    if reference is not None and few < len(x):
-        more = min(len(x), int(LEDGER_REFERENCE_BUDGET_S / max(reference.seconds, 1e-6)))
-        if more > few:
-            reference = _entry(REFERENCE_PATH, "", {}, reference_answers, x[:more], y[:more], coverage)
-    entries.append(reference)
+    n = _reference_samples(reference_answers, x, reference_samples)
+    entries.append(_entry(REFERENCE_PATH, "", {}, reference_answers, x[:n], y[:n], coverage))
     return Ledger(side, coverage, n_samples, tuple(e for e in entries if e is not None))
