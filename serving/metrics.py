@@ -93,6 +93,46 @@ class BufferedCounter:
                 logger.exception("recording %s%s failed", self.name, labels)
 
 
+class HeldGauge:
+    """A Ray gauge whose last value per label values is recorded again at every :meth:`flush`.
+
+    Ray's metrics agent drops a gauge series that no record refreshed within two export intervals (20 s
+    by default), so a value recorded once, such as a model's load time, would leave Prometheus before
+    most scrapes saw it.
+
+    Parameters
+    ----------
+    name, description : str
+        The Ray gauge's.
+    tag_keys : tuple of str
+        Its label names; :meth:`set` takes their values by name.
+    """
+
+    def __init__(self, name: str, description: str, tag_keys: tuple[str, ...]) -> None:
+        self.name = name
+        self.tag_keys = tag_keys
+        self._gauge = metrics.Gauge(name, description, tag_keys=tag_keys)
+        self._held: dict[tuple[str, ...], float] = {}
+        self._lock = threading.Lock()
+
+    def set(self, value: float, tags: dict[str, str]) -> None:
+        """Record ``value`` for the labels ``tags`` (every tag key, by name) and hold it."""
+        labels = tuple(tags[key] for key in self.tag_keys)
+        self._gauge.set(value, tags=tags)
+        with self._lock:
+            self._held[labels] = value
+
+    def flush(self) -> None:
+        """Record every held value again, so that its series stays exported."""
+        with self._lock:
+            held = dict(self._held)
+        for labels, value in held.items():
+            try:
+                self._gauge.set(value, tags=dict(zip(self.tag_keys, labels, strict=True)))
+            except Exception:
+                logger.exception("recording %s%s failed", self.name, labels)
+
+
 class Metrics:
     """The counters and histograms one replica records into; :meth:`flush` hands the counters' counts
     to Ray (the replica calls it periodically)."""
@@ -120,8 +160,8 @@ class Metrics:
             "forward passes (requests / passes = mean batch size)",
             tag_keys=MODEL_TAGS,
         )
-        self.load_seconds = metrics.Gauge(
-            "pdeserve_model_load_seconds", "time to load a model", tag_keys=MODEL_TAGS
+        self.load_seconds = HeldGauge(
+            "pdeserve_model_load_seconds", "time the last load of a model took", tag_keys=MODEL_TAGS
         )
         self.reference_error = metrics.Histogram(
             "pdeserve_reference_relative_l2",
@@ -151,9 +191,10 @@ class Metrics:
         )
 
     def flush(self) -> None:
-        """Hand every counter's counts since the last flush to Ray."""
+        """Hand every counter's counts since the last flush to Ray, and the gauges' values again."""
         for counter in (self.requests, self.answers, self.forward_passes, self.escalations):
             counter.flush()
+        self.load_seconds.flush()
 
     def answered(
         self, method: str, model: str, version: str, paths: Iterable[str], errors: Iterable[float]

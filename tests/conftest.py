@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import os
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,11 @@ from ports import free_port
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_REPO = ROOT / "models"
 BUNDLED_MODEL = "darcy-fno"
+# Ray exports what its processes record every 10 s by default; the tests that read pdeserve's metrics
+# from Prometheus wait for exports, so the Ray instances they start export every 2 s. Set before any Ray
+# starts: its processes read it from the environment. (Ray drops a gauge series not recorded within two
+# intervals; the replicas record theirs again every second, serving/metrics.py.)
+os.environ.setdefault("RAY_metrics_report_interval_ms", "2000")
 # Fixtures whose work several test files share (a session's Ray Serve instance, a trained model): under
 # pytest-xdist, the tests that use one run on one worker, so that it is built once.
 SHARED_GROUPS = {
@@ -97,7 +105,33 @@ class ServeApps:
 
         application = build_app(repo, options, replica_cpus=replica_cpus, replicas=replicas)
         serve.run(application, name=name, route_prefix=f"/{name}")
+        self._await_haproxy(name, replicas)
         return self.target
+
+    @staticmethod
+    def _await_haproxy(name: str, replicas: int, timeout: float = 60) -> None:
+        """Wait until HAProxy routes ``name``'s gRPC requests to its replicas themselves: until then Serve's
+        fallback proxy answers them, which streams without following a slow reader."""
+        from pdeserve.serving import server
+
+        variable, default = server.HAPROXY_PORTS["HAProxy stats"]
+        url = f"http://127.0.0.1:{os.environ.get(variable, default)}/stats;csv"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:  # HAProxy restarts on each change of its backends
+                text = urllib.request.urlopen(url, timeout=5).read().decode()
+            except OSError:
+                text = ""
+            rows = csv.DictReader(text.lstrip("# ").splitlines())
+            servers = [
+                r
+                for r in rows
+                if r["pxname"] == f"grpc-{name}" and r["svname"] not in ("FRONTEND", "BACKEND")
+            ]
+            if len(servers) >= replicas and all(r["status"].startswith(("UP", "no check")) for r in servers):
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"HAProxy does not route application {name!r} to its replicas after {timeout} s")
 
     def delete(self, name: str) -> None:
         from ray import serve
