@@ -23,11 +23,11 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(VENV)/bin/pdeserve serve --repo models --grpc-port $(GRPC_PORT)
 
-# PYTEST_ARGS='-n 2 --dist loadgroup' runs two pytest-xdist workers (tests/conftest.py groups the tests that
-# share a Ray instance or a fixture); the default runs one: on a 2-core machine two workers, each with a
-# Ray instance, have not been measured faster, and the tests that time a recovery get tight.
+# Two pytest-xdist workers: one runs the tests of the session's Ray Serve instance while the other runs
+# the rest (tests/conftest.py groups the tests that share a Ray instance or a fixture, and gives each
+# worker's torch one thread). PYTEST_ARGS='-n 0' runs them in one process.
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

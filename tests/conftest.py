@@ -19,6 +19,12 @@ BUNDLED_MODEL = "darcy-fno"
 # starts: its processes read it from the environment. (Ray drops a gauge series not recorded within two
 # intervals; the replicas record theirs again every second, serving/metrics.py.)
 os.environ.setdefault("RAY_metrics_report_interval_ms", "2000")
+# Under pytest-xdist each worker's torch (and the processes it starts) uses one thread: two workers with
+# torch's default of a thread per core oversubscribe a 2-core machine, and spinning OpenMP threads then
+# take several times as long. Set before torch is imported.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, "1")
 # Fixtures whose work several test files share (a session's Ray Serve instance, a trained model): under
 # pytest-xdist, the tests that use one run on one worker, so that it is built once.
 SHARED_GROUPS = {
