@@ -37,7 +37,7 @@ SHARED_GROUPS = {
 def pytest_collection_modifyitems(config, items) -> None:
     """xdist groups (``--dist loadgroup``): the tests of the session's Ray Serve instance in one group, the
     users of another shared session fixture in one, every other test file's tests in one of their own
-    (its module-scoped fixtures are built once)."""
+    (its module-scoped fixtures are built once). tests/test_xdist_groups.py checks they apply."""
     for item in items:
         if item.get_closest_marker("xdist_group"):
             continue
