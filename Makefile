@@ -23,9 +23,9 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(VENV)/bin/pdeserve serve --repo models --grpc-port $(GRPC_PORT)
 
-# Two pytest-xdist workers: one runs the tests of the session's Ray Serve instance while the other runs
-# the rest (tests/conftest.py groups the tests that share a Ray instance or a fixture, and gives each
-# worker's torch one thread). PYTEST_ARGS='-n 0' runs them in one process.
+# Two pytest-xdist workers; the tests of one group run on one worker (tests/conftest.py groups the tests
+# that share the session's Ray Serve instance or another fixture, and gives each worker's torch one
+# thread). PYTEST_ARGS='-n 0' runs them in one process.
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 

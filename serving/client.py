@@ -7,6 +7,7 @@ also needs grpcio-health-checking.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -32,6 +33,21 @@ class SolverError(RuntimeError):
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         super().__init__(f"{code.name}: {details}")
         self.code = code
+
+
+# gRPC's message for a response that carried an HTTP error status and no gRPC status: the ingress
+# answered instead of the server. Ray Serve's HAProxy rewrites its 502/503/504 (the replica's connection
+# lost mid-request, no server left) to 500, which gRPC would read as UNKNOWN; the gRPC mapping of those
+# statuses is UNAVAILABLE, and so is this client's.
+INGRESS_HTTP_ERROR = re.compile(r"Received http2 header with status: 50[0234]\b")
+
+
+def call_status(exc: grpc.RpcError) -> grpc.StatusCode:
+    """The status of a failed call: UNAVAILABLE where the ingress answered with an HTTP server error."""
+    code = exc.code()
+    if code == grpc.StatusCode.UNKNOWN and INGRESS_HTTP_ERROR.search(exc.details() or ""):
+        return grpc.StatusCode.UNAVAILABLE
+    return code
 
 
 @dataclass(frozen=True)
@@ -171,8 +187,9 @@ class SolverClient:
     token : str, optional
         Sent as ``authorization: Bearer TOKEN`` (servers started with an auth token require it).
     retries : int
-        Extra attempts after UNAVAILABLE (a replica restarting, the proxy starting), with exponential
-        backoff from 0.1 s; other errors are never retried.
+        Extra attempts after UNAVAILABLE (a replica restarting, the proxy starting, the ingress's HTTP
+        server error for a request it lost: :func:`call_status`), with exponential backoff from 0.1 s;
+        other errors are never retried.
     application : str, optional
         Serve application to route to, when one Ray cluster serves several.
     tls : bool
@@ -223,8 +240,9 @@ class SolverClient:
             try:
                 return method(request, timeout=self.timeout, metadata=self.metadata or None)
             except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
-                    raise SolverError(exc.code(), exc.details()) from None
+                code = call_status(exc)
+                if code != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
+                    raise SolverError(code, exc.details()) from None
                 time.sleep(0.1 * 2**attempt)
         raise AssertionError("unreachable")
 
@@ -308,7 +326,7 @@ class SolverClient:
                     checks=[AnswerCheck.from_message(c) for c in message.checks],
                 )
         except grpc.RpcError as exc:
-            raise SolverError(exc.code(), exc.details()) from None
+            raise SolverError(call_status(exc), exc.details()) from None
 
     def list_models(self) -> list[pb.ModelInfo]:
         return list(self._call(self.stub.ListModels, pb.ListModelsRequest()).models)

@@ -98,7 +98,8 @@ class HeldGauge:
 
     Ray's metrics agent drops a gauge series that no record refreshed within two export intervals (20 s
     by default), so a value recorded once, such as a model's load time, would leave Prometheus before
-    most scrapes saw it.
+    most scrapes saw it. A held series stays until the replica stops (a model version the replica has
+    unloaded keeps its last load time).
 
     Parameters
     ----------
@@ -118,19 +119,18 @@ class HeldGauge:
     def set(self, value: float, tags: dict[str, str]) -> None:
         """Record ``value`` for the labels ``tags`` (every tag key, by name) and hold it."""
         labels = tuple(tags[key] for key in self.tag_keys)
-        self._gauge.set(value, tags=tags)
-        with self._lock:
+        with self._lock:  # a flush in between cannot record an older value after this one
+            self._gauge.set(value, tags=tags)
             self._held[labels] = value
 
     def flush(self) -> None:
         """Record every held value again, so that its series stays exported."""
         with self._lock:
-            held = dict(self._held)
-        for labels, value in held.items():
-            try:
-                self._gauge.set(value, tags=dict(zip(self.tag_keys, labels, strict=True)))
-            except Exception:
-                logger.exception("recording %s%s failed", self.name, labels)
+            for labels, value in self._held.items():
+                try:
+                    self._gauge.set(value, tags=dict(zip(self.tag_keys, labels, strict=True)))
+                except Exception:
+                    logger.exception("recording %s%s failed", self.name, labels)
 
 
 class Metrics:

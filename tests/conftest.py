@@ -117,9 +117,12 @@ class ServeApps:
     @staticmethod
     def _await_haproxy(name: str, replicas: int, timeout: float = 60) -> None:
         """Wait until HAProxy routes ``name``'s gRPC requests to its replicas themselves: until then Serve's
-        fallback proxy answers them, which streams without following a slow reader."""
+        fallback proxy (each backend's backup server) answers them, and it streams without following a
+        slow reader."""
         from pdeserve.serving import server
 
+        if "RAY_SERVE_ENABLE_HA_PROXY" not in server.SERVE_ENVIRONMENT:  # no HAProxy on this platform
+            return
         variable, default = server.HAPROXY_PORTS["HAProxy stats"]
         url = f"http://127.0.0.1:{os.environ.get(variable, default)}/stats;csv"
         deadline = time.monotonic() + timeout
@@ -128,13 +131,15 @@ class ServeApps:
                 text = urllib.request.urlopen(url, timeout=5).read().decode()
             except OSError:
                 text = ""
-            rows = csv.DictReader(text.lstrip("# ").splitlines())
-            servers = [
+            replicas_up = [
                 r
-                for r in rows
-                if r["pxname"] == f"grpc-{name}" and r["svname"] not in ("FRONTEND", "BACKEND")
+                for r in csv.DictReader(text.lstrip("# ").splitlines())
+                if r.get("pxname") == f"grpc-{name}"
+                and r.get("svname") not in ("FRONTEND", "BACKEND")
+                and r.get("bck") != "1"  # the fallback proxy
+                and (r.get("status") or "").startswith(("UP", "no check"))
             ]
-            if len(servers) >= replicas and all(r["status"].startswith(("UP", "no check")) for r in servers):
+            if len(replicas_up) >= replicas:
                 return
             time.sleep(0.2)
         raise AssertionError(f"HAProxy does not route application {name!r} to its replicas after {timeout} s")

@@ -3,6 +3,11 @@
 import subprocess
 import sys
 
+import grpc
+import pytest
+
+from pdeserve.serving.client import SolverClient, SolverError, call_status
+
 # In a fresh interpreter where the server extra's packages fail to import, as on a machine with the
 # base install (numpy, grpcio, protobuf) only.
 LIGHT_IMPORT = """
@@ -43,3 +48,41 @@ def test_the_client_imports_and_calls_without_torch_neuralop_or_ray():
     assert done.returncode == 0, done.stderr
     # Nothing listens there: the call fails cleanly, with its status.
     assert done.stdout.strip() == "UNAVAILABLE"
+
+
+class _HttpError(grpc.RpcError):
+    """What grpcio raises for a response that carried an HTTP status and no gRPC status."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+INGRESS_500 = "Received http2 header with status: 500"
+
+
+def test_the_ingress_http_server_error_is_unavailable_and_retried():
+    assert call_status(_HttpError(grpc.StatusCode.UNKNOWN, INGRESS_500)) == grpc.StatusCode.UNAVAILABLE
+    assert call_status(_HttpError(grpc.StatusCode.UNKNOWN, "boom")) == grpc.StatusCode.UNKNOWN
+    assert call_status(_HttpError(grpc.StatusCode.INTERNAL, INGRESS_500)) == grpc.StatusCode.INTERNAL
+    calls = []
+
+    def lost_once(request, timeout, metadata):
+        calls.append(request)
+        if len(calls) == 1:
+            raise _HttpError(grpc.StatusCode.UNKNOWN, INGRESS_500)
+        return "answer"
+
+    with SolverClient("127.0.0.1:1", retries=1) as client:
+        assert client._call(lost_once, "request") == "answer"
+        assert calls == ["request", "request"]
+        calls.clear()
+        with pytest.raises(SolverError) as err:
+            client.retries = 0
+            client._call(lost_once, "request")
+        assert err.value.code == grpc.StatusCode.UNAVAILABLE
