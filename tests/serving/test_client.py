@@ -82,7 +82,7 @@ def test_the_ingress_http_server_error_is_unavailable_and_retried():
         assert client._call(lost_once, "request") == "answer"
         assert calls == ["request", "request"]
         calls.clear()
+        client.retries = 0
         with pytest.raises(SolverError) as err:
-            client.retries = 0
             client._call(lost_once, "request")
         assert err.value.code == grpc.StatusCode.UNAVAILABLE
